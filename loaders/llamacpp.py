@@ -1,0 +1,306 @@
+"""llama.cpp loader (llama-cpp-python): GGUF files, with llama.cpp's native sampler chain for speed."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib.util
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loaders import llamacpp_sampling as native
+from loaders.llamacpp_sequence import LlamaSequence
+from webui.loader_api import Loader, LoaderError, LoaderParam, Model, ModelInfo, ModelRuntimeError
+from webui.plugins import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+    from webui.sampling import SamplingParams
+
+CACHE_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
+MAX_DEFAULT_CTX = 8192
+
+
+def ntk_rope_freq_base(alpha: float, base: float = 10000.0) -> float:
+    """NTK-aware RoPE scaling as text-generation-webui computes it: base * alpha^(64/63).
+
+    alpha 2.65 gives about 8k context on a 4k-trained Llama-2."""
+    return base * alpha ** (64 / 63)
+
+
+def find_gguf(path: Path) -> Path | None:
+    """The GGUF to load for `path`: the file itself, or the first (shard of the) GGUF in a folder."""
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" else None
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        return ggufs[0] if ggufs else None
+    return None
+
+
+def gguf_file_type_name(file_type: int | None) -> str:
+    import gguf
+
+    if file_type is None:
+        return ""
+    try:
+        return gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return f"type {file_type}"
+
+
+class LlamaCppModel(Model):
+    """A GGUF model in llama.cpp. Slot 0 uses the Llama's own context; slot 1 (CFG) gets a second one."""
+
+    prefer_native = True
+
+    def __init__(self, llm: Any, info: ModelInfo):
+        from llama_cpp import llama_cpp as capi
+
+        self._capi = capi
+        self._llm = llm
+        self.info = info
+        self._n_vocab = llm.n_vocab()
+        self._slots = {0: LlamaSequence(llm._ctx, llm._batch, llm.n_batch, self._n_vocab, llm.n_ctx())}
+        eos = {llm.token_eos()}
+        vocab = llm._model.vocab
+        eot = capi.llama_vocab_eot(vocab)
+        eos |= {eot} if eot >= 0 else set()
+        self._eos = frozenset(t for t in eos if t >= 0)
+
+    @property
+    def evaluated_tokens(self) -> int:  # type: ignore[override]
+        return sum(s.evaluated for s in self._slots.values())
+
+    @property
+    def n_ctx(self) -> int:
+        return self._llm.n_ctx()
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def bos_token_id(self) -> int | None:
+        bos = self._llm.token_bos()
+        return bos if bos >= 0 else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._n_vocab
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        ids = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        bos = self.bos_token_id
+        if add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._llm.detokenize([token_id])
+
+    def _slot(self, slot: int) -> LlamaSequence:
+        if slot not in self._slots:
+            from llama_cpp._internals import LlamaBatch, LlamaContext
+
+            llm = self._llm
+            ctx = LlamaContext(model=llm._model, params=llm.context_params, verbose=False)
+            batch = LlamaBatch(n_tokens=llm.n_batch, embd=0, n_seq_max=1, verbose=False)
+            self._slots[slot] = LlamaSequence(ctx, batch, llm.n_batch, self._n_vocab, llm.n_ctx())
+            self._slots[slot].keepalive = batch  # type: ignore[attr-defined]
+        return self._slots[slot]
+
+    def logits(self, ids: Sequence[int], slot: int = 0) -> torch.Tensor:
+        import torch
+
+        seq = self._slot(slot)
+        seq.sync(ids)
+        return torch.from_numpy(seq.last_logits())
+
+    def unsupported_native(self, params: SamplingParams) -> list[str]:
+        return native.unsupported(params)
+
+    def native_generate(self, ids: Sequence[int], params: SamplingParams, seed: int) -> Iterator[int] | None:
+        if not self.prefer_native or self.unsupported_native(params):
+            return None
+        grammar = self._grammar_sampler(params.grammar_string) if params.grammar_string else None
+        chain = native.build_chain(params, model=self._llm._model, n_vocab=self._n_vocab, eos_ids=self._eos, seed=seed)
+        return self._native_loop(list(ids), chain, grammar, native.needs_history(params))
+
+    def supports_grammar(self) -> bool:
+        return True
+
+    def _grammar_sampler(self, grammar: str) -> Any:
+        capi = self._capi
+        sampler = capi.llama_sampler_init_grammar(self._llm._model.vocab, grammar.encode("utf-8"), b"root")
+        if not sampler:
+            raise ModelRuntimeError("grammar_string is not a valid GBNF grammar with a 'root' rule")
+        return sampler
+
+    def _native_loop(self, ids: list[int], chain: Any, grammar: Any, history: int) -> Iterator[int]:
+        seq = self._slots[0]
+        capi = self._capi
+        try:
+            seq.sync(ids)
+            for token in ids if history < 0 else ids[len(ids) - history :] if history else ():
+                chain.accept(token)  # penalties and DRY see the prompt, as in llama.cpp's server
+            candidates = None
+            while True:
+                if grammar is None:
+                    token = chain.sample(seq.ctx, -1)
+                else:
+                    from llama_cpp._internals import LlamaTokenDataArray
+
+                    candidates = candidates or LlamaTokenDataArray(n_vocab=self._n_vocab)
+                    candidates.copy_logits(seq.last_logits())
+                    ref = ctypes.byref(candidates.candidates)
+                    capi.llama_sampler_apply(grammar, ref)
+                    capi.llama_sampler_apply(chain.sampler, ref)
+                    token = int(candidates.candidates_data.id[candidates.candidates.selected])
+                    capi.llama_sampler_accept(grammar, token)
+                    chain.accept(token)
+                yield token
+                seq.append([token])
+        finally:
+            if grammar is not None:
+                capi.llama_sampler_free(grammar)
+            chain.close()
+
+    def unload(self) -> None:
+        for seq in list(self._slots.values())[1:]:
+            seq.ctx.close()
+        self._slots.clear()
+        self._llm.close()
+        self._llm = None
+        gc.collect()
+
+
+class LlamaCppLoader(Loader):
+    name = "llama.cpp"
+    description = "GGUF models through llama.cpp, with its native sampler chain (CPU, CUDA, Metal, Vulkan)."
+    model_class: type[LlamaCppModel] = LlamaCppModel
+    params = (
+        LoaderParam("n_ctx", "int", 0, f"Context length in tokens; 0 = the model's own (at most {MAX_DEFAULT_CTX}).", 0, 1 << 20, step=256),
+        LoaderParam("n_gpu_layers", "int", 0, "Layers to offload to the GPU (-1 = all).", -1, 1000),
+        LoaderParam("threads", "int", 0, "CPU threads for generation (0 = physical cores).", 0, 512),
+        LoaderParam("threads_batch", "int", 0, "CPU threads for prompt processing (0 = all cores).", 0, 512),
+        LoaderParam("n_batch", "int", 512, "Tokens evaluated per batch while reading the prompt.", 1, 8192),
+        LoaderParam("rope_freq_base", "float", 0.0, "RoPE base frequency; 0 = from the model, or from alpha_value.", 0),
+        LoaderParam("alpha_value", "float", 1.0, "NTK RoPE scaling: rope_freq_base = 10000 * alpha^(64/63).", 1.0, 64.0, step=0.05),
+        LoaderParam("compress_pos_emb", "float", 1.0, "Linear RoPE scaling factor (context multiplier).", 1.0, 64.0),
+        LoaderParam("flash_attn", "bool", False, "Flash attention (less KV memory traffic; needed for a quantized V cache)."),
+        LoaderParam("cache_type", "choice", "f16", "KV cache precision: q8_0/q4_0 halve/quarter its memory.", choices=tuple(CACHE_TYPES)),
+        LoaderParam("mmap", "bool", True, "Memory-map the file instead of reading it into RAM."),
+        LoaderParam("mlock", "bool", False, "Lock the weights in RAM so the OS cannot swap them out."),
+        LoaderParam("tensor_split", "str", "", "Share of the model per GPU, e.g. 60,40."),
+    )
+
+    @classmethod
+    def score(cls, path: Path) -> int:
+        found = find_gguf(path)
+        return 0 if found is None else (100 if path.is_file() else 80)
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        ok = importlib.util.find_spec("llama_cpp") is not None
+        return ok, "" if ok else "pip install llama-cpp-python"
+
+    def load(self, path: Path, params: dict[str, Any]) -> Model:
+        from llama_cpp import Llama
+
+        gguf_path = find_gguf(path)
+        if gguf_path is None:
+            raise LoaderError(f"{path} is not a GGUF file")
+        self._check_gguf(gguf_path)
+        kwargs = self.llama_kwargs(gguf_path, params)
+        try:
+            llm = Llama(model_path=str(gguf_path), **kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise LoaderError(f"llama.cpp could not load {gguf_path.name}: {exc}") from exc
+        return self.model_class(llm, self._info(path, gguf_path, llm))
+
+    @staticmethod
+    def _check_gguf(path: Path) -> None:
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise LoaderError(f"{path.name} is not a GGUF file (bad magic number): the file may be corrupt or incomplete")
+
+    @staticmethod
+    def llama_kwargs(path: Path, params: dict[str, Any]) -> dict[str, Any]:
+        if params["cache_type"] != "f16" and not params["flash_attn"]:
+            raise LoaderError(f"cache_type {params['cache_type']} needs flash_attn: llama.cpp quantizes the V cache only with flash attention")
+        n_ctx = params["n_ctx"] or min(_trained_context(path) or MAX_DEFAULT_CTX, MAX_DEFAULT_CTX)
+        rope_base = params["rope_freq_base"] or (ntk_rope_freq_base(params["alpha_value"]) if params["alpha_value"] != 1 else 0.0)
+        cores = os.cpu_count() or 1
+        kwargs: dict[str, Any] = {
+            "n_ctx": n_ctx,
+            "n_gpu_layers": params["n_gpu_layers"],
+            "n_threads": params["threads"] or max(1, cores // 2 if cores > 2 else cores),
+            "n_threads_batch": params["threads_batch"] or cores,
+            "n_batch": params["n_batch"],
+            "n_ubatch": params["n_batch"],
+            "rope_freq_base": rope_base,
+            "rope_freq_scale": 1.0 / params["compress_pos_emb"],
+            "flash_attn": params["flash_attn"],
+            "type_k": CACHE_TYPES[params["cache_type"]],
+            "type_v": CACHE_TYPES[params["cache_type"]],
+            "use_mmap": params["mmap"],
+            "use_mlock": params["mlock"],
+            "verbose": False,
+        }
+        if params["tensor_split"].strip():
+            try:
+                kwargs["tensor_split"] = [float(x) for x in params["tensor_split"].split(",")]
+            except ValueError:
+                raise LoaderError(f"tensor_split: expected numbers separated by commas, got {params['tensor_split']!r}") from None
+        return kwargs
+
+    def _info(self, path: Path, gguf_path: Path, llm: Any) -> ModelInfo:
+        from llama_cpp import llama_cpp as capi
+
+        meta = llm.metadata
+        arch = meta.get("general.architecture", "unknown")
+        file_type = meta.get("general.file_type")
+        return ModelInfo(
+            name=path.name,
+            loader=self.name,
+            path=str(gguf_path),
+            architecture=arch,
+            parameters=int(capi.llama_model_n_params(llm._model.model)),
+            context_length=llm.n_ctx(),
+            vocab_size=llm.n_vocab(),
+            quantization=gguf_file_type_name(int(file_type) if file_type is not None else None),
+            chat_template=meta.get("tokenizer.chat_template"),
+            bos_token=_token_text(llm, llm.token_bos()),
+            eos_token=_token_text(llm, llm.token_eos()),
+            extra={"trained_context_length": int(meta.get(f"{arch}.context_length", 0) or 0), "file_size": gguf_path.stat().st_size},
+        )
+
+
+def _token_text(llm: Any, token: int) -> str | None:
+    return llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else None
+
+
+def _trained_context(path: Path) -> int:
+    """The model's training context from the GGUF header (no tensor data is read)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path, "r")
+        arch_field = reader.get_field("general.architecture")
+        arch = arch_field.contents() if arch_field else "llama"
+        field = reader.get_field(f"{arch}.context_length")
+        return int(field.contents()) if field else 0
+    except (ValueError, OSError, KeyError):
+        return 0
+
+
+@hookimpl
+def hearth_loaders() -> list[type[Loader]]:
+    return [LlamaCppLoader]

@@ -1,0 +1,226 @@
+"""Transformers loader: an HF folder (config.json + safetensors/bin) through AutoModelForCausalLM.
+
+Generation goes through Hearth's own loop (`Model.logits` + the sampler pipeline), so every sampler,
+CFG and the negative prompt work the same here as on the llama.cpp HF path.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from webui.loader_api import (
+    Loader,
+    LoaderError,
+    LoaderParam,
+    Model,
+    ModelInfo,
+    ModelRuntimeError,
+    common_prefix_length,
+)
+from webui.plugins import hookimpl
+
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _quantization_params() -> tuple[LoaderParam, ...]:
+    """8/4-bit loading is offered only where it can work: CUDA and bitsandbytes present."""
+    if not (_cuda_available() and importlib.util.find_spec("bitsandbytes")):
+        return ()
+    return (
+        LoaderParam("load_in_8bit", "bool", False, "Quantize weights to 8 bits at load (bitsandbytes)."),
+        LoaderParam("load_in_4bit", "bool", False, "Quantize weights to 4 bits at load (bitsandbytes, NF4)."),
+    )
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and any(
+        next(path.glob(pattern), None) for pattern in _WEIGHT_GLOBS
+    )
+
+
+def read_quantization_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config.get("quantization_config") or {}
+
+
+class TransformersModel(Model):
+    def __init__(self, model: Any, tokenizer: Any, info: ModelInfo, device: Any) -> None:
+        import torch
+
+        self._torch = torch
+        self._model = model
+        self._tokenizer = tokenizer
+        self._device = device
+        self.info = info
+        self._caches: dict[int, tuple[list[int], Any, Any]] = {}
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self._eos = frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+    @property
+    def n_ctx(self) -> int:
+        return self.info.context_length
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._tokenizer.bos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self._model.config.get_text_config().vocab_size
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        ids = self._tokenizer.encode(text, add_special_tokens=False)
+        bos = self.bos_token_id
+        if add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def logits(self, ids: Sequence[int], slot: int = 0) -> Any:
+        torch = self._torch
+        ids = list(ids)
+        if not ids:
+            raise ModelRuntimeError("cannot compute logits for an empty sequence")
+        cached_ids, cache, last_logits = self._caches.get(slot, ([], None, None))
+        prefix = common_prefix_length(cached_ids, ids)
+        if prefix == len(ids) == len(cached_ids) and last_logits is not None:
+            return last_logits
+        prefix = min(prefix, len(ids) - 1)  # at least one token must be fed to get its logits
+        if cache is not None and prefix < len(cached_ids):
+            cache.crop(prefix)
+        if cache is None or prefix == 0:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self._model.config)
+            prefix = 0
+        new = torch.tensor([ids[prefix:]], dtype=torch.long, device=self._device)
+        try:
+            with torch.inference_mode():
+                out = self._model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        except RuntimeError as exc:
+            self._caches.pop(slot, None)
+            raise ModelRuntimeError(f"the model failed to evaluate {len(ids) - prefix} tokens: {exc}") from exc
+        self.evaluated_tokens += len(ids) - prefix
+        logits = out.logits[0, -1].float().cpu()
+        self._caches[slot] = (ids, out.past_key_values, logits)
+        return logits
+
+    def unload(self) -> None:
+        self._caches.clear()
+        self._model = None
+        self._tokenizer = None
+        gc.collect()
+        if self._torch.cuda.is_available():
+            self._torch.cuda.empty_cache()
+
+
+class TransformersLoader(Loader):
+    name = "Transformers"
+    description = "Hugging Face Transformers: full-precision or bitsandbytes-quantized HF folders."
+    params = (
+        LoaderParam("dtype", "choice", "auto", "Weight dtype; auto keeps the checkpoint's (float32 on CPU if it is half).",
+                    choices=("auto", "float32", "bfloat16", "float16")),
+        LoaderParam("device", "choice", "auto", "Where to run: auto picks CUDA when present.", choices=("auto", "cpu", "cuda")),
+        LoaderParam("trust_remote_code", "bool", False, "Run Python code shipped with the model (only for repos you trust)."),
+        *_quantization_params(),
+    )
+
+    @classmethod
+    def score(cls, path: Path) -> int:
+        if not is_hf_folder(path):
+            return 0
+        method = str(read_quantization_config(path).get("quant_method", "")).lower()
+        return 20 if method in {"exl2", "gptq"} else 50
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        ok = importlib.util.find_spec("transformers") is not None
+        return ok, "" if ok else "pip install transformers"
+
+    def load(self, path: Path, params: dict[str, Any]) -> Model:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        if not is_hf_folder(path):
+            raise LoaderError(f"{path} is not a Transformers model folder (config.json and weights are needed)")
+        device = self._device(params["device"])
+        kwargs: dict[str, Any] = {"trust_remote_code": params["trust_remote_code"], "dtype": self._dtype(params["dtype"], device)}
+        if params.get("load_in_8bit") or params.get("load_in_4bit"):
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_8bit=bool(params.get("load_in_8bit")), load_in_4bit=bool(params.get("load_in_4bit"))
+            )
+            kwargs["device_map"] = "auto"
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=params["trust_remote_code"])
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=params["trust_remote_code"])
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise LoaderError(f"Transformers could not load {path.name}: {exc}") from exc
+        if "device_map" not in kwargs:
+            model.to(device)
+        model.eval()
+        return TransformersModel(model, tokenizer, self._info(path, model, config, tokenizer), torch.device(device))
+
+    @staticmethod
+    def _device(choice: str) -> str:
+        if choice == "auto":
+            return "cuda" if _cuda_available() else "cpu"
+        if choice == "cuda" and not _cuda_available():
+            raise LoaderError("device=cuda was asked for, but this PyTorch sees no CUDA GPU")
+        return choice
+
+    @staticmethod
+    def _dtype(choice: str, device: str) -> Any:
+        import torch
+
+        if choice == "auto":
+            return "auto" if device == "cuda" else torch.float32
+        return getattr(torch, choice)
+
+    @staticmethod
+    def _info(path: Path, model: Any, config: Any, tokenizer: Any) -> ModelInfo:
+        text_config = config.get_text_config()
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        quant = read_quantization_config(path).get("quant_method") or dtype
+        return ModelInfo(
+            name=path.name,
+            loader=TransformersLoader.name,
+            path=str(path),
+            architecture=(config.architectures or [config.model_type])[0],
+            parameters=sum(p.numel() for p in model.parameters()),
+            context_length=int(getattr(text_config, "max_position_embeddings", 0) or 2048),
+            vocab_size=int(text_config.vocab_size),
+            quantization=str(quant),
+            chat_template=getattr(tokenizer, "chat_template", None),
+            bos_token=tokenizer.bos_token,
+            eos_token=tokenizer.eos_token,
+        )
+
+
+@hookimpl
+def hearth_loaders() -> list[type[Loader]]:
+    return [TransformersLoader]

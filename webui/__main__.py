@@ -1,0 +1,41 @@
+"""`python -m webui`: parse flags, build the App, launch the web UI (and the API with --api)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from webui.app import App
+from webui.config import parse_settings
+from webui.loader_api import HearthError
+from webui.plugins import collect_loaders, make_plugin_manager
+
+
+def check_startup(app: App) -> None:
+    """Fail fast, before any server starts, on a model or loader name that does not exist."""
+    settings = app.settings
+    if settings.loader:
+        app.models.get_loader(settings.loader)
+    if settings.model:
+        app.models.resolve(settings.model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    plugins = make_plugin_manager()
+    loaders = collect_loaders(plugins)
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv, loaders)
+        app = App.create(settings, plugins)
+        check_startup(app)
+        app.load_startup_model()
+    except HearthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from webui.server import serve
+
+    return serve(app)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The App: every long-lived object of a running Hearth, built once and passed explicitly."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pluggy
+
+from webui.config import Settings
+from webui.generation import GenerationCore
+from webui.loader_api import Loader
+from webui.models import ModelManager
+from webui.plugins import collect_loaders, make_plugin_manager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    settings: Settings
+    plugins: pluggy.PluginManager
+    loaders: dict[str, type[Loader]]
+    models: ModelManager
+    core: GenerationCore
+
+    @classmethod
+    def create(cls, settings: Settings, plugins: pluggy.PluginManager | None = None) -> App:
+        plugins = plugins or make_plugin_manager()
+        loaders = collect_loaders(plugins)
+        models = ModelManager(settings.models_dir, loaders)
+        return cls(settings, plugins, loaders, models, GenerationCore(models))
+
+    def load_startup_model(self) -> None:
+        """Load --model with --loader and the loader flags given (errors propagate to the caller)."""
+        if not self.settings.model:
+            return
+        loader = self.settings.loader or self.models.choose_loader(self.models.resolve(self.settings.model).path)
+        known = {p.name for p in self.loaders[loader].params} if loader in self.loaders else set()
+        params = {k: v for k, v in self.settings.loader_args.items() if k in known}
+        self.models.load(self.settings.model, loader, params)

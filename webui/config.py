@@ -1,0 +1,169 @@
+"""Typed settings: one source of defaults for the CLI flags, settings.yaml and CMD_FLAGS.txt.
+
+Precedence, lowest first: the defaults in `Settings`, then settings.yaml, then CMD_FLAGS.txt, then the
+command line. Loader parameters are not retyped here: their flags are generated from each loader's
+`LoaderParam` declarations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from webui.loader_api import HearthError, Loader, LoaderParam
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(HearthError):
+    """A settings file or flag is malformed."""
+
+
+@dataclass
+class Settings:
+    model: str | None = None
+    loader: str | None = None
+    models_dir: Path = ROOT / "models"
+    user_data_dir: Path = ROOT / "user_data"
+    presets_dir: Path = ROOT / "presets"
+    templates_dir: Path = ROOT / "templates"
+    listen: bool = False
+    listen_port: int = 7860
+    api: bool = False
+    api_port: int = 5000
+    api_key: str | None = None
+    admin_key: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    extensions: list[str] = field(default_factory=list)
+    preset: str | None = None
+    no_browser_ui: bool = False
+    #: Loader parameters given explicitly (flags or settings.yaml); defaults come from the loader.
+    loader_args: dict[str, Any] = field(default_factory=dict)
+    #: Anything else from settings.yaml (UI state), kept so saving does not lose it.
+    extra: dict[str, Any] = field(default_factory=dict)
+    settings_file: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return "0.0.0.0" if self.listen else "127.0.0.1"
+
+
+_PATH_FIELDS = {"models_dir", "user_data_dir", "presets_dir", "templates_dir", "settings_file"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def loader_param_table(loaders: dict[str, type[Loader]]) -> dict[str, tuple[LoaderParam, list[str]]]:
+    """Every loader parameter name once, with the loaders that take it."""
+    table: dict[str, tuple[LoaderParam, list[str]]] = {}
+    for loader_name, cls in loaders.items():
+        for param in cls.params:
+            if param.name in table:
+                table[param.name][1].append(loader_name)
+            else:
+                table[param.name] = (param, [loader_name])
+    return table
+
+
+def build_parser(loaders: dict[str, type[Loader]]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m webui",
+        description="Hearth: a local LLM web UI and OpenAI-compatible API.",
+        argument_default=argparse.SUPPRESS,
+    )
+    basic = parser.add_argument_group("Model")
+    basic.add_argument("--model", help="Model to load at start: a name from --models-dir (file or folder).")
+    basic.add_argument("--loader", help=f"Loader to use (default: chosen from the model). One of: {', '.join(loaders)}.")
+    basic.add_argument("--models-dir", type=Path, help="Folder of local models (default: models/).")
+    basic.add_argument("--user-data-dir", type=Path, help="Chats, characters, per-model settings (default: user_data/).")
+    basic.add_argument("--settings", dest="settings_file", type=Path, help="settings.yaml to read (default: ./settings.yaml if present).")
+    basic.add_argument("--preset", help="Sampler preset from presets/ to start with.")
+
+    server = parser.add_argument_group("Web UI")
+    server.add_argument("--listen", action="store_true", help="Listen on all interfaces (0.0.0.0) instead of 127.0.0.1.")
+    server.add_argument("--listen-port", type=int, help="Web UI port (default 7860).")
+    server.add_argument("--no-browser-ui", action="store_true", help="Do not start the web UI (API only, with --api).")
+
+    api = parser.add_argument_group("API")
+    api.add_argument("--api", action="store_true", help="Start the OpenAI-compatible API.")
+    api.add_argument("--api-port", type=int, help="API port (default 5000).")
+    api.add_argument("--api-key", help="Require 'Authorization: Bearer KEY' on every API request.")
+    api.add_argument("--admin-key", help="Key required to load/unload models through the API (default: --api-key).")
+    api.add_argument("--cors-origins", nargs="*", help="Origins allowed by CORS (default: none).")
+
+    ext = parser.add_argument_group("Extensions")
+    ext.add_argument("--extensions", nargs="*", help="Extensions to enable, by name.")
+
+    by_loader: dict[str, argparse._ArgumentGroup] = {}
+    for name, (param, users) in loader_param_table(loaders).items():
+        key = ", ".join(users)
+        group = by_loader.get(key) or parser.add_argument_group(f"Loader parameters ({key})")
+        by_loader[key] = group
+        _add_param_flag(group, name, param)
+    return parser
+
+
+def _add_param_flag(group: argparse._ArgumentGroup, name: str, param: LoaderParam) -> None:
+    help_text = f"{param.help} (default: {param.default})"
+    if param.kind == "bool":
+        group.add_argument(_flag(name), dest=f"loader:{name}", action=argparse.BooleanOptionalAction, help=help_text)
+        return
+    kwargs: dict[str, Any] = {"dest": f"loader:{name}", "help": help_text, "metavar": param.kind.upper()}
+    if param.kind == "choice":
+        kwargs["choices"] = param.choices
+        kwargs.pop("metavar")
+    elif param.kind in {"int", "float"}:
+        kwargs["type"] = int if param.kind == "int" else float
+    group.add_argument(_flag(name), **kwargs)
+
+
+def read_cmd_flags(path: Path) -> list[str]:
+    """Flags from CMD_FLAGS.txt: shell-style words, lines starting with # ignored."""
+    if not path.is_file():
+        return []
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.lstrip().startswith("#")]
+    return shlex.split(" ".join(lines))
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path} must hold a mapping of names to values")
+    return data
+
+
+def parse_settings(
+    argv: list[str], loaders: dict[str, type[Loader]], cmd_flags_file: Path | None = ROOT / "CMD_FLAGS.txt"
+) -> Settings:
+    """CLI words (plus CMD_FLAGS.txt) and settings.yaml merged into one Settings."""
+    words = (read_cmd_flags(cmd_flags_file) if cmd_flags_file else []) + list(argv)
+    namespace = vars(build_parser(loaders).parse_args(words))
+    settings_file = namespace.get("settings_file")
+    if settings_file is None and (ROOT / "settings.yaml").is_file():
+        settings_file = ROOT / "settings.yaml"
+    merged: dict[str, Any] = read_settings_file(Path(settings_file)) if settings_file else {}
+    merged = {k.replace("-", "_"): v for k, v in merged.items()}
+    if settings_file:
+        merged["settings_file"] = Path(settings_file)
+    loader_args = dict(merged.pop("loader_args", None) or {})
+    for key, value in namespace.items():
+        if key.startswith("loader:"):
+            loader_args[key.split(":", 1)[1]] = value
+        else:
+            merged[key] = value
+    known = {f.name for f in fields(Settings)}
+    extra = {k: v for k, v in merged.items() if k not in known}
+    values = {k: v for k, v in merged.items() if k in known and k not in {"loader_args", "extra"}}
+    for key in _PATH_FIELDS & set(values):
+        values[key] = Path(values[key])
+    return Settings(**values, loader_args=loader_args, extra=extra)

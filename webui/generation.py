@@ -1,0 +1,256 @@
+"""The one generation core: a typed request in, a stream of events out.
+
+The UI, the API and extensions all call `GenerationCore.stream`. It owns: tokenization, fitting the
+prompt into the context, choosing the token source (the backend's native sampler chain when it can
+honour every setting, else the model's logits through Hearth's sampler pipeline), stop strings,
+EOS handling, cancellation and the per-model FIFO queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from webui.hf_path import TokenSource, sampled_tokens
+from webui.loader_api import HearthError, Model
+from webui.models import ModelManager
+from webui.sampling import SamplingParams, build_sampler
+from webui.textstream import IncrementalDecoder, StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+class GenerationError(HearthError):
+    """A request that cannot be served as asked (bad combination of settings, prompt too long, ...)."""
+
+
+class GenerationRequest(BaseModel):
+    """Everything one generation needs. Validated once, here; the loop trusts it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = None
+    prompt_ids: list[int] | None = None
+    max_new_tokens: int = Field(512, ge=1, le=1 << 20)
+    stop: list[str] = Field(default_factory=list)
+    add_bos_token: bool = True
+    #: Context budget for prompt + reply; 0 = the model's context. Longer prompts lose their oldest tokens.
+    truncation_length: int = Field(0, ge=0)
+    #: Report the top-N alternatives (with log-probabilities) of every generated token.
+    logprobs: int = Field(0, ge=0, le=50)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> GenerationRequest:
+        if (self.prompt is None) == (self.prompt_ids is None):
+            raise ValueError("give exactly one of prompt or prompt_ids")
+        return self
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    text: str
+    logprob: float
+    top: list[tuple[int, str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TextChunk:
+    """Newly generated text (may be empty while a stop string is being ruled out)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    truncated_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Finished:
+    """The last event. reason: 'stop' (EOS or a stop string), 'length' or 'cancelled'."""
+
+    reason: str
+    text: str
+    usage: Usage
+    seed: int
+    stop_string: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+
+
+Event = TextChunk | Finished
+
+
+def fit_context(ids: list[int], n_ctx: int, truncation_length: int, max_new_tokens: int, bos: int | None) -> tuple[list[int], int]:
+    """Drop the oldest prompt tokens so prompt + reply fit; a leading BOS is kept. Returns (ids, dropped)."""
+    budget = min(truncation_length or n_ctx, n_ctx)
+    room = max(budget - max_new_tokens, 1)
+    if len(ids) <= room:
+        return ids, 0
+    keep_bos = bos is not None and ids and ids[0] == bos
+    if keep_bos:
+        kept = [ids[0], *ids[len(ids) - room + 1 :]] if room > 1 else [ids[0]]
+    else:
+        kept = ids[len(ids) - room :]
+    return kept, len(ids) - len(kept)
+
+
+class GenerationCore:
+    def __init__(self, models: ModelManager):
+        self.models = models
+        self._active: set[threading.Event] = set()
+        self._active_lock = threading.Lock()
+        #: Extra logits processors (extensions) appended to every HF-path pipeline.
+        self.extra_processors: list = []
+
+    # -- public API -------------------------------------------------------------------------------
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Event]:
+        """Generate; yields TextChunk events and one Finished. Waits its turn behind earlier requests."""
+        cancel = cancel or threading.Event()
+        with self._active_lock:
+            self._active.add(cancel)
+        try:
+            if not self.models.lock.acquire(cancel):
+                yield Finished("cancelled", "", Usage(0, 0), seed=-1)
+                return
+            try:
+                yield from self._run(self.models.require(), request, cancel)
+            finally:
+                self.models.lock.release()
+        finally:
+            with self._active_lock:
+                self._active.discard(cancel)
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Finished:
+        """Run to the end and return the final event (its `text` is the whole reply)."""
+        final = None
+        for event in self.stream(request, cancel):
+            if isinstance(event, Finished):
+                final = event
+        assert final is not None
+        return final
+
+    def stop_all(self) -> int:
+        """Cancel the running generation and every queued one; returns how many were signalled."""
+        with self._active_lock:
+            events = list(self._active)
+        for event in events:
+            event.set()
+        return len(events)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _run(self, model: Model, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
+        ids = list(request.prompt_ids) if request.prompt_ids is not None else model.tokenize(request.prompt or "", request.add_bos_token)
+        if not ids:
+            raise GenerationError("the prompt is empty: give at least one token (or enable add_bos_token)")
+        bad = [t for t in ids if not 0 <= t < model.vocab_size]
+        if bad:
+            raise GenerationError(f"prompt_ids contain ids outside the vocabulary (0..{model.vocab_size - 1}): {bad[:5]}")
+        ids, dropped = fit_context(ids, model.n_ctx, request.truncation_length, request.max_new_tokens, model.bos_token_id)
+        if dropped:
+            log.info("prompt truncated: dropped the oldest %d tokens to fit the context", dropped)
+        max_new = min(request.max_new_tokens, model.n_ctx - len(ids))
+        params = request.sampling
+        sampler = build_sampler(
+            params,
+            vocab_size=model.vocab_size,
+            eos_token_ids=model.eos_token_ids,
+            prompt_ids=ids,
+            encode=lambda s: model.tokenize(s, add_bos=False),
+            extra_processors=self.extra_processors,
+        )
+        source = self._token_source(model, ids, request, sampler)
+        yield from self._decode_stream(model, ids, request, source, sampler.seed, max_new, dropped, cancel)
+
+    def _token_source(self, model: Model, ids: list[int], request: GenerationRequest, sampler) -> TokenSource:
+        params = request.sampling
+        wants_hf = request.logprobs > 0 or params.guidance_scale != 1 or params.banned_strings or self.extra_processors
+        if not wants_hf:
+            native = model.native_generate(ids, params, sampler.seed)
+            if native is not None:
+                return ((token, None) for token in native)
+        if params.grammar_string:
+            raise GenerationError(
+                "grammar_string works only on llama.cpp's native path: use the llama.cpp loader and turn off "
+                f"{', '.join(model.unsupported_native(params) or ['logprobs / guidance / banned strings'])}"
+            )
+        return sampled_tokens(model, ids, request, sampler)
+
+    def _decode_stream(self, model: Model, ids: list[int], request: GenerationRequest, source: TokenSource,
+                       seed: int, max_new: int, dropped: int, cancel: threading.Event) -> Iterator[Event]:
+        decoder = IncrementalDecoder(model.detokenize, ids)
+        matcher = StopMatcher(request.stop)
+        eos = set() if request.sampling.ban_eos_token else model.eos_token_ids
+        generated: list[int] = []
+        reason = "length"
+        text_parts: list[str] = []
+        try:
+            for token, logprob in source if max_new > 0 else ():
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                generated.append(token)
+                if token in eos:
+                    reason = "stop"
+                    break
+                text = matcher.feed(decoder.push(token))
+                text_parts.append(text)
+                yield TextChunk(text, [token], [logprob] if logprob else [])
+                if matcher.stopped_by is not None:
+                    reason = "stop"
+                    break
+                if len(generated) >= max_new:
+                    break
+        finally:
+            close = getattr(source, "close", None)
+            if close:
+                close()
+        if matcher.stopped_by is None:
+            tail = matcher.feed(decoder.flush())
+            tail += matcher.flush()
+            if tail:
+                text_parts.append(tail)
+                yield TextChunk(tail, [])
+        usage = Usage(len(ids), len(generated), dropped)
+        yield Finished(reason, "".join(text_parts), usage, seed, matcher.stopped_by, generated)
+
+    # -- inspection -------------------------------------------------------------------------------
+    def top_tokens(self, text: str, n: int = 20, use_samplers: bool = False, sampling: SamplingParams | None = None,
+                   add_bos: bool = True) -> list[TokenLogprob]:
+        """The most likely next tokens after `text`, raw or after the current samplers."""
+        with self.models.lock:
+            model = self.models.require()
+            ids = model.tokenize(text, add_bos) or [model.bos_token_id or 0]
+            scores = model.logits(ids)
+            if use_samplers:
+                sampler = build_sampler(sampling or SamplingParams(), vocab_size=model.vocab_size,
+                                        eos_token_ids=model.eos_token_ids, prompt_ids=ids,
+                                        encode=lambda s: model.tokenize(s, add_bos=False))
+                probs = sampler.probabilities(torch.tensor([ids]), scores[None].clone())
+            else:
+                probs = torch.softmax(scores.float(), dim=-1)
+            top = torch.topk(probs, min(n, probs.numel()))
+            return [
+                TokenLogprob(int(i), model.detokenize([int(i)]), float(torch.log(p)) if p > 0 else float("-inf"))
+                for p, i in zip(top.values, top.indices, strict=True)
+            ]
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.models.require().tokenize(text, add_bos)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.models.require().detokenize(ids)

@@ -1,0 +1,222 @@
+"""The contract between Hearth and a model backend.
+
+A *loader* knows how to recognise a model on disk, which parameters it takes, and how to turn a path into
+a *Model*. A Model is what the generation core drives: tokenize, detokenize, next-token logits for a token
+sequence (reusing its cache for the common prefix), and optionally a native fast generate.
+
+Loader parameters are declared once here (`LoaderParam`); the CLI flags, the Model tab and API validation
+are generated from those declarations.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+    from webui.sampling import SamplingParams
+
+
+class HearthError(Exception):
+    """Base of the errors Hearth reports to a person (UI toast, API error body, CLI message)."""
+
+
+class LoaderError(HearthError):
+    """A model could not be loaded: wrong loader, corrupt file, missing dependency, bad parameter."""
+
+
+class ModelRuntimeError(HearthError):
+    """The backend failed while evaluating tokens (out of memory, no KV slot, ...)."""
+
+
+@dataclass(frozen=True)
+class LoaderParam:
+    """One parameter a loader accepts. `kind` is one of bool, int, float, str, choice."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    step: float | None = None
+
+    def coerce(self, value: Any) -> Any:
+        """Validate and convert one value (from the CLI, a settings file, JSON or a UI widget)."""
+        if value is None:
+            return self.default
+        try:
+            if self.kind == "bool":
+                if isinstance(value, str):
+                    lowered = value.strip().lower()
+                    if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                        raise ValueError(value)
+                    return lowered in {"1", "true", "yes", "on"}
+                return bool(value)
+            if self.kind == "int":
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)
+                converted: Any = int(value)
+            elif self.kind == "float":
+                converted = float(value)
+            else:
+                converted = str(value)
+        except (TypeError, ValueError):
+            raise LoaderError(f"{self.name}: expected {self.kind}, got {value!r}") from None
+        if self.kind == "choice" and converted not in self.choices:
+            raise LoaderError(f"{self.name}: {converted!r} is not one of {', '.join(self.choices)}")
+        if self.minimum is not None and converted < self.minimum:
+            raise LoaderError(f"{self.name}: {converted} is below the minimum {self.minimum}")
+        if self.maximum is not None and converted > self.maximum:
+            raise LoaderError(f"{self.name}: {converted} is above the maximum {self.maximum}")
+        return converted
+
+
+@dataclass
+class ModelInfo:
+    """What a person wants to know about a loaded model; shown in the Model tab and the API."""
+
+    name: str
+    loader: str
+    path: str
+    architecture: str = "unknown"
+    parameters: int | None = None
+    context_length: int = 0
+    vocab_size: int = 0
+    quantization: str = ""
+    chat_template: str | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "loader": self.loader,
+            "path": self.path,
+            "architecture": self.architecture,
+            "parameters": self.parameters,
+            "context_length": self.context_length,
+            "vocab_size": self.vocab_size,
+            "quantization": self.quantization,
+            "has_chat_template": bool(self.chat_template),
+            **self.extra,
+        }
+
+
+class Model(ABC):
+    """A loaded model. One generation at a time drives it (the generation core holds the lock)."""
+
+    info: ModelInfo
+    #: Tokens actually evaluated by the backend since load (prefix-cache reuse makes this grow slowly).
+    evaluated_tokens: int = 0
+
+    @property
+    @abstractmethod
+    def n_ctx(self) -> int:
+        """The context window in tokens."""
+
+    @property
+    @abstractmethod
+    def eos_token_ids(self) -> frozenset[int]: ...
+
+    @property
+    @abstractmethod
+    def bos_token_id(self) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Width of the logits vector."""
+
+    @abstractmethod
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]: ...
+
+    @abstractmethod
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of `ids` (special tokens skipped)."""
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes of one token, for byte-exact streaming; default goes through detokenize."""
+        return self.detokenize([token_id]).encode("utf-8")
+
+    @abstractmethod
+    def logits(self, ids: Sequence[int], slot: int = 0) -> torch.Tensor:
+        """Raw next-token logits (float32, shape [vocab]) after `ids`, reusing the cache for the
+        longest common prefix with the previous call on the same `slot`.
+
+        Slot 0 is the main sequence; slot 1 holds a second sequence (the negative prompt of CFG) in its
+        own cache, so that guidance costs one token of evaluation per step, not a re-read."""
+
+    def native_generate(
+        self, ids: Sequence[int], params: SamplingParams, seed: int
+    ) -> Iterator[int] | None:
+        """A backend's own fast sampling loop, or None when it cannot honour `params` exactly.
+
+        The core then falls back to `logits()` plus Hearth's sampler pipeline. Never ignore a parameter
+        silently: return None instead."""
+        return None
+
+    def unsupported_native(self, params: SamplingParams) -> list[str]:
+        """Names of the parameters in `params` the native path cannot honour ([] when it can)."""
+        return []
+
+    @abstractmethod
+    def unload(self) -> None:
+        """Free the weights and caches. The object must not be used afterwards."""
+
+
+class Loader(ABC):
+    """A backend plugin: recognises paths, declares parameters, loads models."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    params: ClassVar[tuple[LoaderParam, ...]] = ()
+
+    @classmethod
+    @abstractmethod
+    def score(cls, path: Path) -> int:
+        """How well this loader fits `path`: 0 = cannot load it; the highest score is chosen by default."""
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """Whether the backend's libraries are importable here, and if not, what to install."""
+        return True, ""
+
+    @classmethod
+    def resolve_params(cls, values: dict[str, Any] | None) -> dict[str, Any]:
+        """Defaults merged with `values`, every value validated; unknown names are an error."""
+        values = dict(values or {})
+        known = {p.name: p for p in cls.params}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise LoaderError(
+                f"{cls.name} has no parameter {', '.join(unknown)}; it takes: {', '.join(known) or 'none'}"
+            )
+        return {name: p.coerce(values.get(name)) for name, p in known.items()}
+
+    @abstractmethod
+    def load(self, path: Path, params: dict[str, Any]) -> Model:
+        """Load `path` with already-resolved `params`; raise LoaderError with a clear message on failure."""
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences (the reusable part of a KV cache)."""
+    n = min(len(a), len(b))
+    a, b = list(a[:n]), list(b[:n])
+    if a == b:  # the usual case (a chat's next turn, a decode step): one C-speed comparison
+        return n
+    lo, hi = 0, n  # invariant: a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -1,0 +1,150 @@
+"""The model manager: what is in models/, which loader fits it, and the one loaded model.
+
+Load and unload take the generation core's queue lock, so a model is never swapped under a running
+generation.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webui.fifo import FifoLock
+from webui.loader_api import HearthError, Loader, LoaderError, Model
+
+log = logging.getLogger(__name__)
+
+#: Second and later shards of a split GGUF (model-00002-of-00003.gguf) are not separate models.
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+class ModelNotFound(HearthError):
+    """A model name that is not in the models folder."""
+
+
+class NoModelLoaded(HearthError):
+    """A request that needs a model came while none is loaded."""
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    name: str
+    path: Path
+    size_bytes: int
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.path.is_file() and self.path.suffix.lower() == ".gguf"
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def discover_models(models_dir: Path) -> list[LocalModel]:
+    """GGUF files and model folders in `models_dir`, sorted by name (case-insensitive).
+
+    Hidden entries, partial downloads (*.incomplete) and non-first GGUF shards are skipped; a folder
+    counts when it has a config.json or a GGUF inside.
+    """
+    if not models_dir.is_dir():
+        return []
+    found = []
+    for entry in models_dir.iterdir():
+        if entry.name.startswith(".") or entry.name.endswith(".incomplete"):
+            continue
+        if entry.is_file() and entry.suffix.lower() == ".gguf":
+            shard = _SHARD.search(entry.name)
+            if shard and int(shard.group(1)) != 1:
+                continue
+            found.append(LocalModel(entry.name, entry, _size(entry)))
+        elif entry.is_dir() and ((entry / "config.json").is_file() or next(entry.glob("*.gguf"), None)):
+            found.append(LocalModel(entry.name, entry, _size(entry)))
+    return sorted(found, key=lambda m: m.name.lower())
+
+
+class ModelManager:
+    """Discovers local models, picks loaders, holds the loaded model."""
+
+    def __init__(self, models_dir: Path, loaders: dict[str, type[Loader]], lock: FifoLock | None = None):
+        self.models_dir = models_dir
+        self.loaders = loaders
+        #: Held by the generation core while a request runs; load/unload wait for it.
+        self.lock = lock or FifoLock()
+        self.model: Model | None = None
+        self.model_name: str | None = None
+        self.loader_name: str | None = None
+        self.load_params: dict[str, Any] = {}
+
+    def list_models(self) -> list[LocalModel]:
+        return discover_models(self.models_dir)
+
+    def resolve(self, name: str) -> LocalModel:
+        """A model by its name in the models folder (or an absolute/relative path to one)."""
+        for model in self.list_models():
+            if model.name == name:
+                return model
+        path = Path(name)
+        if path.exists() and (path.suffix.lower() == ".gguf" or path.is_dir()):
+            return LocalModel(path.name, path, _size(path))
+        available = ", ".join(m.name for m in self.list_models()) or f"none (put models in {self.models_dir})"
+        raise ModelNotFound(f"no model named {name!r}. Available: {available}")
+
+    def loader_scores(self, path: Path) -> list[tuple[str, int]]:
+        """Loaders that can load `path`, best first."""
+        scored = [(name, cls.score(path)) for name, cls in self.loaders.items()]
+        return sorted(((n, s) for n, s in scored if s > 0), key=lambda item: -item[1])
+
+    def choose_loader(self, path: Path) -> str:
+        """The best available loader for `path`."""
+        candidates = self.loader_scores(path)
+        for name, _ in candidates:
+            if self.loaders[name].available()[0]:
+                return name
+        if candidates:
+            name = candidates[0][0]
+            raise LoaderError(f"{path.name} needs the {name} loader: {self.loaders[name].available()[1]}")
+        raise LoaderError(f"no loader recognises {path.name} (expected a .gguf file or a model folder with config.json)")
+
+    def get_loader(self, name: str) -> type[Loader]:
+        if name not in self.loaders:
+            raise LoaderError(f"unknown loader {name!r}. Available: {', '.join(self.loaders)}")
+        return self.loaders[name]
+
+    def load(self, name: str, loader: str | None = None, params: dict[str, Any] | None = None) -> Model:
+        """Unload the current model and load `name`. Parameters are validated before anything is freed."""
+        local = self.resolve(name)
+        loader_name = loader or self.choose_loader(local.path)
+        cls = self.get_loader(loader_name)
+        ok, hint = cls.available()
+        if not ok:
+            raise LoaderError(f"the {loader_name} loader is not installed here: {hint}")
+        resolved = cls.resolve_params(params)
+        with self.lock:
+            self._unload_locked()
+            log.info("loading %s with %s", local.name, loader_name)
+            model = cls().load(local.path, resolved)
+            self.model, self.model_name, self.loader_name, self.load_params = model, local.name, loader_name, resolved
+        return model
+
+    def unload(self) -> None:
+        with self.lock:
+            self._unload_locked()
+
+    def _unload_locked(self) -> None:
+        if self.model is not None:
+            self.model.unload()
+        self.model = self.model_name = self.loader_name = None
+        self.load_params = {}
+        gc.collect()
+
+    def require(self) -> Model:
+        if self.model is None:
+            raise NoModelLoaded("no model is loaded: load one in the Model tab or with --model")
+        return self.model
