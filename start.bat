@@ -1,0 +1,39 @@
+@echo off
+rem Hearth launcher for Windows: a straight translation of start.sh (not run in CI; see README).
+rem Usage: start.bat [flags]        (flags also read from CMD_FLAGS.txt)
+rem        start.bat --install-only
+setlocal
+cd /d "%~dp0"
+
+set VENV=.venv
+set MARKER=%VENV%\.hearth-installed
+if "%PYTHON%"=="" set PYTHON=python
+
+if not exist "%MARKER%" goto install
+goto run
+
+:install
+%PYTHON% -c "import sys; sys.exit(sys.version_info < (3, 10))" || (echo Hearth needs Python 3.10 or newer. & exit /b 1)
+if not exist "%VENV%\Scripts\python.exe" (
+    echo Creating a virtual environment in %VENV% ...
+    %PYTHON% -m venv %VENV% || exit /b 1
+)
+"%VENV%\Scripts\python.exe" -m pip install --quiet --upgrade pip
+set TARGET=.
+where nvidia-smi >nul 2>nul
+if %ERRORLEVEL%==0 (
+    echo An NVIDIA GPU is present.
+    set /p ANSWER="Install GPU support (llama.cpp built with CUDA, and ExLlamaV2)? [Y/n] "
+)
+if defined ANSWER if /i not "%ANSWER:~0,1%"=="n" (
+    set CMAKE_ARGS=%CMAKE_ARGS% -DGGML_CUDA=on
+    set TARGET=.[exllamav2]
+)
+echo Installing Hearth and its dependencies.
+echo llama-cpp-python compiles llama.cpp from source: this takes several minutes the first time.
+"%VENV%\Scripts\python.exe" -m pip install -e "%TARGET%" || exit /b 1
+type nul > "%MARKER%"
+
+:run
+if "%~1"=="--install-only" exit /b 0
+"%VENV%\Scripts\python.exe" -m webui %*
