@@ -231,10 +231,14 @@ class LlamaCppLoader(Loader):
             if handle.read(4) != b"GGUF":
                 raise LoaderError(f"{path.name} is not a GGUF file (bad magic number): the file may be corrupt or incomplete")
 
-    @staticmethod
-    def llama_kwargs(path: Path, params: dict[str, Any]) -> dict[str, Any]:
+    @classmethod
+    def validate(cls, path: Path, params: dict[str, Any]) -> None:
         if params["cache_type"] != "f16" and not params["flash_attn"]:
             raise LoaderError(f"cache_type {params['cache_type']} needs flash_attn: llama.cpp quantizes the V cache only with flash attention")
+        _tensor_split(params["tensor_split"])
+
+    @staticmethod
+    def llama_kwargs(path: Path, params: dict[str, Any]) -> dict[str, Any]:
         n_ctx = params["n_ctx"] or min(_trained_context(path) or MAX_DEFAULT_CTX, MAX_DEFAULT_CTX)
         rope_base = params["rope_freq_base"] or (ntk_rope_freq_base(params["alpha_value"]) if params["alpha_value"] != 1 else 0.0)
         cores = os.cpu_count() or 1
@@ -254,11 +258,9 @@ class LlamaCppLoader(Loader):
             "use_mlock": params["mlock"],
             "verbose": False,
         }
-        if params["tensor_split"].strip():
-            try:
-                kwargs["tensor_split"] = [float(x) for x in params["tensor_split"].split(",")]
-            except ValueError:
-                raise LoaderError(f"tensor_split: expected numbers separated by commas, got {params['tensor_split']!r}") from None
+        split = _tensor_split(params["tensor_split"])
+        if split:
+            kwargs["tensor_split"] = split
         return kwargs
 
     def _info(self, path: Path, gguf_path: Path, llm: Any) -> ModelInfo:
@@ -281,6 +283,15 @@ class LlamaCppLoader(Loader):
             eos_token=_token_text(llm, llm.token_eos()),
             extra={"trained_context_length": int(meta.get(f"{arch}.context_length", 0) or 0), "file_size": gguf_path.stat().st_size},
         )
+
+
+def _tensor_split(text: str) -> list[float] | None:
+    if not text.strip():
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise LoaderError(f"tensor_split: expected numbers separated by commas, got {text!r}") from None
 
 
 def _token_text(llm: Any, token: int) -> str | None:

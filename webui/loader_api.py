@@ -201,6 +201,10 @@ class Loader(ABC):
             )
         return {name: p.coerce(values.get(name)) for name, p in known.items()}
 
+    @classmethod
+    def validate(cls, path: Path, params: dict[str, Any]) -> None:
+        """Check parameter combinations before the current model is unloaded; raise LoaderError."""
+
     @abstractmethod
     def load(self, path: Path, params: dict[str, Any]) -> Model:
         """Load `path` with already-resolved `params`; raise LoaderError with a clear message on failure."""

@@ -126,6 +126,7 @@ class ModelManager:
         if not ok:
             raise LoaderError(f"the {loader_name} loader is not installed here: {hint}")
         resolved = cls.resolve_params(params)
+        cls.validate(local.path, resolved)
         with self.lock:
             self._unload_locked()
             log.info("loading %s with %s", local.name, loader_name)
