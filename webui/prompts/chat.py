@@ -1,0 +1,328 @@
+"""Chat prompts in text-generation-webui's three modes, plus the history operations the chat tab calls.
+
+- ``chat``: the character's context and example dialogue, then ``Name: text`` lines, ending ``CharName:``.
+- ``chat-instruct``: that transcript wrapped in one instruction ("Continue the chat dialogue below...")
+  rendered through the model's instruction template, with the reply already started as ``CharName:``.
+- ``instruct``: the turns go straight through the instruction template as chat messages.
+
+Long chats lose their oldest exchanges first; the context and the greeting always stay, and the number of
+dropped turns is reported so the UI can say so. Everything here is pure: no model, no files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from webui.loader_api import HearthError
+from webui.prompts.characters import Character
+from webui.prompts.history import ChatHistory, HistoryError, Turn
+from webui.prompts.templates import TemplateError, render
+
+ChatMode = Literal["chat", "chat-instruct", "instruct"]
+CHAT_MODES: tuple[str, ...] = ("chat", "chat-instruct", "instruct")
+DEFAULT_CHAT_INSTRUCT_COMMAND = (
+    'Continue the chat dialogue below. Write a single reply for the character "<|character|>".\n\n<|prompt|>'
+)
+_PLACEHOLDER = "\x00hearth-{}\x00"
+_NAME_MACROS = re.compile(r"\{\{(char|user)\}\}|<(BOT|USER)>", re.IGNORECASE)
+
+
+class PromptTooLongError(HearthError):
+    """Even with every droppable turn gone, the prompt does not fit the context window."""
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """What the generation core needs: the prompt, where to stop, and how much history was cut."""
+
+    text: str
+    stop_strings: tuple[str, ...]
+    dropped_turns: int = 0
+
+
+def substitute_names(text: str, user_name: str, bot_name: str) -> str:
+    """Replace the card macros ``{{char}}``, ``{{user}}``, ``<BOT>``, ``<USER>`` (any case)."""
+
+    def name_for(match: re.Match[str]) -> str:
+        macro = (match.group(1) or match.group(2)).lower()
+        return bot_name if macro in ("char", "bot") else user_name
+
+    return _NAME_MACROS.sub(name_for, text)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """The fixed parts of one prompt build; only the kept turns vary while truncating."""
+
+    mode: str
+    character: Character
+    user_name: str
+    template_text: str
+    template_name: str
+    bos_token: str
+    eos_token: str
+    impersonate: bool
+    partial: str  # continued bot text, or the user's started text when impersonating
+    continue_last: bool
+    command: str
+    system_message: str | None
+
+    def sub(self, text: str) -> str:
+        return substitute_names(text, self.user_name, self.character.name)
+
+    def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return render(
+            self.template_text,
+            messages,
+            add_generation_prompt,
+            self.bos_token,
+            self.eos_token,
+            template_name=self.template_name,
+        )
+
+
+def build_chat_prompt(
+    history: ChatHistory,
+    user_input: str | None,
+    *,
+    mode: ChatMode,
+    character: Character,
+    user_name: str,
+    template_text: str,
+    count_tokens: Callable[[str], int],
+    max_prompt_tokens: int,
+    bos_token: str = "",
+    eos_token: str = "",
+    impersonate: bool = False,
+    continue_last: bool = False,
+    chat_instruct_command: str = DEFAULT_CHAT_INSTRUCT_COMMAND,
+    system_message: str | None = None,
+    template_name: str = "instruction template",
+) -> ChatPrompt:
+    """Build the prompt for the next reply (or, with impersonate, the user's next message).
+
+    ``user_input`` is the new user message; with ``impersonate`` it is text the user has started, which
+    the model continues. ``continue_last`` extends the last assistant turn instead of starting a new one.
+    ``system_message`` overrides the character context as the instruct system prompt (instruct modes).
+    ``max_prompt_tokens`` is truncation_length - max_new_tokens; oldest exchanges drop until it fits.
+    """
+    if mode not in CHAT_MODES:
+        raise ValueError(f"mode must be one of {CHAT_MODES}, got {mode!r}")
+    if impersonate and continue_last:
+        raise ValueError("impersonate and continue_last cannot be combined")
+    turns = list(history.turns)
+    text = (user_input or "").strip()
+    partial = text if impersonate else ""
+    if continue_last:
+        if not turns or turns[-1].role != "assistant":
+            raise HistoryError("there is no reply to continue")
+        partial = turns.pop().content
+    tail = [Turn("user", text)] if text and not impersonate and not continue_last else []
+    request = _Request(
+        mode,
+        character,
+        user_name or character.user_name or "You",
+        template_text,
+        template_name,
+        bos_token,
+        eos_token,
+        impersonate,
+        partial,
+        continue_last,
+        chat_instruct_command,
+        system_message,
+    )
+
+    pinned = turns[:1] if turns and turns[0].role == "assistant" else []
+    groups = _exchanges(turns[len(pinned) :])
+
+    def prompt_for(dropped_groups: int) -> str:
+        kept = [t for group in groups[dropped_groups:] for t in group]
+        return _build(request, [*pinned, *kept, *tail])
+
+    # Fewer kept turns never makes a prompt longer, so binary search keeps tokenizer calls at O(log n).
+    low, high = 0, len(groups)
+    if count_tokens(prompt_for(high)) > max_prompt_tokens:
+        raise PromptTooLongError(
+            f"the prompt needs {count_tokens(prompt_for(high))} tokens with only the context, greeting and "
+            f"current message, over the {max_prompt_tokens} available; shorten the character context or "
+            "the message, or raise the truncation length"
+        )
+    while low < high:
+        middle = (low + high) // 2
+        if count_tokens(prompt_for(middle)) <= max_prompt_tokens:
+            high = middle
+        else:
+            low = middle + 1
+    dropped = sum(len(group) for group in groups[:low])
+    return ChatPrompt(prompt_for(low), _stop_strings(request), dropped)
+
+
+def _exchanges(turns: Sequence[Turn]) -> list[list[Turn]]:
+    """Group turns so each group starts at a user turn; dropping whole groups keeps roles alternating."""
+    groups: list[list[Turn]] = []
+    for turn in turns:
+        if turn.role == "user" or not groups:
+            groups.append([turn])
+        else:
+            groups[-1].append(turn)
+    return groups
+
+
+def _build(request: _Request, turns: list[Turn]) -> str:
+    if request.mode == "instruct":
+        return _instruct_prompt(request, turns)
+    transcript = _chat_transcript(request, turns)
+    bot, user = request.character.name, request.user_name
+    speaker = user if request.impersonate else bot
+    if request.mode == "chat":
+        return transcript + _started_line(speaker, request.partial)
+    command = request.command.replace("<|character|>", speaker).replace("<|prompt|>", transcript)
+    messages = _system(request.system_message)
+    messages += [
+        {"role": "user", "content": request.sub(command)},
+        {"role": "assistant", "content": _started_line(speaker, request.partial)},
+    ]
+    return _render_continuing(request, messages)
+
+
+def _started_line(speaker: str, partial: str) -> str:
+    """``Name:`` (no trailing space: most tokenizers glue the space to the next word) or ``Name: text``."""
+    return f"{speaker}: {partial.lstrip()}" if partial.strip() else f"{speaker}:"
+
+
+def _chat_transcript(request: _Request, turns: list[Turn]) -> str:
+    head = [
+        request.sub(part).strip() for part in (request.character.context, request.character.example_dialogue)
+    ]
+    text = "".join(part + "\n\n" for part in head if part)
+    for turn in turns:
+        name = request.user_name if turn.role == "user" else request.character.name
+        text += f"{name}: {turn.content.strip()}\n"
+    return text
+
+
+def _system(content: str | None) -> list[dict[str, Any]]:
+    return [{"role": "system", "content": content}] if content and content.strip() else []
+
+
+def _instruct_prompt(request: _Request, turns: list[Turn]) -> str:
+    system = (
+        request.system_message
+        if request.system_message is not None
+        else request.sub(request.character.context)
+    )
+    messages = _system(system) + [{"role": t.role, "content": t.content} for t in turns]
+    if request.continue_last:
+        return _render_continuing(request, [*messages, {"role": "assistant", "content": request.partial}])
+    if request.impersonate:
+        marker = _PLACEHOLDER.format("impersonate")
+        rendered = request.render([*messages, {"role": "user", "content": marker}], False)
+        return rendered[: rendered.rindex(marker)] + request.partial
+    return request.render(messages, True)
+
+
+def _render_continuing(request: _Request, messages: list[dict[str, Any]]) -> str:
+    """Render with the final assistant message left open, as transformers' continue_final_message does."""
+    final = messages[-1]["content"]
+    rendered = request.render(messages, False)
+    location = rendered.rfind(final.strip()) if final.strip() else -1
+    if location < 0:  # the template rewrote or dropped the message: start a fresh turn and append it
+        return request.render(messages[:-1], True) + final
+    if rendered[location : location + len(final.lstrip())] == final.lstrip():
+        return rendered[: location + len(final.lstrip())]
+    return rendered[: location + len(final.strip())]
+
+
+def _stop_strings(request: _Request) -> tuple[str, ...]:
+    stops: list[str] = []
+    if request.mode in ("chat", "chat-instruct"):
+        stops += [f"\n{request.user_name}:", f"\n{request.character.name}:"]
+    if request.mode in ("instruct", "chat-instruct"):
+        writer_is_user = request.impersonate and request.mode == "instruct"
+        stops += instruct_stop_strings(
+            request.template_text, request.bos_token, request.eos_token, user_turn=writer_is_user
+        )
+    return tuple(dict.fromkeys(stops))
+
+
+def instruct_stop_strings(
+    template_text: str, bos_token: str = "", eos_token: str = "", user_turn: bool = False
+) -> list[str]:
+    """Text that ends the turn being written under an instruction template.
+
+    Found by rendering placeholder turns: the end-of-turn marker (``<|im_end|>``, ``<|eot_id|>``...) and
+    the marker that opens the other party's turn (``### Instruction:``), which models that were never
+    taught the special end token tend to write out.
+    """
+    u1, a1, u2 = (_PLACEHOLDER.format(n) for n in ("u1", "a1", "u2"))
+    conversation = [
+        {"role": "user", "content": u1},
+        {"role": "assistant", "content": a1},
+        {"role": "user", "content": u2},
+    ]
+    try:
+        one_exchange = render(template_text, conversation[:2], False, bos_token, eos_token)
+        closed = render(template_text, conversation, False, bos_token, eos_token)
+        opened = render(template_text, conversation, True, bos_token, eos_token)
+    except TemplateError:
+        return []
+    if user_turn:
+        candidates = [closed.split(u2, 1)[-1], opened.split(u2, 1)[-1]]
+    else:
+        candidates = [one_exchange.split(a1, 1)[-1], closed.split(a1, 1)[-1].split(u2, 1)[0]]
+    stops: list[str] = []
+    for candidate in (c.strip() for c in candidates):
+        if candidate and "\x00" not in candidate and not any(s in candidate for s in stops):
+            stops.append(candidate)
+    return stops
+
+
+# History operations: pure functions the chat tab buttons call.
+
+
+def regenerate(history: ChatHistory) -> ChatHistory:
+    """Drop the last reply so it can be generated again with ``build_chat_prompt(result, None, ...)``."""
+    if (
+        not history.turns
+        or history.turns[-1].role != "assistant"
+        or history.turns[-1].metadata.get("greeting")
+    ):
+        raise HistoryError("there is no reply to regenerate")
+    return _replace_turns(history, history.turns[:-1])
+
+
+def remove_last(history: ChatHistory) -> tuple[ChatHistory, str]:
+    """Remove the last exchange; returns the user text so the UI can put it back in the input box."""
+    turns = list(history.turns)
+    if turns and turns[-1].role == "assistant" and not turns[-1].metadata.get("greeting"):
+        turns.pop()
+    if turns and turns[-1].role == "user":
+        text = turns.pop().content
+        return _replace_turns(history, tuple(turns)), text
+    return _replace_turns(history, tuple(turns)), ""
+
+
+def send_dummy_message(history: ChatHistory, text: str) -> ChatHistory:
+    """Add a user message without generating a reply (to steer a chat by hand)."""
+    return history.with_turn("user", text)
+
+
+def send_dummy_reply(history: ChatHistory, text: str) -> ChatHistory:
+    """Add a reply written by hand, as if the character had said it."""
+    return history.with_turn("assistant", text)
+
+
+def replace_last_reply(history: ChatHistory, text: str) -> ChatHistory:
+    """Update the last reply in place (streaming, continue, edits)."""
+    if not history.turns or history.turns[-1].role != "assistant":
+        raise HistoryError("the chat does not end with a reply")
+    last = history.turns[-1]
+    return _replace_turns(history, (*history.turns[:-1], Turn("assistant", text, last.metadata)))
+
+
+def _replace_turns(history: ChatHistory, turns: Sequence[Turn]) -> ChatHistory:
+    return history.with_turns(tuple(turns))

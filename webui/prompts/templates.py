@@ -1,0 +1,258 @@
+"""Instruction templates: Jinja files rendered exactly the way Hugging Face chat templates are.
+
+A model's own chat template (from GGUF metadata or tokenizer_config.json) and the shipped files in
+``templates/`` use one convention, so either can be dropped in: ``messages`` ([{role, content}]),
+``add_generation_prompt``, ``bos_token``, ``eos_token``, plus ``raise_exception`` and ``strftime_now``.
+Templates run in jinja2's immutable sandbox because model templates come from downloaded files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import traceback
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jinja2
+import yaml
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from webui.loader_api import HearthError
+from webui.prompts.safe_files import safe_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "ChatML"
+"""Used when a model has no template and no rule matches. ChatML is the most common format among current
+open models and fine-tunes, and its explicit role markers keep turns apart even for a model trained on
+something else; Alpaca's plain-text headers blur into ordinary prose."""
+
+MODEL_TEMPLATE_NAME = "Model's own"
+_TEMPLATE_SUFFIX = ".jinja"
+_RULES_FILE = "model_rules.yaml"
+
+
+class TemplateError(HearthError):
+    """An instruction template could not be loaded, compiled or rendered."""
+
+
+class DetectedTemplate(NamedTuple):
+    """Which template a model gets and why: source is "model", "rules" or "default"."""
+
+    name: str
+    text: str
+    source: str
+
+
+class _GenerationTag(Extension):
+    """Accept ``{% generation %}...{% endgeneration %}`` (used by some model templates) as a plain block."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_passthrough"), [], [], body).set_lineno(lineno)
+
+    def _passthrough(self, caller: Any) -> str:
+        return caller()
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+_ENV = _environment()
+
+
+@lru_cache(maxsize=64)
+def _compile(template_text: str, template_name: str) -> jinja2.Template:
+    try:
+        return _ENV.from_string(template_text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template {template_name!r}, line {exc.lineno}: {exc.message}") from exc
+
+
+def check_template(template_text: str, template_name: str = "template") -> None:
+    """Compile without rendering, so a UI can reject a broken custom template when it is typed in."""
+    _compile(template_text, template_name)
+
+
+def render(
+    template_text: str,
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool,
+    bos_token: str = "",
+    eos_token: str = "",
+    *,
+    template_name: str = "template",
+    **extra: Any,
+) -> str:
+    """Render a chat template; any failure becomes a TemplateError naming the template and the line."""
+    template = _compile(template_text, template_name)
+    try:
+        return template.render(
+            messages=[dict(m) for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            **extra,
+        )
+    except jinja2.TemplateError as exc:
+        where = _template_line(exc)
+        raise TemplateError(f"template {template_name!r}{where}: {exc.message or exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - template code may raise anything (TypeError on None + str, ...)
+        where = _template_line(exc)
+        raise TemplateError(f"template {template_name!r}{where}: {type(exc).__name__}: {exc}") from exc
+
+
+def _template_line(exc: BaseException) -> str:
+    """The template line a runtime error came from; jinja rewrites tracebacks to point at template lines."""
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == "<template>":
+            line = lineno
+    lineno = getattr(exc, "lineno", None) or line
+    return f", line {lineno}" if lineno else ""
+
+
+def list_templates(templates_dir: Path) -> list[str]:
+    """Names of the shipped and user templates (file stems), sorted case-insensitively."""
+    if not templates_dir.is_dir():
+        return []
+    return sorted(
+        (p.name[: -len(_TEMPLATE_SUFFIX)] for p in templates_dir.glob(f"*{_TEMPLATE_SUFFIX}")), key=str.lower
+    )
+
+
+def load_template(templates_dir: Path, name: str) -> str:
+    """The text of one template; names come from users and API clients, so they are sanitised."""
+    path = templates_dir / (safe_name(name) + _TEMPLATE_SUFFIX)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        available = ", ".join(list_templates(templates_dir)) or "none"
+        raise TemplateError(f"no instruction template named {name!r} (available: {available})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"cannot read template {name!r}: {exc}") from exc
+
+
+@lru_cache(maxsize=8)
+def _load_rules(rules_path: Path, mtime: float) -> tuple[tuple[re.Pattern[str], str], ...]:
+    try:
+        data = yaml.safe_load(rules_path.read_text(encoding="utf-8")) or {}
+        rules = []
+        for rule in data.get("rules", []):
+            rules.append((re.compile(str(rule["pattern"]), re.IGNORECASE), str(rule["template"])))
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError, re.error) as exc:
+        raise TemplateError(f"{rules_path}: invalid model rules ({exc})") from exc
+    return tuple(rules)
+
+
+def match_rules(model_name: str, templates_dir: Path) -> str | None:
+    """The template name the first matching rule in model_rules.yaml gives, or None."""
+    rules_path = templates_dir / _RULES_FILE
+    if not rules_path.is_file():
+        return None
+    for pattern, template in _load_rules(rules_path, rules_path.stat().st_mtime):
+        if pattern.search(model_name):
+            return template
+    return None
+
+
+def detect_template(
+    model_chat_template: str | None, model_name: str, templates_dir: Path
+) -> DetectedTemplate:
+    """Pick the instruction template for a model: its own, else a name rule, else `DEFAULT_TEMPLATE`.
+
+    A model template that does not compile is logged and skipped, so a broken GGUF field does not make
+    the model unusable.
+    """
+    if model_chat_template and model_chat_template.strip():
+        try:
+            check_template(model_chat_template, MODEL_TEMPLATE_NAME)
+            return DetectedTemplate(MODEL_TEMPLATE_NAME, model_chat_template, "model")
+        except TemplateError as exc:
+            log.warning("ignoring the chat template of %s: %s", model_name, exc)
+    name = match_rules(model_name, templates_dir)
+    if name is not None:
+        return DetectedTemplate(name, load_template(templates_dir, name), "rules")
+    return DetectedTemplate(DEFAULT_TEMPLATE, load_template(templates_dir, DEFAULT_TEMPLATE), "default")
+
+
+def read_model_chat_template(path: Path) -> str | None:
+    """The chat template a model ships: HF folder files, or the GGUF ``tokenizer.chat_template`` field."""
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _gguf_chat_template(path)
+    if not path.is_dir():
+        return None
+    jinja_file = path / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    for json_name in ("chat_template.json", "tokenizer_config.json"):
+        found = _json_chat_template(path / json_name)
+        if found:
+            return found
+    ggufs = sorted(path.glob("*.gguf"))
+    return _gguf_chat_template(ggufs[0]) if ggufs else None
+
+
+def _json_chat_template(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        log.warning("cannot read %s", path)
+        return None
+    if isinstance(value, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {item.get("name"): item.get("template") for item in value if isinstance(item, dict)}
+        value = named.get("default") or next(iter(named.values()), None)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _gguf_chat_template(path: Path) -> str | None:
+    """Read one metadata field; GGUFReader memory-maps the file, so tensor data is never read."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(path, "r").fields.get("tokenizer.chat_template")
+    except Exception as exc:  # noqa: BLE001 - a corrupt header must not stop template detection
+        log.warning("cannot read GGUF metadata of %s: %s", path, exc)
+        return None
+    if field is None or not field.data:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
