@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from webui.hf_path import TokenSource, sampled_tokens
+from webui.hf_path import SampledTokens, TokenSource
 from webui.loader_api import HearthError, Model
 from webui.models import ModelManager
 from webui.sampling import SamplingParams, build_sampler
-from webui.textstream import IncrementalDecoder, StopMatcher
+from webui.textstream import BannedStringGuard, IncrementalDecoder, StopMatcher, token_index
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,14 @@ def fit_context(ids: list[int], n_ctx: int, truncation_length: int, max_new_toke
     return kept, len(ids) - len(kept)
 
 
+def _replay(model: Model, ids: list[int], generated: list[int]) -> IncrementalDecoder:
+    """A decoder that has seen `generated` (after a rollback)."""
+    decoder = IncrementalDecoder(model.detokenize, ids)
+    for token in generated:
+        decoder.push(token)
+    return decoder
+
+
 class GenerationCore:
     def __init__(self, models: ModelManager):
         self.models = models
@@ -188,29 +196,49 @@ class GenerationCore:
                 "grammar_string works only on llama.cpp's native path: use the llama.cpp loader and turn off "
                 f"{', '.join(model.unsupported_native(params) or ['logprobs / guidance / banned strings'])}"
             )
-        return sampled_tokens(model, ids, request, sampler)
+        return SampledTokens(model, ids, request, sampler)
 
     def _decode_stream(self, model: Model, ids: list[int], request: GenerationRequest, source: TokenSource,
                        seed: int, max_new: int, dropped: int, cancel: threading.Event) -> Iterator[Event]:
         decoder = IncrementalDecoder(model.detokenize, ids)
-        matcher = StopMatcher(request.stop)
+        stops = StopMatcher(request.stop)
+        guard = BannedStringGuard(request.sampling.banned_strings)
         eos = set() if request.sampling.ban_eos_token else model.eos_token_ids
         generated: list[int] = []
-        reason = "length"
+        offsets: list[int] = []  # char offset in decoder.text where each generated token starts
+        emitted = 0  # chars of decoder.text passed on to the stop matcher
+        reported = 0  # generated[:reported] went out in chunks
+        reason, rollbacks = "length", 0
         text_parts: list[str] = []
         try:
             for token, logprob in source if max_new > 0 else ():
                 if cancel.is_set():
                     reason = "cancelled"
                     break
-                generated.append(token)
                 if token in eos:
+                    generated.append(token)
                     reason = "stop"
                     break
-                text = matcher.feed(decoder.push(token))
-                text_parts.append(text)
-                yield TextChunk(text, [token], [logprob] if logprob else [])
-                if matcher.stopped_by is not None:
+                generated.append(token)
+                offsets.append(len(decoder.text))
+                decoder.push(token)
+                hit = guard.find(decoder.text, emitted) if guard.phrases else None
+                if hit is not None and rollbacks < 1000:
+                    keep = token_index(offsets, hit)
+                    source.rollback(keep, generated[keep])  # type: ignore[attr-defined]
+                    del generated[keep:], offsets[keep:]
+                    reported = min(reported, keep)
+                    decoder = _replay(model, ids, generated)
+                    rollbacks += 1
+                    continue
+                end = guard.safe_end(decoder.text, offsets)
+                text = stops.feed(decoder.text[emitted:end]) if end > emitted else ""
+                emitted = max(emitted, end)
+                if text or logprob:
+                    text_parts.append(text)
+                    yield TextChunk(text, generated[reported:], [logprob] if logprob else [])
+                    reported = len(generated)
+                if stops.stopped_by is not None:
                     reason = "stop"
                     break
                 if len(generated) >= max_new:
@@ -219,14 +247,14 @@ class GenerationCore:
             close = getattr(source, "close", None)
             if close:
                 close()
-        if matcher.stopped_by is None:
-            tail = matcher.feed(decoder.flush())
-            tail += matcher.flush()
-            if tail:
+        if stops.stopped_by is None:
+            decoder.flush()
+            tail = stops.feed(decoder.text[emitted:]) + stops.flush()
+            if tail or reported < len(generated):
                 text_parts.append(tail)
-                yield TextChunk(tail, [])
+                yield TextChunk(tail, generated[reported:])
         usage = Usage(len(ids), len(generated), dropped)
-        yield Finished(reason, "".join(text_parts), usage, seed, matcher.stopped_by, generated)
+        yield Finished(reason, "".join(text_parts), usage, seed, stops.stopped_by, generated)
 
     # -- inspection -------------------------------------------------------------------------------
     def top_tokens(self, text: str, n: int = 20, use_samplers: bool = False, sampling: SamplingParams | None = None,

@@ -46,21 +46,47 @@ def _logprob_entry(model: Model, raw: torch.Tensor, token: int, n: int) -> Token
     return TokenLogprob(token, model.detokenize([token]), float(logprobs[token]), alternatives)
 
 
-def sampled_tokens(model: Model, ids: list[int], request: GenerationRequest, sampler: Sampler) -> TokenSource:
-    """Yield (token, logprob entry or None) forever; the caller stops it."""
-    scale = request.sampling.guidance_scale
-    neg = negative_ids(model, request) if scale != 1 else []
-    seq = torch.empty(len(ids) + request.max_new_tokens + 1, dtype=torch.long)
-    seq[: len(ids)] = torch.tensor(ids, dtype=torch.long)
-    current = list(ids)
-    while True:
+class SampledTokens:
+    """Iterator of (token, logprob entry or None), endless: the caller stops it.
+
+    It can be rewound (`rollback`) with a token banned at the rewound position, which is how banned
+    strings are enforced."""
+
+    def __init__(self, model: Model, ids: list[int], request: GenerationRequest, sampler: Sampler):
+        self._model = model
+        self._sampler = sampler
+        self._n_prompt = len(ids)
+        self._logprobs = request.logprobs
+        self._scale = request.sampling.guidance_scale
+        self._neg_prompt = negative_ids(model, request) if self._scale != 1 else []
+        self._seq = torch.empty(len(ids) + request.max_new_tokens + 1, dtype=torch.long)
+        self._seq[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+        self._current = list(ids)
+        self._bans: dict[int, list[int]] = {}
+
+    def __iter__(self) -> SampledTokens:
+        return self
+
+    def __next__(self) -> tuple[int, TokenLogprob | None]:
+        model, current = self._model, self._current
         raw = model.logits(current)
-        scores = raw if scale == 1 else guided_scores(raw, model.logits(neg, slot=1), scale)
-        view = seq[: len(current)].unsqueeze(0)
-        token = sampler.choose(view, scores.unsqueeze(0).clone() if scores is raw else scores.unsqueeze(0))
-        entry = _logprob_entry(model, raw, token, request.logprobs) if request.logprobs else None
-        yield token, entry
-        seq[len(current)] = token
+        if self._scale != 1:
+            negative = self._neg_prompt + current[self._n_prompt :]
+            scores = guided_scores(raw, model.logits(negative, slot=1), self._scale)
+        else:
+            scores = raw.clone()  # samplers may work in place; the model's buffer stays intact
+        banned = self._bans.get(len(current))
+        if banned:
+            scores[banned] = float("-inf")
+        token = self._sampler.choose(self._seq[: len(current)].unsqueeze(0), scores.unsqueeze(0))
+        entry = _logprob_entry(model, raw, token, self._logprobs) if self._logprobs else None
+        self._seq[len(current)] = token
         current.append(token)
-        if neg:
-            neg.append(token)
+        return token, entry
+
+    def rollback(self, n_generated: int, ban: int) -> None:
+        """Forget generated tokens from index `n_generated` on, and never pick `ban` there again."""
+        position = self._n_prompt + n_generated
+        del self._current[position:]
+        self._bans = {p: t for p, t in self._bans.items() if p <= position}
+        self._bans.setdefault(position, []).append(ban)

@@ -94,3 +94,41 @@ class StopMatcher:
                     best = n
                     break
         return best
+
+
+class BannedStringGuard:
+    """Keeps banned phrases out of the output, even when they form across token boundaries.
+
+    Text that could still grow into a banned phrase is held back, aligned to the start of the token it
+    begins in. When a phrase completes, `check` names the token index where it began: the caller rolls
+    generation back to there and bans that token at that position (KoboldCpp's phrase banning).
+    """
+
+    def __init__(self, phrases: Sequence[str]):
+        self.phrases = [p for p in phrases if p]
+        self._partial = StopMatcher(self.phrases)
+
+    def find(self, text: str, start: int) -> int | None:
+        """Char offset of the earliest banned phrase in text[start:], or None."""
+        hits = [i for p in self.phrases if (i := text.find(p, start)) >= 0]
+        return min(hits) if hits else None
+
+    def safe_end(self, text: str, token_offsets: Sequence[int]) -> int:
+        """How much of `text` can be shown: up to the token where a possible banned phrase begins."""
+        if not self.phrases:
+            return len(text)
+        hold = self._partial._partial_suffix(text)
+        if not hold:
+            return len(text)
+        return token_offsets[token_index(token_offsets, len(text) - hold)]
+
+
+def token_index(token_offsets: Sequence[int], char: int) -> int:
+    """Index of the first token that contributes to char offset `char` (offsets are each token's start;
+    a token that ended mid-character has the same offset as the one completing it)."""
+    import bisect
+
+    first = bisect.bisect_left(token_offsets, char)
+    if first < len(token_offsets) and token_offsets[first] == char:
+        return first
+    return max(first - 1, 0)

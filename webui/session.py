@@ -1,0 +1,177 @@
+"""The chat session service: history + character + template -> prompt -> generation core -> new history.
+
+The Chat tab and the API's chat completions both go through here, so a chat means the same thing
+everywhere. Prompt text itself is built by `webui.prompts.chat` (pure); this module adds what needs the
+loaded model (token counting, its template, its BOS/EOS text) and persistence.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from webui.app import App
+from webui.generation import Finished, GenerationRequest
+from webui.loader_api import HearthError
+from webui.prompts.characters import Character, CharacterStore, default_character
+from webui.prompts.chat import DEFAULT_CHAT_INSTRUCT_COMMAND, ChatMode, ChatPrompt, build_chat_prompt
+from webui.prompts.history import ChatHistory, HistoryStore
+from webui.prompts.templates import MODEL_TEMPLATE_NAME, DetectedTemplate, detect_template, load_template
+
+
+class ChatError(HearthError):
+    """A chat request that cannot be served (bad messages, unknown character or template)."""
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """How a chat turns into a prompt; the Chat tab's controls and the API's chat fields."""
+
+    mode: ChatMode = "chat"
+    character: str | None = None  # None: the built-in Assistant
+    user_name: str = "You"
+    instruction_template: str | None = None  # None: detected from the loaded model
+    chat_instruct_command: str = DEFAULT_CHAT_INSTRUCT_COMMAND
+    system_message: str | None = None
+
+
+@dataclass
+class ChatUpdate:
+    """One step of a streamed reply: the history including the partial reply, and the reply so far."""
+
+    history: ChatHistory
+    text: str
+    done: bool = False
+    dropped_turns: int = 0
+    finish_reason: str | None = None
+    finished: Finished | None = None
+
+
+def request_from_settings(settings: dict[str, Any], **overrides: Any) -> GenerationRequest:
+    """A GenerationRequest from the Parameters-tab settings dict (sampling + generation fields)."""
+    data = {k: settings[k] for k in ("max_new_tokens", "truncation_length", "add_bos_token", "stop", "logprobs") if k in settings}
+    data["sampling"] = dict(settings.get("sampling") or {})
+    data.update(overrides)
+    return GenerationRequest.model_validate(data)
+
+
+class ChatService:
+    def __init__(self, app: App):
+        self.app = app
+        self.characters = CharacterStore(app.settings.user_data_dir)
+        self.histories = HistoryStore(app.settings.user_data_dir)
+
+    # -- ingredients ------------------------------------------------------------------------------
+    def template(self, name: str | None = None) -> DetectedTemplate:
+        """The named instruction template, or the loaded model's own / detected one."""
+        templates_dir = self.app.settings.templates_dir
+        model = self.app.models.model
+        if name and name != MODEL_TEMPLATE_NAME:
+            return DetectedTemplate(name, load_template(templates_dir, name), "user")
+        own = model.info.chat_template if model else None
+        if name == MODEL_TEMPLATE_NAME and not own:
+            raise ChatError("the loaded model has no chat template of its own; choose one from templates/")
+        return detect_template(own, self.app.models.model_name or "", templates_dir)
+
+    def character(self, name: str | None) -> Character:
+        return self.characters.load(name) if name else default_character()
+
+    # -- prompts ----------------------------------------------------------------------------------
+    def build_prompt(self, history: ChatHistory, user_input: str | None, options: ChatOptions, *,
+                     max_new_tokens: int, truncation_length: int = 0, impersonate: bool = False,
+                     continue_last: bool = False) -> ChatPrompt:
+        model = self.app.models.require()
+        template = self.template(options.instruction_template)
+        budget = min(truncation_length or model.n_ctx, model.n_ctx) - max_new_tokens
+        return build_chat_prompt(
+            history, user_input, mode=options.mode, character=self.character(options.character),
+            user_name=options.user_name, template_text=template.text, template_name=template.name,
+            count_tokens=lambda text: len(model.tokenize(text, add_bos=False)), max_prompt_tokens=max(budget, 1),
+            bos_token=model.info.bos_token or "", eos_token=model.info.eos_token or "",
+            impersonate=impersonate, continue_last=continue_last,
+            chat_instruct_command=options.chat_instruct_command, system_message=options.system_message,
+        )
+
+    def build_prompt_from_messages(self, messages: Sequence[dict[str, Any]], options: ChatOptions, *,
+                                   max_new_tokens: int, truncation_length: int = 0,
+                                   continue_last: bool = False) -> ChatPrompt:
+        """OpenAI-style messages (system / user / assistant) to a prompt. The last user message is the
+        new input; with `continue_last` a final assistant message is continued instead of answered."""
+        history, user_input, system = messages_to_history(messages, options.character or "Assistant")
+        if system is not None and options.system_message is None:
+            options = ChatOptions(**{**options.__dict__, "system_message": system})
+        return self.build_prompt(history, user_input, options, max_new_tokens=max_new_tokens,
+                                 truncation_length=truncation_length, continue_last=continue_last)
+
+    # -- replies ----------------------------------------------------------------------------------
+    def stream_reply(self, history: ChatHistory, user_input: str | None, options: ChatOptions,
+                     settings: dict[str, Any], cancel: threading.Event | None = None, *,
+                     impersonate: bool = False, continue_last: bool = False, save: bool = True) -> Iterator[ChatUpdate]:
+        """Generate the next reply (or continue the last one, or impersonate the user), streaming.
+
+        With impersonate the history is left as it is and `text` is the user's message to edit.
+        The history is saved when the reply ends (including a stopped reply), never half-written."""
+        probe = request_from_settings(settings, prompt="")
+        prompt = self.build_prompt(history, user_input, options, max_new_tokens=probe.max_new_tokens,
+                                   truncation_length=probe.truncation_length, impersonate=impersonate,
+                                   continue_last=continue_last)
+        request = request_from_settings(settings, prompt=prompt.text, stop=[*probe.stop, *prompt.stop_strings])
+        base, prefix = self._reply_base(history, user_input, impersonate, continue_last)
+        text = ""
+        for event in self.app.core.stream(request, cancel):
+            if isinstance(event, Finished):
+                reply = (prefix + text).strip() if not continue_last else prefix + text
+                final = base if impersonate else base.with_turn("assistant", reply)
+                if save and not impersonate:
+                    self.histories.save(final)
+                yield ChatUpdate(final, reply, True, prompt.dropped_turns, event.reason, event)
+                return
+            text += event.text
+            partial = prefix + text
+            yield ChatUpdate(base if impersonate else base.with_turn("assistant", partial), partial,
+                             dropped_turns=prompt.dropped_turns)
+
+    @staticmethod
+    def _reply_base(history: ChatHistory, user_input: str | None, impersonate: bool,
+                    continue_last: bool) -> tuple[ChatHistory, str]:
+        """The history the reply is appended to, and text the reply starts with."""
+        text = (user_input or "").strip()
+        if impersonate:
+            return history, text + (" " if text else "")
+        if continue_last:
+            last = history.turns[-1]
+            return history.with_turns(history.turns[:-1]), last.content
+        return (history.with_turn("user", text) if text else history), ""
+
+
+def messages_to_history(messages: Sequence[dict[str, Any]], character: str) -> tuple[ChatHistory, str | None, str | None]:
+    """Split OpenAI messages into (earlier turns, the new user input, the system message)."""
+    system_parts, turns = [], []
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        content = _content_text(message.get("content"), index)
+        if role in ("system", "developer"):
+            system_parts.append(content)
+        elif role in ("user", "assistant"):
+            turns.append((role, content))
+        else:
+            raise ChatError(f"messages[{index}].role must be system, user or assistant, got {role!r}")
+    user_input = turns.pop()[1] if turns and turns[-1][0] == "user" else None
+    history = ChatHistory.new(character)
+    for role, content in turns:
+        history = history.with_turn(role, content)
+    return history, user_input, "\n\n".join(system_parts) if system_parts else None
+
+
+def _content_text(content: Any, index: int) -> str:
+    """Message content as text: a string, or OpenAI content parts of type text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "".join(parts)
+    if content is None:
+        return ""
+    raise ChatError(f"messages[{index}].content must be a string or a list of text parts")
