@@ -292,7 +292,7 @@ def regenerate(history: ChatHistory) -> ChatHistory:
         or history.turns[-1].metadata.get("greeting")
     ):
         raise HistoryError("there is no reply to regenerate")
-    return _replace_turns(history, history.turns[:-1])
+    return history.with_turns(history.turns[:-1])
 
 
 def remove_last(history: ChatHistory) -> tuple[ChatHistory, str]:
@@ -302,8 +302,8 @@ def remove_last(history: ChatHistory) -> tuple[ChatHistory, str]:
         turns.pop()
     if turns and turns[-1].role == "user":
         text = turns.pop().content
-        return _replace_turns(history, tuple(turns)), text
-    return _replace_turns(history, tuple(turns)), ""
+        return history.with_turns(tuple(turns)), text
+    return history.with_turns(tuple(turns)), ""
 
 
 def send_dummy_message(history: ChatHistory, text: str) -> ChatHistory:
@@ -321,8 +321,4 @@ def replace_last_reply(history: ChatHistory, text: str) -> ChatHistory:
     if not history.turns or history.turns[-1].role != "assistant":
         raise HistoryError("the chat does not end with a reply")
     last = history.turns[-1]
-    return _replace_turns(history, (*history.turns[:-1], Turn("assistant", text, last.metadata)))
-
-
-def _replace_turns(history: ChatHistory, turns: Sequence[Turn]) -> ChatHistory:
-    return history.with_turns(tuple(turns))
+    return history.with_turns((*history.turns[:-1], Turn("assistant", text, last.metadata)))
