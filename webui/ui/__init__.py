@@ -1,0 +1,105 @@
+"""The Gradio shell: shared states, the tabs in order, and launching (for real and for tests).
+
+Each tab lives in its own module and is built by ``build_<name>_tab(ctx: UIContext) -> None`` inside the
+shell's ``gr.Tabs``. A tab module that is not there yet is skipped, so the shell runs while tabs are being
+written. Gradio 6 takes css/theme/js in ``launch()``, not ``Blocks()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from webui.ui.context import UIContext, default_character_state, default_params
+
+if TYPE_CHECKING:
+    from webui.app import App
+
+log = logging.getLogger(__name__)
+
+#: (tab label, module, builder) in display order.
+TABS: tuple[tuple[str, str, str], ...] = (
+    ("Chat", "webui.ui.chat_tab", "build_chat_tab"),
+    ("Default", "webui.ui.default_tab", "build_default_tab"),
+    ("Notebook", "webui.ui.notebook_tab", "build_notebook_tab"),
+    ("Parameters", "webui.ui.parameters_tab", "build_parameters_tab"),
+    ("Model", "webui.ui.model_tab", "build_model_tab"),
+    ("Session", "webui.ui.session_tab", "build_session_tab"),
+)
+
+CSS = """
+.hearth-membar { display: flex; height: 14px; border-radius: 4px; overflow: hidden; background: var(--neutral-200); }
+.hearth-membar > span { display: block; height: 100%; }
+.hearth-membar .w { background: #4f7cff; } .hearth-membar .kv { background: #f0a030; }
+.hearth-membar .o { background: #9a6bd8; } .hearth-membar .over { background: #e04848; }
+.hearth-legend span { margin-right: 1em; font-size: 0.9em; }
+.hearth-legend i { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.3em; border-radius: 2px; }
+"""
+
+#: Applies the saved light/dark choice on page load (Gradio reads the `dark` class on <body>).
+DARK_JS = "() => { document.body.classList.add('dark'); }"
+
+
+def _tab_builder(module: str, name: str) -> Callable[[UIContext], None] | None:
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:  # a real missing dependency inside the tab: report it
+            raise
+        log.warning("UI tab module %s not found; tab skipped", module)
+        return None
+
+
+def build_ui(app: App) -> gr.Blocks:
+    """The whole UI. States are created first so every tab shares them."""
+    with gr.Blocks(title="Hearth") as blocks:
+        ctx = UIContext(
+            app=app,
+            params=gr.State(default_params(app)),
+            character=gr.State(default_character_state(app)),
+            history=gr.State(None),
+            prompt_transfer=gr.State(None),
+        )
+        with gr.Tabs():
+            for label, module, name in TABS:
+                builder = _tab_builder(module, name)
+                if builder is None:
+                    continue
+                with gr.Tab(label, id=label.lower(), elem_id=f"tab-{label.lower()}"):
+                    builder(ctx)
+            for extra in ctx.extra_tabs:
+                extra(ctx)
+    return blocks
+
+
+def is_dark(app: App) -> bool:
+    return str(app.settings.extra.get("theme", "light")).lower() == "dark"
+
+
+def _launch(app: App, blocks: gr.Blocks, **kwargs: object) -> tuple[object, str, str]:
+    return blocks.queue(default_concurrency_limit=4).launch(
+        css=CSS, js=DARK_JS if is_dark(app) else None, show_error=True, quiet=True, **kwargs
+    )
+
+
+def launch_ui(app: App) -> None:
+    """Serve the UI on --listen-port (blocks until interrupted)."""
+    _launch(app, build_ui(app), server_name=app.settings.host, server_port=app.settings.listen_port)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ui_for_tests(app: App) -> tuple[str, Callable[[], None]]:
+    """Start the UI in the background on a free local port; returns (url, close)."""
+    blocks = build_ui(app)
+    _, url, _ = _launch(app, blocks, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True)
+    return url, blocks.close

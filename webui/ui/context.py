@@ -1,0 +1,135 @@
+"""The contract between the UI shell and its tabs: one `UIContext` handed to every tab builder.
+
+Tabs never reach for globals; they get the App and the shared per-browser-session states from here and
+use them as inputs/outputs of their event handlers. The states hold plain dicts (JSON-able, so Gradio can
+copy them per session), and the helpers below turn them into the core's typed objects at the edge.
+
+State shapes (the Parameters tab writes them, the Chat/Default/Notebook tabs read them):
+
+- ``params``: ``{"sampling": SamplingParams.model_dump(), "max_new_tokens": int,
+  "truncation_length": int, "add_bos_token": bool, "skip_special_tokens": bool, "stop": list[str]}``.
+  ``skip_special_tokens`` is a display preference (decoding already drops special tokens); it is not
+  part of a GenerationRequest.
+- ``character``: ``{"character": str | None, "user_name": str, "mode": "chat" | "chat-instruct" |
+  "instruct", "instruction_template": str | None, "chat_instruct_command": str}``: exactly the fields of
+  `webui.session.ChatOptions`; ``character`` None means the built-in Assistant, ``instruction_template``
+  None means detected from the loaded model. Use `chat_options(state)`.
+- ``history``: the current chat as ``ChatHistory.to_dict()``, or None before one is opened. The Chat tab
+  owns it; the Parameters tab's Chat history sub-tab loads/uploads into it and saves/downloads from it.
+  Use `chat_history(state)`.
+- ``prompt_transfer``: ``{"target": "default" | "notebook", "text": str, "nonce": int}`` or None. The
+  Instruction template sub-tab sets it ("send to Default/Notebook"); the Default and Notebook tabs listen
+  to ``ctx.prompt_transfer.change`` and copy ``text`` into their prompt box when ``target`` is theirs (the
+  nonce makes sending the same text twice still a change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+from pydantic import ValidationError
+
+from webui.loader_api import HearthError
+
+if TYPE_CHECKING:
+    from webui.app import App
+    from webui.generation import GenerationRequest
+    from webui.prompts.history import ChatHistory
+    from webui.sampling import SamplingParams
+    from webui.session import ChatOptions
+
+#: A tab builder an extension (or a later issue) may add; called inside the shell's gr.Tabs.
+TabBuilder = Callable[["UIContext"], None]
+
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 512,
+    "truncation_length": 0,
+    "add_bos_token": True,
+    "skip_special_tokens": True,
+    "stop": [],
+}
+
+
+@dataclass
+class UIContext:
+    """What every tab builder receives. Created inside the shell's `gr.Blocks` context."""
+
+    app: App
+    params: gr.State
+    character: gr.State
+    history: gr.State
+    prompt_transfer: gr.State
+    #: Tabs appended after Session (extensions' UI blocks use this).
+    extra_tabs: list[TabBuilder] = field(default_factory=list)
+
+
+def default_params(app: App) -> dict[str, Any]:
+    """The starting value of ``ctx.params``: the --preset (if any) over the sampler defaults."""
+    from webui import sampling
+
+    values = sampling.SamplingParams().model_dump()
+    if app.settings.preset:
+        try:
+            values = sampling.load_preset(app.settings.presets_dir, app.settings.preset).model_dump()
+        except HearthError as exc:
+            gr.Warning(f"preset {app.settings.preset!r} not loaded: {exc}")
+    saved = app.settings.extra.get("generation")
+    generation = {**GENERATION_DEFAULTS, **(saved if isinstance(saved, dict) else {})}
+    return {"sampling": values, **{k: generation[k] for k in GENERATION_DEFAULTS}}
+
+
+def default_character_state(app: App) -> dict[str, Any]:
+    """The starting value of ``ctx.character`` (the session's saved choices, else ChatOptions' defaults)."""
+    from webui.session import ChatOptions
+
+    saved = app.settings.extra.get("chat")
+    base = ChatOptions().__dict__ | (saved if isinstance(saved, dict) else {})
+    return {k: base[k] for k in ("character", "user_name", "mode", "instruction_template", "chat_instruct_command")}
+
+
+def _as_gr_error(exc: ValidationError) -> gr.Error:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"] if p != "sampling") or "request"
+        parts.append(f"{where}: {error['msg']}")
+    return gr.Error("; ".join(parts))
+
+
+def sampling_params(params: dict[str, Any]) -> SamplingParams:
+    """``ctx.params["sampling"]`` validated; a bad field raises gr.Error naming it."""
+    from webui.sampling import SamplingParams
+
+    try:
+        return SamplingParams.model_validate(params.get("sampling") or {})
+    except ValidationError as exc:
+        raise _as_gr_error(exc) from None
+
+
+def generation_request(params: dict[str, Any], prompt: str, **overrides: Any) -> GenerationRequest:
+    """A validated GenerationRequest from ``ctx.params`` and a prompt (overrides win, e.g. stop=[...])."""
+    from webui.session import request_from_settings
+
+    try:
+        return request_from_settings(params, prompt=prompt, **overrides)
+    except ValidationError as exc:
+        raise _as_gr_error(exc) from None
+
+
+def chat_options(character: dict[str, Any]) -> ChatOptions:
+    """``ctx.character`` as the chat service's options."""
+    from webui.session import ChatOptions
+
+    known = {k: v for k, v in (character or {}).items() if k in ChatOptions.__dataclass_fields__}
+    return ChatOptions(**known)
+
+
+def chat_history(history: dict[str, Any] | None, character: str = "Assistant") -> ChatHistory | None:
+    """``ctx.history`` as a ChatHistory (None when no chat is open)."""
+    from webui.prompts.history import ChatHistory
+
+    if not history:
+        return None
+    return ChatHistory.from_data(history, str(history.get("character") or character), str(history.get("id") or ""))
