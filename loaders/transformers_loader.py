@@ -109,7 +109,7 @@ class TransformersModel(Model):
             return last_logits
         prefix = min(prefix, len(ids) - 1)  # at least one token must be fed to get its logits
         if cache is not None and prefix < len(cached_ids):
-            cache.crop(prefix)
+            cache.crop(prefix - len(cached_ids))  # transformers 5: a negative count of tokens to drop
         if cache is None or prefix == 0:
             from transformers import DynamicCache
 

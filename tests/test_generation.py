@@ -67,13 +67,14 @@ def test_stop_string_split_across_tokens_never_leaks(manager: ModelManager, core
 
 def test_prompt_longer_than_context_is_truncated_from_the_left(manager: ModelManager, core: GenerationCore):
     model = manager.load("tiny-llama.gguf", params={"n_ctx": 128})
-    long_prompt = " ".join(["the quick brown fox"] * 100)
+    n_ctx = model.n_ctx  # llama.cpp rounds the context up (to 256 here)
+    long_prompt = " ".join(["the quick brown fox"] * 200)
     n_prompt = len(model.tokenize(long_prompt))
-    assert n_prompt > 128
+    assert n_prompt > n_ctx
     chunks, done = run(core, prompt=long_prompt, max_new_tokens=16, sampling=SamplingParams(do_sample=False, ban_eos_token=True))
     assert done.reason == "length" and done.usage.completion_tokens == 16
-    assert done.usage.prompt_tokens == 128 - 16
-    assert done.usage.truncated_tokens == n_prompt - (128 - 16)
+    assert done.usage.prompt_tokens == n_ctx - 16
+    assert done.usage.truncated_tokens == n_prompt - (n_ctx - 16)
 
 
 def test_fit_context_keeps_bos():
@@ -124,16 +125,17 @@ def test_stop_all_cancels_running_generation(manager: ModelManager, core: Genera
 @pytest.mark.parametrize("model_name", ["tiny-llama.gguf", "tiny-llama"])
 def test_second_turn_only_evaluates_new_tokens(manager: ModelManager, core: GenerationCore, model_name: str):
     model = manager.load(model_name)
-    history = "User: Tell me a story about a dragon.\nAssistant:"
+    history = "User: Tell me a story about a dragon. " * 8 + "\nAssistant:"
     first = run(core, prompt=history, max_new_tokens=10, sampling=SamplingParams(do_sample=False, ban_eos_token=True))[1]
     before = model.evaluated_tokens
     turn2 = history + first.text + "\nUser: And then?\nAssistant:"
     second = run(core, prompt=turn2, max_new_tokens=10, sampling=SamplingParams(do_sample=False, ban_eos_token=True))[1]
     evaluated = model.evaluated_tokens - before
-    new_prompt_tokens = second.usage.prompt_tokens - first.usage.prompt_tokens - first.usage.completion_tokens
-    # The new user line (plus at most a re-tokenized boundary token) and the generated tokens, not the history.
-    assert evaluated <= new_prompt_tokens + 2 + second.usage.completion_tokens
-    assert evaluated < second.usage.prompt_tokens
+    # The reply's text may re-tokenize differently from the sampled ids (random weights write odd bytes),
+    # so the cache is only promised up to the first turn's prompt: everything after it, not the history.
+    after_history = second.usage.prompt_tokens - first.usage.prompt_tokens
+    assert first.usage.prompt_tokens > 60
+    assert evaluated <= after_history + 1 + second.usage.completion_tokens
 
 
 def test_requests_run_one_at_a_time_in_arrival_order(manager: ModelManager, core: GenerationCore):

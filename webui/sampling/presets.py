@@ -1,0 +1,48 @@
+"""Presets: presets/NAME.yaml, each holding only the values that differ from neutral."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from webui.prompts.safe_files import atomic_write_text, path_inside
+from webui.sampling.params import SamplingError, SamplingParams
+
+
+def list_presets(presets_dir: Path) -> list[str]:
+    return sorted((p.stem for p in presets_dir.glob("*.yaml")), key=str.lower)
+
+
+def load_preset(presets_dir: Path, name: str) -> SamplingParams:
+    """Neutral defaults updated by the preset's values; a bad file is a SamplingError naming it."""
+    path = path_inside(presets_dir, name, ".yaml")
+    if not path.is_file():
+        raise SamplingError(f"no preset named {name!r}; available: {', '.join(list_presets(presets_dir)) or 'none'}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SamplingError(f"preset {path.name} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SamplingError(f"preset {path.name} must be a mapping of sampler names to values")
+    try:
+        return SamplingParams(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SamplingError(f"preset {path.name}: {problems}") from None
+
+
+def save_preset(presets_dir: Path, name: str, params: SamplingParams) -> Path:
+    """Write only the non-neutral values, atomically. Returns the file written."""
+    path = path_inside(presets_dir, name, ".yaml")
+    text = yaml.safe_dump(params.non_neutral(), allow_unicode=True, sort_keys=False)
+    atomic_write_text(path, "" if text.strip() == "{}" else text)
+    return path
+
+
+def delete_preset(presets_dir: Path, name: str) -> None:
+    path = path_inside(presets_dir, name, ".yaml")
+    if not path.is_file():
+        raise SamplingError(f"no preset named {name!r}")
+    path.unlink()
