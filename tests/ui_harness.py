@@ -1,7 +1,8 @@
 """Browser-test fixtures shared by every UI test: a real chromium driven by Playwright, and a running UI.
 
-Use from a test module with ``pytest_plugins = ["tests.ui_harness"]`` (or ``from tests.ui_harness import *``)
-and mark browser tests ``@pytest.mark.browser``. Tests skip cleanly when Playwright or /usr/bin/chromium is
+Use from a test module with ``pytest_plugins = ["tests.ui_harness"]`` (import `UIServer` only under
+TYPE_CHECKING, or pytest warns that the plugin was imported before it could rewrite its asserts) and
+mark browser tests ``@pytest.mark.browser``. Tests skip cleanly when Playwright or /usr/bin/chromium is
 missing. Wait for selectors, never for network idle (Gradio keeps a connection open).
 """
 
@@ -20,7 +21,7 @@ from webui.config import Settings
 CHROMIUM = Path(os.environ.get("HEARTH_CHROMIUM", "/usr/bin/chromium"))
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["UIServer", "browser", "page", "ui_app", "ui_server", "ui_settings", "shot"]
+__all__ = ["UIServer", "browser", "page", "ui_app", "ui_server", "ui_settings"]
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +68,12 @@ class UIServer(NamedTuple):
     url: str
     shots: Path
 
+    def shot(self, page: Any, name: str) -> Path:
+        """Save a full-page screenshot under the test's temp dir and return its path."""
+        path = self.shots / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
 
 @pytest.fixture
 def ui_server(ui_app: App, tmp_path: Path) -> Iterator[UIServer]:
@@ -93,10 +100,3 @@ def page(browser: Any, ui_server: UIServer) -> Iterator[Any]:
     yield pg
     pg.screenshot(path=str(ui_server.shots / "last.png"), full_page=True)
     context.close()
-
-
-def shot(page: Any, server: UIServer, name: str) -> Path:
-    """Save a full-page screenshot under the test's temp dir and return its path."""
-    path = server.shots / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path

@@ -75,8 +75,9 @@ def settings_for(models: ModelManager, user_data_dir: Path, model_name: str) -> 
     return ModelSettings(loader_name, params, saved is not None)
 
 
-def save_settings(models: ModelManager, user_data_dir: Path, model_name: str, loader: str,
-                  params: dict[str, Any]) -> Path:
+def save_settings(
+    models: ModelManager, user_data_dir: Path, model_name: str, loader: str, params: dict[str, Any]
+) -> Path:
     """Validate and save a model's loader and parameters (only values that differ from the defaults,
     so a later change of a loader's default still reaches models that never set it)."""
     models.resolve(model_name)

@@ -101,5 +101,7 @@ def free_port() -> int:
 def start_ui_for_tests(app: App) -> tuple[str, Callable[[], None]]:
     """Start the UI in the background on a free local port; returns (url, close)."""
     blocks = build_ui(app)
-    _, url, _ = _launch(app, blocks, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True)
+    _, url, _ = _launch(
+        app, blocks, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True
+    )
     return url, blocks.close

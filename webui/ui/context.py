@@ -87,7 +87,10 @@ def default_character_state(app: App) -> dict[str, Any]:
 
     saved = app.settings.extra.get("chat")
     base = ChatOptions().__dict__ | (saved if isinstance(saved, dict) else {})
-    return {k: base[k] for k in ("character", "user_name", "mode", "instruction_template", "chat_instruct_command")}
+    return {
+        k: base[k]
+        for k in ("character", "user_name", "mode", "instruction_template", "chat_instruct_command")
+    }
 
 
 def _as_gr_error(exc: ValidationError) -> gr.Error:
@@ -132,4 +135,6 @@ def chat_history(history: dict[str, Any] | None, character: str = "Assistant") -
 
     if not history:
         return None
-    return ChatHistory.from_data(history, str(history.get("character") or character), str(history.get("id") or ""))
+    return ChatHistory.from_data(
+        history, str(history.get("character") or character), str(history.get("id") or "")
+    )

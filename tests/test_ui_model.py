@@ -1,0 +1,169 @@
+"""The Model tab: widgets generated from loader declarations, the memory view, and in a real browser:
+load a GGUF, watch the estimate follow n_ctx, fail a load with a bad parameter and keep the old model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import pytest
+
+from webui.loader_api import LoaderParam
+from webui.memory import GiB, MemoryEstimate
+from webui.ui.loader_params import build_loader_panels, elem_prefix, use_slider, widget_for
+from webui.ui.memory_view import memory_html
+
+if TYPE_CHECKING:
+    from tests.ui_harness import UIServer
+
+pytest_plugins = ["tests.ui_harness"]
+ROOT = Path(__file__).resolve().parent.parent
+GGUF = "tiny-llama.gguf"
+
+
+@pytest.mark.parametrize(
+    ("param", "kind"),
+    [
+        (LoaderParam("flag", "bool", True, "h"), gr.Checkbox),
+        (LoaderParam("pick", "choice", "a", "h", choices=("a", "b")), gr.Dropdown),
+        (LoaderParam("text", "str", "", "h"), gr.Textbox),
+        (LoaderParam("layers", "int", 0, "h", -1, 1000), gr.Slider),
+        (LoaderParam("ctx", "int", 0, "h", 0, 1 << 20, step=256), gr.Number),
+        (LoaderParam("base", "float", 0.0, "h", 0), gr.Number),
+        (LoaderParam("alpha", "float", 1.0, "h", 1.0, 8.0, step=0.05), gr.Slider),
+    ],
+)
+def test_widget_kind_follows_the_declaration(param: LoaderParam, kind: type) -> None:
+    with gr.Blocks():
+        widget = widget_for(param, elem_prefix="loader-x-")
+    assert isinstance(widget, kind)
+    assert widget.label == param.name and widget.info == param.help
+    assert widget.elem_id == f"loader-x-{param.name}"
+
+
+def test_widget_ranges_and_values() -> None:
+    with gr.Blocks():
+        slider = widget_for(LoaderParam("layers", "int", 0, "h", -1, 1000), 7)
+        number = widget_for(LoaderParam("ctx", "int", 0, "h", 0, 1 << 20, step=256))
+        dropdown = widget_for(LoaderParam("pick", "choice", "a", "h", choices=("a", "b")))
+    assert (slider.minimum, slider.maximum, slider.step, slider.value) == (-1, 1000, 1, 7)
+    assert (number.minimum, number.maximum, number.step, number.precision) == (0, 1 << 20, 256, 0)
+    assert [c[1] for c in dropdown.choices] == ["a", "b"]
+    assert not use_slider(LoaderParam("s", "str", "", "h", 0, 1))
+
+
+def test_panels_show_one_loader_and_split_values(loaders: dict) -> None:
+    names = list(loaders)
+    with gr.Blocks():
+        panels = build_loader_panels(loaders, names[0], {loaders[names[0]].params[0].name: 99})
+    assert panels.groups[names[0]].visible and not any(panels.groups[n].visible for n in names[1:])
+    first = loaders[names[0]].params[0]
+    assert panels.widgets[names[0]][0][1].value == 99
+    flat = [w.value for w in panels.inputs]
+    for name in names:
+        values = panels.values(name, flat)
+        assert list(values) == [p.name for p in loaders[name].params]
+    assert panels.values(names[0], flat)[first.name] == 99
+    visibility = panels.visibility(names[-1])
+    assert [u["visible"] for u in visibility] == [n == names[-1] for n in names]
+    assert elem_prefix("llama.cpp") == "loader-llama-cpp-"
+
+
+def test_memory_html_scales_and_says_whether_it_fits() -> None:
+    est = MemoryEstimate(
+        weights_gpu=0, weights_cpu=GiB, kv_cache=GiB // 2, overhead=GiB // 2, vram=0, ram=2 * GiB
+    )
+    fits = memory_html(est, {"ram_available": 4 * GiB, "vram_free": 0})
+    assert "Estimated memory: 2.00 GiB" in fits and "fits in 4.00 GiB available RAM" in fits
+    assert 'style="width:25.00%"' in fits  # 1 GiB of weights on a 4 GiB scale
+    tight = memory_html(est, {"ram_available": GiB, "vram_free": 0})
+    assert "does not fit" in tight and 'style="width:50.00%"' in tight  # the bar scales to the total
+
+
+# -- in the browser --------------------------------------------------------------------------------------
+
+
+def open_model_tab(page: Any) -> None:
+    page.get_by_role("tab", name="Model").click()
+    page.wait_for_selector("#model-load")
+
+
+def pick(page: Any, elem_id: str, option: str) -> None:
+    """Choose `option` in a Gradio dropdown."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def memory_kv(page: Any) -> int:
+    page.wait_for_selector("#memory-estimate[data-kv]")
+    return int(page.locator("#memory-estimate").get_attribute("data-kv"))
+
+
+def set_number(page: Any, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+@pytest.mark.browser
+def test_load_gguf_estimate_follows_n_ctx_and_bad_params_keep_the_model(
+    page: Any, ui_server: UIServer
+) -> None:
+    app = ui_server.app
+    open_model_tab(page)
+    pick(page, "model-dropdown", GGUF)
+    page.wait_for_function("document.querySelector('#loader-dropdown input')?.value === 'llama.cpp'")
+    prefix = elem_prefix("llama.cpp")
+    set_number(page, f"{prefix}n_ctx", 256)
+    page.wait_for_selector("#memory-estimate[data-kv]")
+    page.wait_for_function(
+        "document.querySelector('#memory-estimate').textContent.includes('Estimated memory')"
+    )
+    small = memory_kv(page)
+    set_number(page, f"{prefix}n_ctx", 1024)
+    page.wait_for_function(f"+document.querySelector('#memory-estimate').dataset.kv === {small * 4}")
+
+    page.locator("#model-load").click()
+    page.wait_for_function(
+        f"document.querySelector('#model-status').textContent.includes('{GGUF}')", timeout=120_000
+    )
+    info = page.locator("#model-info").inner_text()
+    assert "Architecture: llama" in info and "Context length" in info and "Chat template" in info
+    assert app.models.model_name == GGUF and app.models.model.n_ctx == 1024
+    ui_server.shot(page, "model-loaded")
+    docs = ROOT / "docs"
+    docs.mkdir(exist_ok=True)
+    page.screenshot(path=str(docs / "screenshot-model.png"))
+
+    pick(page, f"{prefix}cache_type", "q8_0")  # needs flash_attn: rejected before unloading
+    page.locator("#model-load").click()
+    toast = page.locator(".toast-body.error")
+    toast.wait_for()
+    assert "flash_attn" in toast.inner_text() and "still loaded" in toast.inner_text()
+    ui_server.shot(page, "bad-param")
+    assert app.models.model_name == GGUF
+    assert GGUF in page.locator("#model-status").inner_text()
+
+
+@pytest.mark.browser
+def test_saved_settings_come_back_when_the_model_is_selected(page: Any, ui_server: UIServer) -> None:
+    open_model_tab(page)
+    pick(page, "model-dropdown", GGUF)
+    prefix = elem_prefix("llama.cpp")
+    page.wait_for_function("document.querySelector('#loader-dropdown input')?.value === 'llama.cpp'")
+    set_number(page, f"{prefix}n_ctx", 512)
+    page.locator("#model-save").click()
+    page.locator(".toast-body.info").wait_for()
+    saved = ui_server.app.settings.user_data_dir / "models" / f"{GGUF}.yaml"
+    assert "n_ctx: 512" in saved.read_text()
+
+    page.reload()
+    page.wait_for_selector("button[role='tab']")
+    open_model_tab(page)
+    pick(page, "model-dropdown", "tiny-llama")
+    page.wait_for_function("document.querySelector('#loader-dropdown input')?.value === 'Transformers'")
+    pick(page, "model-dropdown", GGUF)
+    page.wait_for_function(f"document.querySelector('#{prefix}n_ctx input')?.value === '512'")
+    shutil.rmtree(saved.parent)

@@ -1,0 +1,140 @@
+"""The Model tab's download box: user/repo[:branch] -> list files -> pick a GGUF quant -> download.
+
+Listing and transfers are `webui.hub` / `webui.download`; this renders their progress events as a bar
+(bytes, speed, ETA) and wires Cancel to the download's cancel event. One download per browser session:
+the cancel events are kept by session hash, so two people downloading do not cancel each other.
+"""
+
+from __future__ import annotations
+
+import html
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from webui.app import App
+from webui.download import ProgressEvent, download, human_bytes
+from webui.hub import HubError, list_repo
+
+Progress = ProgressEvent | BaseException | str  # a str is the finished model's name
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+
+
+def progress_html(event: ProgressEvent) -> str:
+    """A bar for the whole download plus the current file's bytes, speed and ETA."""
+    percent = 100 * event.fraction
+    return (
+        f'<div id="download-progress" data-fraction="{event.fraction:.4f}">'
+        f'<div class="hearth-membar"><span class="w" style="width:{percent:.1f}%"></span></div>'
+        f"{percent:.1f}% — {human_bytes(event.overall_downloaded)} of {human_bytes(event.overall_total)}"
+        f" — {human_bytes(event.speed)}/s — ETA {_eta(event.eta)}"
+        f"<br><small>file {event.file_index}/{event.file_count}: {html.escape(event.filename)}</small></div>"
+    )
+
+
+def quant_choices(spec: str) -> tuple[list[tuple[str, str]], str]:
+    """Dropdown choices (label with size, quant label) and a summary line for a repo."""
+    listing = list_repo(spec)
+    choices = [
+        (f"{label} — {human_bytes(sum(f.size for f in files))} — {files[0].path}", label)
+        for label, files in listing.quantizations().items()
+    ]
+    summary = (
+        f"{listing.repo.repo_id} @ {listing.commit[:10]}: {listing.kind} repo, {len(listing.files)} files"
+    )
+    if listing.kind == "gguf":
+        summary += f"; {len(choices)} GGUF quantizations — pick one"
+    return choices, summary
+
+
+class DownloadBox:
+    """The handlers; the cancel events of running downloads are kept by browser session."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self._cancels: dict[str, threading.Event] = {}
+
+    def list_files(self, spec: str) -> tuple[Any, str]:
+        try:
+            choices, summary = quant_choices(spec)
+        except HubError as exc:
+            raise gr.Error(str(exc)) from None
+        value = choices[0][1] if len(choices) == 1 else None
+        return gr.update(choices=choices, value=value, visible=bool(choices)), summary
+
+    def start(self, spec: str, quant: str | None, request: gr.Request) -> Iterator[tuple[str, Any]]:
+        """Run the download in a thread and stream its progress; the last yield names the new model."""
+        cancel = threading.Event()
+        self._cancels[request.session_hash or ""] = cancel
+        events: queue.Queue[Progress] = queue.Queue()
+
+        def run() -> None:
+            try:
+                path = download(
+                    spec,
+                    self.app.settings.models_dir,
+                    select=quant or None,
+                    on_progress=events.put,
+                    cancel=cancel,
+                )
+                events.put(path.name)
+            except BaseException as exc:  # reported to the page, never lost in the thread
+                events.put(exc)
+
+        threading.Thread(target=run, name="hearth-download", daemon=True).start()
+        yield '<div id="download-progress">Starting…</div>', gr.update()
+        while True:
+            item = events.get()
+            if isinstance(item, ProgressEvent):
+                yield progress_html(item), gr.update()
+            elif isinstance(item, str):
+                yield f'<div id="download-progress">Downloaded <b>{html.escape(item)}</b></div>', item
+                return
+            else:
+                message = str(item) if isinstance(item, HubError) else f"download failed: {item!r}"
+                gr.Warning(message)
+                yield f'<div id="download-progress">{html.escape(message)}</div>', gr.update()
+                return
+
+    def cancel(self, request: gr.Request) -> None:
+        event = self._cancels.pop(request.session_hash or "", None)
+        if event is not None:
+            event.set()
+
+
+def build_download_box(app: App) -> gr.Textbox:
+    """The accordion. Returns a hidden textbox that takes the downloaded model's name when one finishes
+    (the Model tab listens to its change to refresh and select the model)."""
+    box = DownloadBox(app)
+    with gr.Accordion("Download a model from Hugging Face", open=False, elem_id="download-box"):
+        with gr.Row():
+            spec = gr.Textbox(
+                label="Repository",
+                placeholder="user/repo or user/repo:branch",
+                scale=3,
+                elem_id="download-repo",
+            )
+            list_button = gr.Button("List files", scale=1)
+        summary = gr.Markdown()
+        quant = gr.Dropdown(
+            label="File (GGUF quantization)", choices=[], visible=False, elem_id="download-quant"
+        )
+        with gr.Row():
+            start = gr.Button("Download", variant="primary", elem_id="download-start")
+            stop = gr.Button("Cancel", elem_id="download-cancel")
+        progress = gr.HTML()
+        finished = gr.Textbox(visible=False)
+    list_button.click(box.list_files, [spec], [quant, summary])
+    spec.submit(box.list_files, [spec], [quant, summary])
+    start.click(box.start, [spec, quant], [progress, finished], concurrency_limit=None)
+    stop.click(box.cancel, None, None, queue=False)
+    return finished

@@ -1,0 +1,107 @@
+"""Loader parameter widgets generated from `LoaderParam` declarations (never retyped per loader).
+
+Every loader gets its own group of widgets, built once; the Model tab shows the selected loader's group
+and hides the others. Handlers receive all widgets' values as one flat list and `LoaderPanels.values`
+picks the selected loader's part, so adding a loader plugin needs no UI change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from webui.loader_api import Loader, LoaderParam
+
+#: Int/float ranges with at most this many steps become sliders; wider ones (n_ctx up to 1M) a number box.
+MAX_SLIDER_STEPS = 2000
+
+
+def use_slider(param: LoaderParam) -> bool:
+    if param.kind not in {"int", "float"} or param.minimum is None or param.maximum is None:
+        return False
+    step = param.step or (1 if param.kind == "int" else (param.maximum - param.minimum) / 100)
+    return (param.maximum - param.minimum) / step <= MAX_SLIDER_STEPS
+
+
+def widget_for(param: LoaderParam, value: Any = None, elem_prefix: str = "") -> gr.components.Component:
+    """One Gradio input for one declared parameter; `value` (else the default) is shown first."""
+    value = param.default if value is None else value
+    common: dict[str, Any] = {
+        "label": param.name,
+        "info": param.help,
+        "value": value,
+        "elem_id": f"{elem_prefix}{param.name}" if elem_prefix else None,
+        "interactive": True,
+    }
+    if param.kind == "bool":
+        return gr.Checkbox(**common)
+    if param.kind == "choice":
+        return gr.Dropdown(choices=list(param.choices), **common)
+    if param.kind == "str":
+        return gr.Textbox(**common)
+    step = param.step or (1 if param.kind == "int" else None)
+    if use_slider(param):
+        return gr.Slider(minimum=param.minimum, maximum=param.maximum, step=step, **common)
+    precision = 0 if param.kind == "int" else None
+    return gr.Number(minimum=param.minimum, maximum=param.maximum, step=step, precision=precision, **common)
+
+
+def elem_prefix(loader_name: str) -> str:
+    """A DOM id prefix for a loader's widgets (browser tests address them as #loader-<name>-<param>)."""
+    return "loader-" + "".join(c if c.isalnum() else "-" for c in loader_name.lower()) + "-"
+
+
+@dataclass
+class LoaderPanels:
+    """Per loader: its group (shown only when selected) and its widgets in declaration order."""
+
+    groups: dict[str, gr.Group]
+    widgets: dict[str, list[tuple[LoaderParam, gr.components.Component]]]
+
+    @property
+    def inputs(self) -> list[gr.components.Component]:
+        """Every widget of every loader, in a fixed order (handlers take these as `*values`)."""
+        return [w for items in self.widgets.values() for _, w in items]
+
+    def values(self, loader: str, flat: tuple[Any, ...] | list[Any]) -> dict[str, Any]:
+        """The selected loader's raw values out of the flat list (validation is the loader's job)."""
+        index = 0
+        for name, items in self.widgets.items():
+            if name == loader:
+                return {param.name: flat[index + i] for i, (param, _) in enumerate(items)}
+            index += len(items)
+        return {}
+
+    def visibility(self, loader: str) -> list[Any]:
+        """Updates for the groups, in `groups` order: only `loader`'s is visible."""
+        return [gr.update(visible=name == loader) for name in self.groups]
+
+    def fill(self, loader: str, params: dict[str, Any]) -> list[Any]:
+        """Updates for `inputs`: `loader`'s widgets get `params`, the others stay as they are."""
+        updates: list[Any] = []
+        for name, items in self.widgets.items():
+            for param, _ in items:
+                updates.append(
+                    gr.update(value=params[param.name])
+                    if name == loader and param.name in params
+                    else gr.update()
+                )
+        return updates
+
+
+def build_loader_panels(
+    loaders: dict[str, type[Loader]], selected: str | None, values: dict[str, Any] | None = None
+) -> LoaderPanels:
+    """Create the groups (inside the current Blocks context); `selected`'s is visible, showing `values`."""
+    groups: dict[str, gr.Group] = {}
+    widgets: dict[str, list[tuple[LoaderParam, gr.components.Component]]] = {}
+    for name, cls in loaders.items():
+        with gr.Group(visible=name == selected) as group:
+            if cls.description:
+                gr.Markdown(cls.description)
+            shown = (values or {}) if name == selected else {}
+            widgets[name] = [(p, widget_for(p, shown.get(p.name), elem_prefix(name))) for p in cls.params]
+        groups[name] = group
+    return LoaderPanels(groups, widgets)

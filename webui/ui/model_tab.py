@@ -1,0 +1,219 @@
+"""The Model tab: pick a model and a loader, set the loader's parameters, see the memory estimate,
+load/unload, read the model info, save per-model settings, download new models.
+
+Loading, loader choice and per-model settings are `ModelManager` and `webui.model_settings`; the
+callbacks here only call them and render. A failed load raises before anything is unloaded (the manager
+validates first), so the previous model stays loaded and the status says so.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from webui.app import App
+from webui.loader_api import HearthError
+from webui.model_settings import ModelSettings, ModelSettingsError, save_settings, settings_for
+from webui.ui.context import UIContext
+from webui.ui.download_box import build_download_box
+from webui.ui.loader_params import LoaderPanels, build_loader_panels
+from webui.ui.memory_view import estimate_html
+
+
+def _count(n: int | None) -> str:
+    if not n:
+        return "unknown"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def status_text(app: App) -> str:
+    models = app.models
+    if models.model is None:
+        return "No model loaded."
+    return f"Loaded **{models.model_name}** with **{models.loader_name}**."
+
+
+def info_markdown(app: App) -> str:
+    """The loaded model's facts as a small table (architecture, size, quantization, context, template)."""
+    model = app.models.model
+    if model is None:
+        return ""
+    info = model.info
+    rows = [
+        ("Architecture", info.architecture),
+        ("Parameters", _count(info.parameters)),
+        ("Quantization", info.quantization or "none"),
+        ("Context length", f"{model.n_ctx} (trained: {info.context_length or 'unknown'})"),
+        ("Vocabulary", str(info.vocab_size or model.vocab_size)),
+        (
+            "Chat template",
+            "found in the model" if info.chat_template else "not found (detected from the name)",
+        ),
+        ("Load parameters", ", ".join(f"{k}={v}" for k, v in app.models.load_params.items()) or "defaults"),
+    ]
+    return "\n".join(f"- **{k}:** {html.escape(str(v))}" for k, v in rows)
+
+
+class ModelTab:
+    """Handlers over the App; `panels` maps the flat widget values back to the selected loader."""
+
+    def __init__(self, app: App, panels: LoaderPanels | None = None):
+        self.app = app
+        self.panels = panels
+
+    @property
+    def user_data(self) -> Path:
+        return self.app.settings.user_data_dir
+
+    def settings(self, model: str | None) -> ModelSettings | None:
+        """The model's saved settings; a bad settings file is a warning, then the loader's defaults."""
+        if not model:
+            return None
+        models = self.app.models
+        try:
+            try:
+                return settings_for(models, self.user_data, model)
+            except ModelSettingsError as exc:
+                gr.Warning(str(exc))
+                loader = models.choose_loader(models.resolve(model).path)
+                return ModelSettings(loader, models.loaders[loader].resolve_params({}))
+        except HearthError as exc:  # unknown model, no loader for it
+            gr.Warning(str(exc))
+            return None
+
+    def memory(self, model: str | None, loader: str | None, *values: Any) -> str:
+        if not model or not loader or self.panels is None:
+            return ""
+        try:
+            path = self.app.models.resolve(model).path
+            params = self.app.models.loaders[loader].resolve_params(self.panels.values(loader, values))
+        except HearthError as exc:
+            return f'<div id="memory-estimate">Memory estimate unavailable: {html.escape(str(exc))}</div>'
+        return estimate_html(path, loader, params)
+
+    def select_model(self, model: str | None, *values: Any) -> list[Any]:
+        """A model was picked: its loader and saved parameters fill the form, the estimate follows."""
+        assert self.panels is not None
+        chosen = self.settings(model)
+        if chosen is None:
+            return [
+                gr.update(),
+                *self.panels.visibility(""),
+                *self.panels.fill("", {}),
+                self.memory(None, None),
+            ]
+        fill = self.panels.fill(chosen.loader, chosen.params)
+        merged = list(values)
+        for i, update in enumerate(fill):
+            if isinstance(update, dict) and "value" in update:
+                merged[i] = update["value"]
+        return [
+            gr.update(value=chosen.loader),
+            *self.panels.visibility(chosen.loader),
+            *fill,
+            self.memory(model, chosen.loader, *merged),
+        ]
+
+    def select_loader(self, model: str | None, loader: str | None, *values: Any) -> list[Any]:
+        assert self.panels is not None
+        return [*self.panels.visibility(loader or ""), self.memory(model, loader, *values)]
+
+    def load(self, model: str | None, loader: str | None, *values: Any) -> tuple[str, str]:
+        if not model:
+            raise gr.Error("choose a model first")
+        assert self.panels is not None
+        try:
+            self.app.models.load(model, loader or None, self.panels.values(loader or "", values))
+        except HearthError as exc:
+            kept = f" {self.app.models.model_name} is still loaded." if self.app.models.model else ""
+            raise gr.Error(f"{model} not loaded: {exc}.{kept}") from None
+        return status_text(self.app), info_markdown(self.app)
+
+    def unload(self) -> tuple[str, str]:
+        self.app.models.unload()
+        return status_text(self.app), info_markdown(self.app)
+
+    def save(self, model: str | None, loader: str | None, *values: Any) -> None:
+        if not model or not loader:
+            raise gr.Error("choose a model and a loader first")
+        assert self.panels is not None
+        try:
+            path = save_settings(
+                self.app.models, self.user_data, model, loader, self.panels.values(loader, values)
+            )
+        except HearthError as exc:
+            raise gr.Error(f"settings not saved: {exc}") from None
+        gr.Info(f"Saved settings for {model} ({path.name}); they are applied whenever it is selected.")
+
+    def refresh(self, current: str | None) -> Any:
+        names = [m.name for m in self.app.models.list_models()]
+        return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+
+    def downloaded(self, name: str) -> Any:
+        return self.refresh(name) if name else gr.update()
+
+
+def _initial_model(app: App) -> str | None:
+    names = [m.name for m in app.models.list_models()]
+    return app.models.model_name or (names[0] if names else None)
+
+
+def build_model_tab(ctx: UIContext) -> None:
+    app = ctx.app
+    tab = ModelTab(app)
+    model_name = _initial_model(app)
+    initial = tab.settings(model_name)
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                model = gr.Dropdown(
+                    label="Model",
+                    choices=[m.name for m in app.models.list_models()],
+                    value=model_name,
+                    elem_id="model-dropdown",
+                    scale=4,
+                )
+                refresh = gr.Button("Refresh", scale=1, elem_id="model-refresh")
+                loader = gr.Dropdown(
+                    label="Loader",
+                    choices=list(app.loaders),
+                    value=initial.loader if initial else None,
+                    elem_id="loader-dropdown",
+                    scale=2,
+                )
+            tab.panels = panels = build_loader_panels(
+                app.loaders, initial.loader if initial else None, initial.params if initial else None
+            )
+        with gr.Column(scale=2):
+            with gr.Row():
+                load = gr.Button("Load", variant="primary", elem_id="model-load")
+                unload = gr.Button("Unload", elem_id="model-unload")
+                save = gr.Button("Save settings for this model", elem_id="model-save")
+            status = gr.Markdown(lambda: status_text(app), elem_id="model-status")
+            memory = gr.HTML(
+                tab.memory(model_name, initial.loader, *[w.value for w in panels.inputs]) if initial else "",
+                elem_id="memory-box",
+            )
+            info = gr.Markdown(lambda: info_markdown(app), elem_id="model-info")
+            downloaded = build_download_box(app)
+
+    widgets = panels.inputs
+    groups = list(panels.groups.values())
+    select = (tab.select_model, [model, *widgets], [loader, *groups, *widgets, memory])
+    model.input(*select)
+    loader.input(tab.select_loader, [model, loader, *widgets], [*groups, memory])
+    # .input, not .change: filling the form for a newly selected model must not fire one estimate per widget
+    gr.on([w.input for w in widgets], tab.memory, [model, loader, *widgets], memory, show_progress="hidden")
+    refresh.click(tab.refresh, [model], [model])
+    downloaded.change(tab.downloaded, [downloaded], [model]).then(*select)
+    load.click(tab.load, [model, loader, *widgets], [status, info], concurrency_limit=1).then(
+        lambda: (status_text(app), info_markdown(app)), None, [status, info]
+    )
+    unload.click(tab.unload, None, [status, info])
+    save.click(tab.save, [model, loader, *widgets], None)
