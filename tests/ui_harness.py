@@ -9,6 +9,7 @@ missing. Wait for selectors, never for network idle (Gradio keeps a connection o
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,13 +42,16 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def ui_settings(models_dir: Path, tmp_path: Path) -> Settings:
-    """Settings over the tiny models, with user data and a settings file in the test's temp dir."""
+    """Settings over the tiny models; user data, a copy of presets/ and settings.yaml in the test's temp dir
+    (so saving a preset or settings in a test never touches the repository)."""
     user_data = tmp_path / "user_data"
     user_data.mkdir()
+    presets = tmp_path / "presets"
+    shutil.copytree(ROOT / "presets", presets)
     return Settings(
         models_dir=models_dir,
         user_data_dir=user_data,
-        presets_dir=ROOT / "presets",
+        presets_dir=presets,
         templates_dir=ROOT / "templates",
         settings_file=tmp_path / "settings.yaml",
     )

@@ -12,8 +12,11 @@ State shapes (the Parameters tab writes them, the Chat/Default/Notebook tabs rea
   part of a GenerationRequest.
 - ``character``: ``{"character": str | None, "user_name": str, "mode": "chat" | "chat-instruct" |
   "instruct", "instruction_template": str | None, "chat_instruct_command": str}``: exactly the fields of
-  `webui.session.ChatOptions`; ``character`` None means the built-in Assistant, ``instruction_template``
-  None means detected from the loaded model. Use `chat_options(state)`.
+  `webui.session.ChatOptions`; ``character`` None or "Assistant" means the built-in Assistant,
+  ``instruction_template`` None means detected from the loaded model. Use `chat_options(state)`. Several
+  tabs write it (Character sub-tab: character, user_name; Instruction template sub-tab:
+  instruction_template; Chat tab: mode, chat_instruct_command), so a handler always returns
+  ``{**state, key: new_value}``, never a fresh dict.
 - ``history``: the current chat as ``ChatHistory.to_dict()``, or None before one is opened. The Chat tab
   owns it; the Parameters tab's Chat history sub-tab loads/uploads into it and saves/downloads from it.
   Use `chat_history(state)`.
@@ -25,6 +28,7 @@ State shapes (the Parameters tab writes them, the Chat/Default/Notebook tabs rea
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
     from webui.prompts.history import ChatHistory
     from webui.sampling import SamplingParams
     from webui.session import ChatOptions
+
+log = logging.getLogger(__name__)
 
 #: A tab builder an extension (or a later issue) may add; called inside the shell's gr.Tabs.
 TabBuilder = Callable[["UIContext"], None]
@@ -67,15 +73,19 @@ class UIContext:
 
 
 def default_params(app: App) -> dict[str, Any]:
-    """The starting value of ``ctx.params``: the --preset (if any) over the sampler defaults."""
+    """The starting value of ``ctx.params``: the --preset if given, else the samplers saved in
+    settings.yaml (``sampling``), else neutral; generation settings from ``generation`` over defaults."""
     from webui import sampling
 
+    saved_sampling = app.settings.extra.get("sampling")
     values = sampling.SamplingParams().model_dump()
-    if app.settings.preset:
-        try:
+    try:
+        if app.settings.preset:
             values = sampling.load_preset(app.settings.presets_dir, app.settings.preset).model_dump()
-        except HearthError as exc:
-            gr.Warning(f"preset {app.settings.preset!r} not loaded: {exc}")
+        elif isinstance(saved_sampling, dict):
+            values = sampling.SamplingParams.model_validate(saved_sampling).model_dump()
+    except (HearthError, ValidationError) as exc:
+        log.warning("starting with neutral samplers: %s", exc)
     saved = app.settings.extra.get("generation")
     generation = {**GENERATION_DEFAULTS, **(saved if isinstance(saved, dict) else {})}
     return {"sampling": values, **{k: generation[k] for k in GENERATION_DEFAULTS}}

@@ -1,0 +1,125 @@
+"""The Character sub-tab: choose, edit, upload (YAML/JSON/PNG card), save and delete characters.
+
+Parsing and storage are `webui.prompts.characters.CharacterStore`; choosing a character sets
+``ctx.character["character"]`` (other keys of that state are kept: the Chat tab owns the mode).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from webui.loader_api import HearthError
+from webui.prompts.characters import Character, CharacterStore
+from webui.ui.context import UIContext
+
+FIELDS = ("name", "context", "greeting", "user_name", "picture")
+
+
+class CharacterPanel:
+    def __init__(self, store: CharacterStore):
+        self.store = store
+
+    def show(self, name: str | None) -> list[Any]:
+        """Field values for a character (name, context, greeting, your name, picture)."""
+        try:
+            character = self.store.load(name or "Assistant")
+        except HearthError as exc:
+            raise gr.Error(str(exc)) from None
+        picture = str(character.picture_path) if character.picture_path else None
+        return [character.name, character.context, character.greeting, character.user_name or "", picture]
+
+    def select(self, name: str | None, state: dict[str, Any]) -> list[Any]:
+        return [*self.show(name), {**state, "character": name or "Assistant"}]
+
+    def _choices(self, value: str | None) -> Any:
+        return gr.update(choices=self.store.names(), value=value)
+
+    def upload(self, file: str | None, state: dict[str, Any]) -> list[Any]:
+        if not file:
+            return [gr.update(), *[gr.update()] * len(FIELDS), state]
+        path = Path(file)
+        try:
+            character = self.store.import_file(path.read_bytes(), path.name)
+        except HearthError as exc:
+            raise gr.Error(f"{path.name}: {exc}") from None
+        gr.Info(f"Imported character {character.name}")
+        return [
+            self._choices(character.name),
+            *self.show(character.name),
+            {**state, "character": character.name},
+        ]
+
+    def save(
+        self,
+        name: str,
+        context: str,
+        greeting: str,
+        user_name: str,
+        picture: str | None,
+        state: dict[str, Any],
+    ) -> list[Any]:
+        if not name.strip():
+            raise gr.Error("name: a character needs a name")
+        data = Path(picture).read_bytes() if picture else None
+        character = Character(
+            name.strip(), context, greeting, user_name=user_name.strip() or None, picture=data
+        )
+        try:
+            self.store.save(character)
+        except (HearthError, ValueError) as exc:
+            raise gr.Error(f"character not saved: {exc}") from None
+        gr.Info(f"Saved character {character.name}")
+        return [self._choices(character.name), {**state, "character": character.name}]
+
+    def delete(self, name: str | None, state: dict[str, Any]) -> list[Any]:
+        try:
+            self.store.delete(name or "")
+        except (HearthError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+        gr.Info(f"Deleted character {name}")
+        return [self._choices("Assistant"), *self.show("Assistant"), {**state, "character": "Assistant"}]
+
+
+def build_character_tab(ctx: UIContext) -> None:
+    panel = CharacterPanel(CharacterStore(ctx.app.settings.user_data_dir))
+    current = ctx.character.value.get("character") or "Assistant"
+    names = panel.store.names()
+    first = panel.show(current if current in names else "Assistant")
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                select = gr.Dropdown(
+                    label="Character", choices=names, value=first[0], elem_id="character-dropdown", scale=3
+                )
+                save = gr.Button("Save", scale=1, elem_id="character-save")
+                delete = gr.Button("Delete", scale=1, variant="stop", elem_id="character-delete")
+            name = gr.Textbox(label="Character's name", value=first[0], elem_id="character-name")
+            context = gr.Textbox(label="Context", value=first[1], lines=8, elem_id="character-context")
+            greeting = gr.Textbox(label="Greeting", value=first[2], lines=3, elem_id="character-greeting")
+            user_name = gr.Textbox(
+                label="Your name",
+                value=first[3] or ctx.character.value.get("user_name", ""),
+                elem_id="character-user-name",
+            )
+        with gr.Column(scale=1):
+            picture = gr.Image(label="Picture", type="filepath", value=first[4], elem_id="character-picture")
+            upload = gr.File(
+                label="Upload a character (YAML, JSON or a TavernAI/SillyTavern PNG card)",
+                file_types=[".yaml", ".yml", ".json", ".png"],
+                type="filepath",
+                elem_id="character-upload",
+            )
+    fields = [name, context, greeting, user_name, picture]
+    select.input(panel.select, [select, ctx.character], [*fields, ctx.character])
+    upload.upload(panel.upload, [upload, ctx.character], [select, *fields, ctx.character])
+    save.click(panel.save, [*fields, ctx.character], [select, ctx.character])
+    delete.click(panel.delete, [select, ctx.character], [select, *fields, ctx.character])
+    user_name.input(
+        lambda text, state: {**state, "user_name": text.strip() or "You"},
+        [user_name, ctx.character],
+        ctx.character,
+        show_progress="hidden",
+    )

@@ -1,0 +1,100 @@
+"""The Chat history sub-tab: save, load, upload and download the current chat (``ctx.history``).
+
+Storage and format checks are `webui.prompts.history.HistoryStore`; chats are kept per character, so the
+list follows ``ctx.character["character"]``. Loading or uploading replaces ``ctx.history``, which the Chat
+tab renders.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from webui.loader_api import HearthError
+from webui.prompts.history import HistoryStore
+from webui.ui.context import UIContext, chat_history
+
+
+def _character(state: dict[str, Any]) -> str:
+    return (state or {}).get("character") or "Assistant"
+
+
+class HistoryPanel:
+    def __init__(self, store: HistoryStore, export_dir: Path):
+        self.store = store
+        self.export_dir = export_dir
+
+    def choices(self, state: dict[str, Any]) -> Any:
+        chats = self.store.list_chats(_character(state))
+        return gr.update(
+            choices=[(f"{c.title} ({c.updated[:16]}, {c.turns} turns)", c.chat_id) for c in chats],
+            value=chats[0].chat_id if chats else None,
+        )
+
+    def save(self, history: dict[str, Any] | None, state: dict[str, Any]) -> Any:
+        current = chat_history(history, _character(state))
+        if current is None or not current.turns:
+            raise gr.Error("there is no chat to save yet")
+        try:
+            self.store.save(current)
+        except (HearthError, ValueError) as exc:
+            raise gr.Error(f"chat not saved: {exc}") from None
+        gr.Info(f"Saved chat {current.display_title()}")
+        return self.choices(state)
+
+    def load(self, chat_id: str | None, state: dict[str, Any]) -> dict[str, Any]:
+        if not chat_id:
+            raise gr.Error("choose a chat to load")
+        try:
+            return self.store.load(_character(state), chat_id).to_dict()
+        except (HearthError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+
+    def upload(self, file: str | None, state: dict[str, Any]) -> tuple[dict[str, Any] | Any, Any]:
+        if not file:
+            return gr.update(), gr.update()
+        try:
+            imported = self.store.import_chat(_character(state), Path(file).read_bytes())
+        except (HearthError, ValueError) as exc:
+            raise gr.Error(f"{Path(file).name}: {exc}") from None
+        gr.Info(f"Imported chat {imported.display_title()}")
+        return imported.to_dict(), self.choices(state)
+
+    def download(self, history: dict[str, Any] | None, state: dict[str, Any]) -> str:
+        current = chat_history(history, _character(state))
+        if current is None:
+            raise gr.Error("there is no chat to download yet")
+        path = self.export_dir / f"{current.character}-{current.chat_id or 'chat'}.json"
+        path.write_text(current.to_json(), encoding="utf-8")
+        return str(path)
+
+
+def build_history_tab(ctx: UIContext) -> None:
+    export_dir = Path(tempfile.mkdtemp(prefix="hearth-chats-"))
+    panel = HistoryPanel(HistoryStore(ctx.app.settings.user_data_dir), export_dir)
+    with gr.Row():
+        chats = gr.Dropdown(
+            label="Saved chats of the current character", choices=[], elem_id="history-dropdown", scale=3
+        )
+        refresh = gr.Button("Refresh", scale=1)
+        load = gr.Button("Load", scale=1, elem_id="history-load")
+        save = gr.Button("Save current chat", scale=1, elem_id="history-save")
+    with gr.Row():
+        upload = gr.File(
+            label="Upload a chat (Hearth JSON or text-generation-webui JSON)",
+            file_types=[".json"],
+            type="filepath",
+            elem_id="history-upload",
+        )
+        with gr.Column():
+            download = gr.Button("Download current chat", elem_id="history-download")
+            exported = gr.File(label="Exported chat", interactive=False, elem_id="history-file")
+    refresh.click(panel.choices, [ctx.character], [chats])
+    ctx.character.change(panel.choices, [ctx.character], [chats], show_progress="hidden")
+    load.click(panel.load, [chats, ctx.character], [ctx.history])
+    save.click(panel.save, [ctx.history, ctx.character], [chats])
+    upload.upload(panel.upload, [upload, ctx.character], [ctx.history, chats])
+    download.click(panel.download, [ctx.history, ctx.character], [exported])
