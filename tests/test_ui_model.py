@@ -3,6 +3,7 @@ load a GGUF, watch the estimate follow n_ctx, fail a load with a bad parameter a
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,3 +168,39 @@ def test_saved_settings_come_back_when_the_model_is_selected(page: Any, ui_serve
     pick(page, "model-dropdown", GGUF)
     page.wait_for_function(f"document.querySelector('#{prefix}n_ctx input')?.value === '512'")
     shutil.rmtree(saved.parent)
+
+
+@pytest.mark.browser
+def test_download_box_lists_quants_and_downloads_the_pick(
+    page: Any, ui_server: UIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fake_hub import FakeHub
+
+    hub = FakeHub()
+    quants = {f"tiny.{q}.gguf": f"GGUF {q} ".encode() * 20_000 for q in ("Q4_K_M", "Q8_0")}
+    hub.add_repo("someone/tiny-GGUF", quants)
+    hub.start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    models = tmp_path / "downloads"
+    models.mkdir()
+    app = ui_server.app
+    monkeypatch.setattr(app.settings, "models_dir", models)
+    monkeypatch.setattr(app.models, "models_dir", models)
+    try:
+        open_model_tab(page)
+        page.locator("#download-box").get_by_text("Download a model from Hugging Face").click()
+        page.locator("#download-repo textarea, #download-repo input").first.fill("someone/tiny-GGUF")
+        page.get_by_role("button", name="List files").click()
+        page.locator("#download-quant input").click()
+        page.get_by_role("option", name=re.compile(r"^Q8_0 — ")).click()
+        page.locator("#download-start").click()
+        page.wait_for_function(
+            "document.querySelector('#download-progress')?.textContent.includes('Downloaded')"
+        )
+        page.wait_for_function("document.querySelector('#model-dropdown input')?.value === 'tiny.Q8_0.gguf'")
+        ui_server.shot(page, "downloaded")
+    finally:
+        hub.stop()
+    assert sorted(p.name for p in models.iterdir()) == ["tiny.Q8_0.gguf"]
+    assert hub.served == ["tiny.Q8_0.gguf"]
