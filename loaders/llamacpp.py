@@ -56,6 +56,7 @@ class LlamaCppModel(Model):
     """A GGUF model in llama.cpp. Slot 0 uses the Llama's own context; slot 1 (CFG) gets a second one."""
 
     prefer_native = True
+    torch_threads = 1
 
     def __init__(self, llm: Any, info: ModelInfo):
         from llama_cpp import llama_cpp as capi

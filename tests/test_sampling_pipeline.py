@@ -8,8 +8,16 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from webui.sampling import DEFAULT_SAMPLER_PRIORITY, SamplingError, SamplingParams, build_sampler
-from webui.sampling import delete_preset, list_presets, load_preset, save_preset
+from webui.sampling import (
+    DEFAULT_SAMPLER_PRIORITY,
+    SamplingError,
+    SamplingParams,
+    build_sampler,
+    delete_preset,
+    list_presets,
+    load_preset,
+    save_preset,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 IDS = torch.tensor([[0]])

@@ -7,10 +7,26 @@ import math
 import pytest
 import torch
 
-from webui.sampling.penalties import DRY, EncoderRepetitionPenalty, NoRepeatNGram, PresenceFrequencyPenalty, RepetitionPenalty
+from webui.sampling.penalties import (
+    DRY,
+    EncoderRepetitionPenalty,
+    NoRepeatNGram,
+    PresenceFrequencyPenalty,
+    RepetitionPenalty,
+)
 from webui.sampling.special import XTC, LogitBias, Mirostat
 from webui.sampling.temperature import DynamicTemperature, QuadraticSmoothing, Temperature
-from webui.sampling.truncation import EpsilonCutoff, EtaCutoff, MinP, TailFree, TopA, TopK, TopNSigma, TopP, TypicalP
+from webui.sampling.truncation import (
+    EpsilonCutoff,
+    EtaCutoff,
+    MinP,
+    TailFree,
+    TopA,
+    TopK,
+    TopNSigma,
+    TopP,
+    TypicalP,
+)
 
 INF = float("-inf")
 IDS = torch.tensor([[0]])

@@ -116,6 +116,10 @@ class Model(ABC):
     info: ModelInfo
     #: Tokens actually evaluated by the backend since load (prefix-cache reuse makes this grow slowly).
     evaluated_tokens: int = 0
+    #: PyTorch threads while this model is loaded; None keeps the default. A backend that computes
+    #: outside PyTorch sets 1: the sampler math is tiny, and idle PyTorch worker threads spinning on a
+    #: small CPU would steal the cores the backend needs (measured 10x slower decode on 2 cores).
+    torch_threads: int | None = None
 
     @property
     @abstractmethod
@@ -204,6 +208,7 @@ class Loader(ABC):
     @classmethod
     def validate(cls, path: Path, params: dict[str, Any]) -> None:
         """Check parameter combinations before the current model is unloaded; raise LoaderError."""
+        return None
 
     @abstractmethod
     def load(self, path: Path, params: dict[str, Any]) -> Model:

@@ -81,6 +81,7 @@ class ModelManager:
         self.model_name: str | None = None
         self.loader_name: str | None = None
         self.load_params: dict[str, Any] = {}
+        self._default_torch_threads: int | None = None
 
     def list_models(self) -> list[LocalModel]:
         return discover_models(self.models_dir)
@@ -132,7 +133,15 @@ class ModelManager:
             log.info("loading %s with %s", local.name, loader_name)
             model = cls().load(local.path, resolved)
             self.model, self.model_name, self.loader_name, self.load_params = model, local.name, loader_name, resolved
+            self._apply_torch_threads(model.torch_threads)
         return model
+
+    def _apply_torch_threads(self, wanted: int | None) -> None:
+        import torch
+
+        if self._default_torch_threads is None:
+            self._default_torch_threads = torch.get_num_threads()
+        torch.set_num_threads(wanted or self._default_torch_threads)
 
     def unload(self) -> None:
         with self.lock:

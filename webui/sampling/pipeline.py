@@ -14,10 +14,26 @@ from typing import Any
 import torch
 
 from webui.sampling.params import SamplingParams
-from webui.sampling.penalties import DRY, EncoderRepetitionPenalty, NoRepeatNGram, PresenceFrequencyPenalty, RepetitionPenalty
-from webui.sampling.special import XTC, LogitBias, Mirostat
+from webui.sampling.penalties import (
+    DRY,
+    EncoderRepetitionPenalty,
+    NoRepeatNGram,
+    PresenceFrequencyPenalty,
+    RepetitionPenalty,
+)
+from webui.sampling.special import XTC, LogitBias, Mirostat, sample_from
 from webui.sampling.temperature import DynamicTemperature, QuadraticSmoothing, Temperature
-from webui.sampling.truncation import EpsilonCutoff, EtaCutoff, MinP, TailFree, TopA, TopK, TopNSigma, TopP, TypicalP
+from webui.sampling.truncation import (
+    EpsilonCutoff,
+    EtaCutoff,
+    MinP,
+    TailFree,
+    TopA,
+    TopK,
+    TopNSigma,
+    TopP,
+    TypicalP,
+)
 
 Processor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
 
@@ -58,8 +74,7 @@ class Sampler:
             return int(scores[0].argmax())
         if self.mirostat is not None:
             return self.mirostat.choose(scores[0])
-        probs = torch.softmax(scores[0].float(), dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return sample_from(scores[0], self.generator)
 
     def probabilities(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         """The distribution `choose` samples from (1-D), for the logits inspector."""
