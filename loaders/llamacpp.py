@@ -188,9 +188,9 @@ class LlamaCppLoader(Loader):
     model_class: type[LlamaCppModel] = LlamaCppModel
     params = (
         LoaderParam("n_ctx", "int", 0, f"Context length in tokens; 0 = the model's own (at most {MAX_DEFAULT_CTX}).", 0, 1 << 20, step=256),
-        LoaderParam("n_gpu_layers", "int", 0, "Layers to offload to the GPU (-1 = all).", -1, 1000),
-        LoaderParam("threads", "int", 0, "CPU threads for generation (0 = physical cores).", 0, 512),
-        LoaderParam("threads_batch", "int", 0, "CPU threads for prompt processing (0 = all cores).", 0, 512),
+        LoaderParam("n_gpu_layers", "int", 0, "Layers to offload to the GPU (-1 = all).", -1, 256),
+        LoaderParam("threads", "int", 0, "CPU threads for generation (0 = physical cores).", 0, 256),
+        LoaderParam("threads_batch", "int", 0, "CPU threads for prompt processing (0 = all cores).", 0, 256),
         LoaderParam("n_batch", "int", 512, "Tokens evaluated per batch while reading the prompt.", 1, 8192),
         LoaderParam("rope_freq_base", "float", 0.0, "RoPE base frequency; 0 = from the model, or from alpha_value.", 0),
         LoaderParam("alpha_value", "float", 1.0, "NTK RoPE scaling: rope_freq_base = 10000 * alpha^(64/63).", 1.0, 64.0, step=0.05),
