@@ -1,0 +1,118 @@
+"""text-generation-webui's /v1/internal routes: model management, tokens, logits, chat prompts, stop.
+
+SillyTavern connects with /v1/internal/model/info and counts tokens with /v1/internal/encode. Load and
+unload are guarded by the admin key (the API key when no admin key is set) instead of the API key.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+
+from webui.api.auth import require_admin_key, require_api_key
+from webui.api.convert import chat_prompt, sampling_from
+from webui.api.deps import Chat, Hearth
+from webui.api.openai import ERRORS
+from webui.api.schemas import (
+    ChatFields,
+    ChatPromptResponse,
+    DecodeRequest,
+    DecodeResponse,
+    EncodeRequest,
+    EncodeResponse,
+    LoadModelRequest,
+    LogitsRequest,
+    LogitsResponse,
+    ModelInfoResponse,
+    ModelNamesResponse,
+    StopResponse,
+    TokenCountResponse,
+    TokenProbability,
+)
+
+router = APIRouter(prefix="/v1/internal", dependencies=[Depends(require_api_key)], tags=["Internal"])
+admin = APIRouter(prefix="/v1/internal", dependencies=[Depends(require_admin_key)], tags=["Internal (admin)"])
+
+
+def _info(hearth: Hearth) -> ModelInfoResponse:
+    models = hearth.models
+    if models.model is None:
+        return ModelInfoResponse(model_name="None")
+    return ModelInfoResponse(model_name=models.model_name or "None", loader=models.loader_name,
+                             info=models.model.info.as_dict())
+
+
+@router.get("/model/info", response_model=ModelInfoResponse, responses={401: ERRORS[401]})
+def model_info(hearth: Hearth) -> ModelInfoResponse:
+    """The loaded model ('None' when none is, as text-generation-webui answers)."""
+    return _info(hearth)
+
+
+@router.get("/model/list", response_model=ModelNamesResponse, responses={401: ERRORS[401]})
+def model_list(hearth: Hearth) -> ModelNamesResponse:
+    return ModelNamesResponse(model_names=[m.name for m in hearth.models.list_models()])
+
+
+@admin.post("/model/load", response_model=ModelInfoResponse, responses=ERRORS)
+async def load_model(body: LoadModelRequest, hearth: Hearth) -> ModelInfoResponse:
+    """Unload the current model and load another; waits for the running generation to finish."""
+    args = dict(body.args)
+    loader = body.loader or args.pop("loader", None)
+    args.pop("loader", None)
+    await run_in_threadpool(hearth.models.load, body.model_name, loader, args)
+    return _info(hearth)
+
+
+@admin.post("/model/unload", response_model=ModelInfoResponse, responses={401: ERRORS[401]})
+async def unload_model(hearth: Hearth) -> ModelInfoResponse:
+    await run_in_threadpool(hearth.models.unload)
+    return _info(hearth)
+
+
+@router.post("/encode", response_model=EncodeResponse, responses=ERRORS)
+def encode(body: EncodeRequest, hearth: Hearth) -> EncodeResponse:
+    tokens = hearth.core.tokenize(body.text, body.add_bos_token)
+    return EncodeResponse(tokens=tokens, length=len(tokens))
+
+
+@router.post("/decode", response_model=DecodeResponse, responses=ERRORS)
+def decode(body: DecodeRequest, hearth: Hearth) -> DecodeResponse:
+    return DecodeResponse(text=hearth.core.detokenize(body.tokens))
+
+
+@router.post("/token-count", response_model=TokenCountResponse, responses=ERRORS)
+def token_count(body: EncodeRequest, hearth: Hearth) -> TokenCountResponse:
+    return TokenCountResponse(length=len(hearth.core.tokenize(body.text, body.add_bos_token)))
+
+
+@router.post("/logits", response_model=LogitsResponse, responses=ERRORS)
+def logits(body: LogitsRequest, hearth: Hearth) -> LogitsResponse:
+    """The most likely next tokens after `prompt`, raw or after the samplers (waits its turn in the queue)."""
+    sampling = sampling_from(body, hearth.settings.presets_dir)
+    top = hearth.core.top_tokens(body.prompt, body.top_logits, body.use_samplers, sampling, body.add_bos_token)
+    items = [TokenProbability(token_id=t.token_id, token=t.text, prob=_prob(t.logprob), logprob=t.logprob) for t in top]
+    as_dict: dict[str, float] = {}
+    for item in items:
+        as_dict.setdefault(item.token, item.prob)
+    return LogitsResponse(logits=as_dict, top_logits=items)
+
+
+def _prob(logprob: float) -> float:
+    return math.exp(logprob)
+
+
+@router.post("/chat-prompt", response_model=ChatPromptResponse, responses=ERRORS)
+def chat_prompt_route(body: ChatFields, hearth: Hearth, chat: Chat) -> ChatPromptResponse:
+    """The prompt text (and stop strings) a /v1/chat/completions request with this body would use."""
+    prompt = chat_prompt(chat, body)
+    length = len(hearth.core.tokenize(prompt.text, body.add_bos_token))
+    return ChatPromptResponse(prompt=prompt.text, stop_strings=list(prompt.stop_strings),
+                              dropped_turns=prompt.dropped_turns, length=length)
+
+
+@router.post("/stop-generation", response_model=StopResponse, responses={401: ERRORS[401]})
+def stop_generation(hearth: Hearth) -> StopResponse:
+    """Stop the running generation and every queued one."""
+    return StopResponse(stopped=hearth.core.stop_all())

@@ -1,0 +1,106 @@
+"""The OpenAI-compatible routes: /v1/completions, /v1/chat/completions, /v1/models.
+
+They only translate: body -> GenerationRequest (convert.py), core events -> OpenAI shapes (render.py).
+The `model` field of a request is ignored: the loaded model answers (load another with
+/v1/internal/model/load), as text-generation-webui does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from webui.api.auth import require_api_key
+from webui.api.convert import (
+    DEFAULT_CHAT_TOKENS,
+    DEFAULT_COMPLETION_TOKENS,
+    chat_prompt,
+    completion_prompt,
+    generation_request,
+)
+from webui.api.deps import Chat, Hearth
+from webui.api.errors import APIError
+from webui.api.render import ChatRenderer, CompletionRenderer
+from webui.api.schemas import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from webui.api.streaming import respond
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI-compatible"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Malformed JSON, a field of the wrong type or out of range"},
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    503: {"model": ErrorResponse, "description": "No model is loaded"},
+}
+
+
+#: Chunk models named only in SSE descriptions; create_api adds them to the OpenAPI components.
+STREAMED_MODELS: list[type[BaseModel]] = []
+
+
+def _streamed(chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """Document the SSE alternative of a 200 (with stream=true)."""
+    STREAMED_MODELS.append(chunk)
+    schema = {"type": "string", "description": f"With stream=true: lines `data: <{chunk.__name__} JSON>` "
+              f"(schema #/components/schemas/{chunk.__name__}), then `data: [DONE]`."}
+    return {200: {"content": {"text/event-stream": {"schema": schema}}}, **ERRORS}
+
+
+@router.post("/v1/completions", response_model=CompletionResponse, responses=_streamed(CompletionResponse))
+async def completions(body: CompletionRequest, request: Request, hearth: Hearth) -> Any:
+    """Text completion. Every sampler field is accepted by its text-generation-webui name."""
+    model = hearth.models.require()
+    prompt = completion_prompt(body)
+    logprobs = body.logprobs
+    generation = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_COMPLETION_TOKENS,
+                                    logprobs=0 if logprobs is None else max(logprobs, 1), **prompt)
+    echo = ""
+    if body.echo:
+        echo = prompt["prompt"] if "prompt" in prompt else await run_in_threadpool(model.detokenize, prompt["prompt_ids"])
+    renderer = CompletionRenderer(hearth.models.model_name or "", echo, logprobs)
+    return await respond(request, lambda cancel: hearth.core.stream(generation, cancel), renderer, body.stream)
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_streamed(ChatCompletionChunk))
+async def chat_completions(body: ChatCompletionRequest, request: Request, hearth: Hearth, chat: Chat) -> Any:
+    """Chat completion. mode=instruct (default) uses the model's template; chat modes use a character."""
+    hearth.models.require()
+    prompt = await run_in_threadpool(chat_prompt, chat, body, DEFAULT_CHAT_TOKENS)
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    generation = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_CHAT_TOKENS,
+                                    logprobs=0 if top is None else max(top, 1), extra_stop=prompt.stop_strings,
+                                    prompt=prompt.text)
+    renderer = ChatRenderer(hearth.models.model_name or "", top)
+    return await respond(request, lambda cancel: hearth.core.stream(generation, cancel), renderer, body.stream)
+
+
+def _cards(hearth: Hearth) -> list[ModelCard]:
+    loaded = hearth.models.model_name
+    names = [m.name for m in hearth.models.list_models()]
+    ordered = ([loaded] if loaded else []) + [n for n in names if n != loaded]
+    return [ModelCard(id=name) for name in ordered]
+
+
+@router.get("/v1/models", response_model=ModelList, responses={401: ERRORS[401]})
+def list_models(hearth: Hearth) -> ModelList:
+    """The loaded model first, then the other models in the models folder."""
+    return ModelList(data=_cards(hearth))
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses={401: ERRORS[401], 404: {"model": ErrorResponse}})
+def get_model(model_id: str, hearth: Hearth) -> ModelCard:
+    for card in _cards(hearth):
+        if card.id == model_id:
+            return card
+    raise APIError(404, f"no model named {model_id!r}", param="model", code="model_not_found")

@@ -1,0 +1,118 @@
+"""Core events -> OpenAI response shapes, for completions and chat completions.
+
+A renderer is made per request; it keeps the ids and offsets that tie a streamed reply together.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from webui.api.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatLogprobs,
+    ChatTokenLogprob,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionResponse,
+    TopLogprob,
+    Usage,
+)
+from webui.generation import Finished, TextChunk, TokenLogprob
+
+
+def finish_reason(done: Finished) -> str:
+    """OpenAI knows 'stop' and 'length'; a cancelled reply (stop-generation) ended by request: 'stop'."""
+    return "length" if done.reason == "length" else "stop"
+
+
+def usage(done: Finished) -> Usage:
+    return Usage(prompt_tokens=done.usage.prompt_tokens, completion_tokens=done.usage.completion_tokens,
+                 total_tokens=done.usage.total_tokens)
+
+
+class CompletionRenderer:
+    def __init__(self, model: str, echo: str = "", logprobs: int | None = None):
+        self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model
+        self.echo, self.want_logprobs, self.top_n = echo, logprobs is not None, logprobs or 0
+        self._offset = len(echo)
+
+    def _response(self, text: str, reason: str | None = None, logprobs: CompletionLogprobs | None = None,
+                  used: Usage | None = None) -> CompletionResponse:
+        choice = CompletionChoice(text=text, finish_reason=reason, logprobs=logprobs)  # type: ignore[arg-type]
+        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice], usage=used)
+
+    def _logprobs(self, items: list[TokenLogprob]) -> CompletionLogprobs | None:
+        if not self.want_logprobs:
+            return None
+        out = CompletionLogprobs()
+        for item in items:
+            out.tokens.append(item.text)
+            out.token_logprobs.append(item.logprob)
+            top: dict[str, float] = {}
+            for _, text, logprob in item.top[: self.top_n]:
+                top.setdefault(text, logprob)
+            out.top_logprobs.append(top)
+            out.text_offset.append(self._offset)
+            self._offset += len(item.text)
+        return out
+
+    def head(self) -> list[CompletionResponse]:
+        return [self._response(self.echo)] if self.echo else []
+
+    def chunk(self, event: TextChunk) -> CompletionResponse:
+        return self._response(event.text, logprobs=self._logprobs(event.logprobs))
+
+    def tail(self, done: Finished) -> CompletionResponse:
+        return self._response("", finish_reason(done), used=usage(done))
+
+    def whole(self, chunks: list[TextChunk], done: Finished) -> CompletionResponse:
+        logprobs = self._logprobs([lp for c in chunks for lp in c.logprobs])
+        return self._response(self.echo + done.text, finish_reason(done), logprobs, usage(done))
+
+
+def _token_bytes(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+class ChatRenderer:
+    def __init__(self, model: str, top_logprobs: int | None = None):
+        self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model
+        self.top_n = top_logprobs
+
+    def _logprobs(self, items: list[TokenLogprob]) -> ChatLogprobs | None:
+        if self.top_n is None:
+            return None
+        return ChatLogprobs(content=[
+            ChatTokenLogprob(
+                token=item.text, logprob=item.logprob, bytes=_token_bytes(item.text),
+                top_logprobs=[TopLogprob(token=t, logprob=lp, bytes=_token_bytes(t)) for _, t, lp in item.top[: self.top_n]],
+            )
+            for item in items
+        ])
+
+    def _chunk(self, delta: ChatDelta, reason: str | None = None, logprobs: ChatLogprobs | None = None,
+               used: Usage | None = None) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(delta=delta, finish_reason=reason, logprobs=logprobs)  # type: ignore[arg-type]
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice], usage=used)
+
+    def head(self) -> list[ChatCompletionChunk]:
+        return [self._chunk(ChatDelta(role="assistant", content=""))]
+
+    def chunk(self, event: TextChunk) -> ChatCompletionChunk:
+        return self._chunk(ChatDelta(content=event.text), logprobs=self._logprobs(event.logprobs))
+
+    def tail(self, done: Finished) -> ChatCompletionChunk:
+        return self._chunk(ChatDelta(), finish_reason(done), used=usage(done))
+
+    def whole(self, chunks: list[TextChunk], done: Finished) -> ChatCompletionResponse:
+        logprobs = self._logprobs([lp for c in chunks for lp in c.logprobs])
+        choice = ChatChoice(message=AssistantMessage(content=done.text), finish_reason=finish_reason(done),  # type: ignore[arg-type]
+                            logprobs=logprobs)
+        return ChatCompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice],
+                                      usage=usage(done))

@@ -1,0 +1,282 @@
+"""Request and response models of the API: the OpenAPI document is generated from these.
+
+Requests ignore fields they do not know (SillyTavern forwards its whole settings body, with fields for
+other backends), but a known field of the wrong type or out of range is an error naming it. The sampler
+fields are derived from `SamplingParams`, so every sampler is accepted under its text-generation-webui
+name with the same bounds, and a new sampler needs no change here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
+
+from webui.prompts.chat import ChatMode
+from webui.sampling import SamplingParams
+
+#: Sampler fields that SillyTavern (and text-generation-webui) may also send as one string.
+_STRING_FORMS = {"dry_sequence_breakers", "custom_token_bans", "banned_strings", "sampler_priority"}
+MAX_NEW_TOKENS = 1 << 20
+
+
+def _optional(name: str, info: FieldInfo) -> tuple[Any, Any]:
+    annotation: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    if name in _STRING_FORMS:
+        annotation = annotation | str
+    return annotation | None, Field(None, description=info.description or f"Default: {info.get_default(call_default_factory=True)!r}.")
+
+
+#: Every sampler setting, optional: None (or absent) keeps the preset's / neutral value.
+SamplerFields = create_model(  # type: ignore[call-overload]
+    "SamplerFields",
+    __config__=ConfigDict(extra="ignore"),
+    __doc__="Sampler settings by their text-generation-webui names; absent = the preset's or neutral value.",
+    **{name: _optional(name, info) for name, info in SamplingParams.model_fields.items()},
+    preset=(str | None, Field(None, description="A preset from presets/ as the base; given fields override it.")),
+)
+SAMPLER_FIELD_NAMES: tuple[str, ...] = tuple(SamplingParams.model_fields)
+
+
+class GenerationFields(SamplerFields):  # type: ignore[misc, valid-type]
+    """Fields shared by completions and chat completions (OpenAI names plus text-generation-webui's)."""
+
+    model: str | None = Field(None, description="Ignored: the loaded model answers.")
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate (wins over max_new_tokens).")
+    max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="text-generation-webui's name for max_tokens.")
+    stop: str | list[str] | None = Field(None, description="Stop strings (merged with stopping_strings).")
+    stopping_strings: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    add_bos_token: bool = True
+    skip_special_tokens: bool = Field(True, description="Accepted for compatibility; special tokens are always skipped.")
+    truncation_length: int | None = Field(
+        None, ge=0, description="Context budget (prompt + reply); longer prompts lose their oldest tokens. 0/absent = the model's context."
+    )
+
+
+class CompletionRequest(GenerationFields):
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Text, or token ids; a list may hold only one prompt."
+    )
+    echo: bool = Field(False, description="Prefix the reply with the prompt.")
+    logprobs: int | None = Field(None, ge=0, le=50, description="Report the top-N alternatives of each token (legacy shape).")
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate; default 16 (OpenAI).")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ChatFields(GenerationFields):
+    """A chat: the messages and how they become a prompt (text-generation-webui's chat fields)."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    mode: ChatMode = Field("instruct", description="instruct: the instruction template; chat / chat-instruct: a character transcript.")
+    character: str | None = Field(None, description="A character from user_data/characters (chat modes); default: Assistant.")
+    instruction_template: str | None = Field(None, description="A template from templates/; default: the model's own / detected.")
+    user_name: str | None = Field(None, validation_alias=AliasChoices("user_name", "name1"), description="Your name in chat modes (alias name1).")
+    chat_instruct_command: str | None = None
+    continue_: bool = Field(False, description="Continue the last assistant message instead of answering.")
+
+
+class ChatCompletionRequest(ChatFields):
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+# -- responses --------------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape, as SillyTavern reads it (`top_logprobs`: one {token: logprob} per token)."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: CompletionLogprobs | None = None
+
+
+class CompletionResponse(BaseModel):
+    """A completion; streamed chunks have the same shape (usage only in the last one)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] = Field(default_factory=list)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: ChatLogprobs | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: ChatLogprobs | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE event of a streamed chat completion; the last carries finish_reason and usage."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "hearth"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# -- internal endpoints -----------------------------------------------------------------------------
+class ModelInfoResponse(BaseModel):
+    model_name: str = Field(description="The loaded model, or 'None' (as text-generation-webui) when none is.")
+    loader: str | None = None
+    lora_names: list[str] = Field(default_factory=list)
+    info: dict[str, Any] | None = Field(None, description="Architecture, context length, vocabulary, ...")
+
+
+class ModelNamesResponse(BaseModel):
+    model_names: list[str]
+
+
+class LoadModelRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model_name: str
+    loader: str | None = Field(None, description="Default: chosen from the model (may also be given as args.loader).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Loader parameters, e.g. {\"n_ctx\": 4096}.")
+
+
+class EncodeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: str
+    add_bos_token: bool = True
+
+
+class EncodeResponse(BaseModel):
+    tokens: list[int]
+    length: int
+
+
+class DecodeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    tokens: list[int]
+
+
+class DecodeResponse(BaseModel):
+    text: str
+
+
+class TokenCountResponse(BaseModel):
+    length: int
+
+
+class LogitsRequest(SamplerFields):  # type: ignore[misc, valid-type]
+    prompt: str
+    top_logits: int = Field(50, ge=1, le=1000, description="How many of the most likely next tokens to return.")
+    use_samplers: bool = Field(False, description="Probabilities after the sampler fields given, instead of raw.")
+    add_bos_token: bool = True
+
+
+class TokenProbability(BaseModel):
+    token_id: int
+    token: str
+    prob: float
+    logprob: float
+
+
+class LogitsResponse(BaseModel):
+    logits: dict[str, float] = Field(description="{token text: probability}, as text-generation-webui returns it.")
+    top_logits: list[TokenProbability] = Field(description="The same, as a list (tokens with equal text stay apart).")
+
+
+class ChatPromptResponse(BaseModel):
+    prompt: str
+    stop_strings: list[str]
+    dropped_turns: int = Field(description="Oldest turns left out to fit the context.")
+    length: int = Field(description="Prompt length in tokens.")
+
+
+class StopResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    stopped: int = Field(description="Generations signalled (running and queued).")

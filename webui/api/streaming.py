@@ -1,0 +1,174 @@
+"""Bridging the blocking generation core to asyncio, SSE, and client disconnects.
+
+`GenerationCore.stream` is a blocking iterator that may first wait its turn in the model's FIFO queue,
+so each request runs it in its own thread (a pool would cap how many can wait in the queue) and hands
+events to the event loop through an asyncio queue. The consumer takes every event already waiting in one
+go, so a fast model is not slowed to the speed of one network write per token.
+
+A client that goes away sets the request's cancel event: a queued request leaves the queue, a running one
+stops at its next token, and the model is free for the next request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Protocol
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from webui.api.errors import APIError, error_body, from_hearth
+from webui.generation import Event, Finished, TextChunk
+from webui.loader_api import HearthError
+
+log = logging.getLogger(__name__)
+
+_END = object()
+DISCONNECT_POLL_S = 0.1
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class Renderer(Protocol):
+    """Turns core events into one endpoint's OpenAI shapes."""
+
+    def head(self) -> list[BaseModel]: ...
+    def chunk(self, event: TextChunk) -> BaseModel: ...
+    def tail(self, done: Finished) -> BaseModel: ...
+    def whole(self, chunks: list[TextChunk], done: Finished) -> BaseModel: ...
+
+
+class EventPump:
+    """Runs `produce(cancel)` in a thread; `batches()` yields its events, in order, as they arrive."""
+
+    def __init__(self, produce: Callable[[threading.Event], Iterator[Event]]):
+        self.cancel = threading.Event()
+        self._produce = produce
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        threading.Thread(target=self._run, name="hearth-api-generation", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._produce(self.cancel):
+                self._put(event)
+        except BaseException as exc:  # handed to the request's coroutine, which reports it
+            self._put(exc)
+        finally:
+            self._put(_END)
+
+    def _put(self, item: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down): stop generating
+            self.cancel.set()
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        while True:
+            items = [await self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            events: list[Event] = []
+            for item in items:
+                if item is _END:
+                    if events:
+                        yield events
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                events.append(item)  # type: ignore[arg-type]
+            yield events
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+async def _until_first(request: Request, pump: EventPump, batches: AsyncIterator[list[Event]]) -> list[Event]:
+    """The first batch, cancelling the generation if the client leaves while it waits in the queue."""
+    watcher = asyncio.create_task(_watch_disconnect(request, pump.cancel))
+    try:
+        return await anext(batches, [])
+    except BaseException:
+        pump.cancel.set()
+        raise
+    finally:
+        watcher.cancel()
+
+
+async def collect(request: Request, pump: EventPump, renderer: Renderer) -> BaseModel:
+    """The whole reply as one response (non-streaming)."""
+    watcher = asyncio.create_task(_watch_disconnect(request, pump.cancel))
+    chunks: list[TextChunk] = []
+    try:
+        async for batch in pump.batches():
+            for event in batch:
+                if isinstance(event, Finished):
+                    return renderer.whole(chunks, event)
+                chunks.append(event)
+    finally:
+        pump.cancel.set()  # a no-op after Finished; stops the generation if this coroutine was cancelled
+        watcher.cancel()
+    raise APIError(500, "the generation ended without a final event")  # pragma: no cover
+
+
+def _sse(model: BaseModel) -> str:
+    return f"data: {model.model_dump_json()}\n\n"
+
+
+def _render(batch: list[Event], renderer: Renderer) -> str:
+    parts = []
+    for event in batch:
+        if isinstance(event, Finished):
+            parts.append(_sse(renderer.tail(event)))
+        elif event.text or event.logprobs:
+            parts.append(_sse(renderer.chunk(event)))
+    return "".join(parts)
+
+
+async def _sse_body(first: list[Event], batches: AsyncIterator[list[Event]], renderer: Renderer,
+                    cancel: threading.Event) -> AsyncIterator[str]:
+    try:
+        yield "".join(_sse(m) for m in renderer.head()) + _render(first, renderer)
+        async for batch in batches:
+            text = _render(batch, renderer)
+            if text:
+                yield text
+    except HearthError as exc:
+        error = from_hearth(exc)
+        yield f"data: {_json(error_body(error.message, error.type, error.param, error.code))}\n\n"
+    except Exception as exc:
+        log.exception("streamed generation failed")
+        yield f"data: {_json(error_body(f'internal error: {exc}', 'server_error'))}\n\n"
+    finally:
+        cancel.set()  # the client left (this generator was cancelled) or the reply is done
+    yield "data: [DONE]\n\n"
+
+
+def _json(data: object) -> str:
+    return json.dumps(data, ensure_ascii=False)
+
+
+async def stream(request: Request, pump: EventPump, renderer: Renderer) -> StreamingResponse:
+    """Server-sent events: `data: {chunk}` lines, then `data: [DONE]`.
+
+    Waits for the first event before answering, so an error found before any token (bad prompt ids,
+    an unsupported setting) still gets its proper status code instead of a 200 stream."""
+    batches = pump.batches()
+    first = await _until_first(request, pump, batches)
+    return StreamingResponse(_sse_body(first, batches, renderer, pump.cancel), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
+
+
+async def respond(request: Request, produce: Callable[[threading.Event], Iterator[Event]], renderer: Renderer,
+                  streaming: bool) -> BaseModel | StreamingResponse:
+    pump = EventPump(produce)
+    return await (stream(request, pump, renderer) if streaming else collect(request, pump, renderer))
