@@ -1,0 +1,340 @@
+"""ExLlamaV2 loader (exllamav2 0.3.x): EXL2 and GPTQ folders on NVIDIA GPUs, with ExLlamaV2's own sampler.
+
+exllamav2 is imported only inside `load()`: importing it JIT-compiles CUDA kernels, and the app, the
+CLI and the tests must work on machines without it. Detection and parameter checks live in
+`loaders.exl2_detect` for the same reason.
+
+Hearth drives `ExLlamaV2.forward` directly rather than a generator class: each slot keeps the token ids
+its cache holds, so a request reuses the longest common prefix with the previous one (a chat's next turn
+evaluates only the new tokens), and slot 1 holds the CFG negative prompt in a second cache. The native
+path samples with `ExLlamaV2Sampler.sample` on the same cache, so both paths share one evaluation loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loaders import exllamav2_sampling as native
+from loaders.exl2_detect import (
+    backend_problem,
+    describe_quantization,
+    is_safetensors_folder,
+    parse_gpu_split,
+    quant_format,
+    read_json,
+)
+from webui.loader_api import (
+    Loader,
+    LoaderError,
+    LoaderParam,
+    Model,
+    ModelInfo,
+    ModelRuntimeError,
+    common_prefix_length,
+)
+from webui.plugins import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+    from webui.sampling import SamplingParams
+
+#: Hearth's cache_type names (text-generation-webui's) -> exllamav2 cache classes.
+CACHE_TYPES = {"fp16": "ExLlamaV2Cache", "fp8": "ExLlamaV2Cache_8bit", "q8": "ExLlamaV2Cache_Q8",
+               "q6": "ExLlamaV2Cache_Q6", "q4": "ExLlamaV2Cache_Q4"}
+MAX_DEFAULT_CTX = 8192
+
+
+@dataclass
+class _Slot:
+    """One cache and the token ids it holds; `logits` are the raw logits after the last id."""
+
+    cache: Any
+    ids: list[int] = field(default_factory=list)
+    logits: torch.Tensor | None = None
+
+
+class ExLlamav2Model(Model):
+    """A loaded ExLlamaV2 model. Slot 0 uses the cache built at load; slot 1 (CFG) gets its own on first use."""
+
+    prefer_native = True
+
+    def __init__(self, model: Any, cache: Any, new_cache: Callable[[], Any], tokenizer: Any, ex_tokenizer: Any,
+                 info: ModelInfo, eos: frozenset[int]) -> None:
+        import torch
+
+        self._torch = torch
+        self._model = model
+        self._new_cache = new_cache
+        self._tokenizer = tokenizer
+        self._ex_tokenizer = ex_tokenizer
+        self._slots = {0: _Slot(cache)}
+        self._eos = eos
+        self.info = info
+
+    @property
+    def n_ctx(self) -> int:
+        return self.info.context_length
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._tokenizer.bos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.info.vocab_size
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        ids = self._tokenizer.encode(text, add_special_tokens=False)
+        bos = self.bos_token_id
+        if add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def logits(self, ids: Sequence[int], slot: int = 0) -> torch.Tensor:
+        return self._sync(ids, slot)[: self.vocab_size]
+
+    def _slot(self, slot: int) -> _Slot:
+        if slot not in self._slots:
+            try:
+                self._slots[slot] = _Slot(self._new_cache())
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                raise ModelRuntimeError(f"no GPU memory for a second cache (slot {slot}, used by CFG): {exc}") from exc
+        return self._slots[slot]
+
+    def _sync(self, ids: Sequence[int], slot: int) -> torch.Tensor:
+        """Make slot's cache hold `ids` and return the raw logits (head width) after the last one."""
+        torch = self._torch
+        ids = list(ids)
+        if not ids:
+            raise ModelRuntimeError("cannot evaluate an empty token sequence")
+        if len(ids) > self.n_ctx:
+            raise ModelRuntimeError(f"{len(ids)} tokens do not fit max_seq_len {self.n_ctx}")
+        state = self._slot(slot)
+        prefix = common_prefix_length(state.ids, ids)
+        if prefix == len(ids) == len(state.ids) and state.logits is not None:
+            return state.logits
+        prefix = min(prefix, len(ids) - 1)  # the last token is re-fed so that its logits are current
+        state.ids, state.logits = [], None  # if forward fails, nothing in the cache is trusted
+        try:
+            with torch.inference_mode():
+                state.cache.current_seq_len = prefix  # later positions are overwritten, not cleared
+                if len(ids) - prefix > 1:
+                    self._model.forward(torch.tensor([ids[prefix:-1]]), state.cache, preprocess_only=True)
+                out = self._model.forward(torch.tensor([ids[-1:]]), state.cache)
+        except RuntimeError as exc:
+            raise ModelRuntimeError(f"ExLlamaV2 failed to evaluate {len(ids) - prefix} tokens: {exc}") from exc
+        state.ids, state.logits = ids, out[0, -1].float().cpu()
+        self.evaluated_tokens += len(ids) - prefix
+        return state.logits
+
+    def unsupported_native(self, params: SamplingParams) -> list[str]:
+        return native.unsupported(params)
+
+    def native_generate(self, ids: Sequence[int], params: SamplingParams, seed: int) -> Iterator[int] | None:
+        if not self.prefer_native or self.unsupported_native(params):
+            return None
+        from exllamav2.generator import ExLlamaV2Sampler
+
+        from webui.sampling.pipeline import sequence_breaker_ids
+
+        settings = ExLlamaV2Sampler.Settings()
+        breakers = sequence_breaker_ids(params.dry_sequence_breakers, lambda s: self.tokenize(s, add_bos=False))
+        for name, value in native.settings_fields(params, breakers).items():
+            setattr(settings, name, value)
+        return self._native_loop(list(ids), params, settings, seed, ExLlamaV2Sampler.sample)
+
+    def _native_loop(self, ids: list[int], params: SamplingParams, settings: Any, seed: int,
+                     sample: Callable[..., Any]) -> Iterator[int]:
+        torch = self._torch
+        rng = random.Random(seed)
+        raw = self._sync(ids, 0)
+        settings.token_bias = self._token_bias(params, raw.numel())
+        while True:
+            logits = raw.clone().view(1, 1, -1)  # the sampler edits logits in place; the slot keeps its copy
+            tokens, *_ = sample(logits, settings, torch.tensor([ids]), rng.random(), self._ex_tokenizer)
+            token = int(tokens[0, 0])
+            yield token
+            ids.append(token)
+            raw = self._sync(ids, 0)
+
+    def _token_bias(self, params: SamplingParams, width: int) -> torch.Tensor | None:
+        """logit_bias, custom bans and a banned EOS as one additive tensor as wide as the logits."""
+        bias = {int(k): float(v) for k, v in params.logit_bias.items()}
+        bias.update({int(t): float("-inf") for t in params.custom_token_bans})
+        if params.ban_eos_token:
+            bias.update({t: float("-inf") for t in self._eos})
+        if not bias:
+            return None
+        tensor = self._torch.zeros(width, dtype=self._torch.float)
+        for token, value in bias.items():
+            if 0 <= token < width:
+                tensor[token] = value
+        return tensor
+
+    def unload(self) -> None:
+        self._slots.clear()
+        if self._model is not None:
+            self._model.unload()
+        self._model = self._tokenizer = self._ex_tokenizer = None
+        gc.collect()
+        if self._torch.cuda.is_available():
+            self._torch.cuda.empty_cache()
+
+
+class ExLlamav2Loader(Loader):
+    name = "ExLlamav2"
+    description = "EXL2 and GPTQ folders on NVIDIA GPUs through ExLlamaV2, with its own fast sampler."
+    model_class: type[ExLlamav2Model] = ExLlamav2Model
+    params = (
+        LoaderParam("max_seq_len", "int", 0, f"Context length in tokens; 0 = the model's own (at most {MAX_DEFAULT_CTX}). "
+                    "Its KV cache is allocated on the GPU at load.", 0, 1 << 20, step=256),
+        LoaderParam("exl2_cache_type", "choice", "fp16", "ExLlamaV2 KV cache precision: fp8, or the quantized q8/q6/q4 "
+                    "caches (q4 holds 4x the context of fp16 in the same VRAM, with little loss).", choices=tuple(CACHE_TYPES)),
+        LoaderParam("gpu_split", "str", "", "GB of VRAM to use on each GPU, e.g. 20,7 (empty: GPU 0 first)."),
+        LoaderParam("autosplit", "bool", False, "Fill the GPUs in turn with the model and its cache (instead of gpu_split)."),
+        LoaderParam("enable_tp", "bool", False, "Tensor parallelism: split every layer across the GPUs (several GPUs only)."),
+        LoaderParam("alpha_value", "float", 1.0, "NTK RoPE scaling: rope_freq_base = 10000 * alpha^(64/63).", 1.0, 64.0, step=0.05),
+        LoaderParam("compress_pos_emb", "float", 1.0, "Linear RoPE scaling factor (context multiplier).", 1.0, 64.0),
+        LoaderParam("no_flash_attn", "bool", False, "Do not use flash-attention even where it is installed."),
+        LoaderParam("no_xformers", "bool", False, "Do not use xformers even where it is installed."),
+        LoaderParam("no_sdpa", "bool", False, "Do not use PyTorch SDPA attention (eager attention instead)."),
+        LoaderParam("num_experts_per_token", "int", 0, "Experts per token for mixture-of-experts models (0 = the model's own).", 0, 64),
+    )
+
+    @classmethod
+    def score(cls, path: Path) -> int:
+        """Above Transformers (50) for EXL2/GPTQ folders, well below it for plain fp16 ones."""
+        if not is_safetensors_folder(path):
+            return 0
+        return {"exl2": 90, "gptq": 80}.get(quant_format(path), 10)
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        problem = backend_problem()
+        return not problem, problem
+
+    @classmethod
+    def validate(cls, path: Path, params: dict[str, Any]) -> None:
+        if not is_safetensors_folder(path):
+            raise LoaderError(f"{path.name}: ExLlamaV2 loads folders with config.json and *.safetensors weights")
+        split = parse_gpu_split(params["gpu_split"])
+        if params["autosplit"] and (split or params["enable_tp"]):
+            raise LoaderError("autosplit places the model itself: leave gpu_split empty and enable_tp off, or turn autosplit off")
+
+    def load(self, path: Path, params: dict[str, Any]) -> Model:
+        problem = backend_problem()
+        if problem:
+            raise LoaderError(problem)
+        self.validate(path, params)
+        try:
+            import exllamav2
+            import torch
+            from transformers import AutoTokenizer
+        except (ImportError, OSError, RuntimeError) as exc:  # the CUDA extension is built on first import
+            raise LoaderError(f"exllamav2 could not start (it compiles CUDA kernels on first use and needs "
+                              f"a CUDA toolkit matching PyTorch's): {exc}") from exc
+        model = None
+        try:
+            config = self._config(exllamav2, path, params)
+            model = exllamav2.ExLlamaV2(config)
+            cache_class = getattr(exllamav2, CACHE_TYPES[params["exl2_cache_type"]])
+            split = parse_gpu_split(params["gpu_split"])
+            if params["enable_tp"]:
+                model.load_tp(split)
+
+                def new_cache(lazy: bool = False) -> Any:
+                    return exllamav2.ExLlamaV2Cache_TP(model, base=cache_class)
+            else:
+                if not params["autosplit"]:
+                    model.load(split)
+
+                def new_cache(lazy: bool = False) -> Any:
+                    return cache_class(model, lazy=lazy)
+            cache = new_cache(lazy=params["autosplit"])
+            if params["autosplit"]:
+                model.load_autosplit(cache)
+            ex_tokenizer = exllamav2.ExLlamaV2Tokenizer(config)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except torch.cuda.OutOfMemoryError as exc:
+            self._discard(model)
+            raise LoaderError(f"{path.name} does not fit in GPU memory: try a smaller max_seq_len, exl2_cache_type q4, "
+                              f"or gpu_split/autosplit across GPUs ({exc})") from exc
+        except (AssertionError, ValueError, TypeError, KeyError, OSError, RuntimeError) as exc:
+            self._discard(model)
+            raise LoaderError(f"ExLlamaV2 could not load {path.name}: {exc}") from exc
+        info = self._info(path, config, tokenizer, params)
+        return self.model_class(model, cache, new_cache, tokenizer, ex_tokenizer, info, _eos_ids(path, tokenizer))
+
+    @staticmethod
+    def _config(exllamav2: Any, path: Path, params: dict[str, Any]) -> Any:
+        config = exllamav2.ExLlamaV2Config()
+        config.model_dir = str(path)
+        config.prepare()
+        config.max_seq_len = params["max_seq_len"] or min(config.max_seq_len, MAX_DEFAULT_CTX)
+        config.scale_pos_emb = params["compress_pos_emb"]
+        config.scale_alpha_value = params["alpha_value"]
+        config.no_flash_attn = params["no_flash_attn"]
+        config.no_xformers = params["no_xformers"]
+        config.no_sdpa = params["no_sdpa"]
+        if params["num_experts_per_token"]:
+            config.num_experts_per_token = params["num_experts_per_token"]
+        if hasattr(config, "arch_compat_overrides"):
+            config.arch_compat_overrides()  # turns off attention backends the architecture cannot use
+        return config
+
+    @staticmethod
+    def _discard(model: Any) -> None:
+        if model is not None:
+            try:
+                model.unload()
+            except Exception:  # noqa: BLE001 - freeing a half-loaded model must not hide the real error
+                pass
+        gc.collect()
+
+    def _info(self, path: Path, config: Any, tokenizer: Any, params: dict[str, Any]) -> ModelInfo:
+        return ModelInfo(
+            name=path.name,
+            loader=self.name,
+            path=str(path),
+            architecture=str(getattr(config, "architecture", "unknown")),
+            context_length=int(config.max_seq_len),
+            vocab_size=int(config.vocab_size),
+            quantization=describe_quantization(path),
+            chat_template=getattr(tokenizer, "chat_template", None),
+            bos_token=tokenizer.bos_token,
+            eos_token=tokenizer.eos_token,
+            extra={"trained_context_length": int(getattr(config, "original_max_seq_len", 0) or 0),
+                   "cache_type": params["exl2_cache_type"]},
+        )
+
+
+def _eos_ids(path: Path, tokenizer: Any) -> frozenset[int]:
+    """EOS ids from config.json, generation_config.json and the tokenizer (instruct models list several)."""
+    found: set[int] = set()
+    for source in (read_json(path / "config.json"), read_json(path / "generation_config.json")):
+        value = source.get("eos_token_id")
+        found.update([value] if isinstance(value, int) else [v for v in value or [] if isinstance(v, int)])
+    if tokenizer.eos_token_id is not None:
+        found.add(int(tokenizer.eos_token_id))
+    return frozenset(found)
+
+
+@hookimpl
+def hearth_loaders() -> list[type[Loader]]:
+    # Imported here, not at the top: it subclasses this module's loader.
+    from loaders.exllamav2_hf import ExLlamav2HFLoader
+
+    return [ExLlamav2Loader, ExLlamav2HFLoader]
