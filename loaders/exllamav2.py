@@ -208,7 +208,7 @@ class ExLlamav2Loader(Loader):
         LoaderParam("enable_tp", "bool", False, "Tensor parallelism: split every layer across the GPUs (several GPUs only)."),
         LoaderParam("alpha_value", "float", 1.0, "NTK RoPE scaling: rope_freq_base = 10000 * alpha^(64/63).", 1.0, 64.0, step=0.05),
         LoaderParam("compress_pos_emb", "float", 1.0, "Linear RoPE scaling factor (context multiplier).", 1.0, 64.0),
-        LoaderParam("no_flash_attn", "bool", False, "Do not use flash-attention even where it is installed."),
+        LoaderParam("flash_attn", "bool", True, "Use flash-attention where it is installed (off: xformers, SDPA or eager)."),
         LoaderParam("no_xformers", "bool", False, "Do not use xformers even where it is installed."),
         LoaderParam("no_sdpa", "bool", False, "Do not use PyTorch SDPA attention (eager attention instead)."),
         LoaderParam("num_experts_per_token", "int", 0, "Experts per token for mixture-of-experts models (0 = the model's own).", 0, 64),
@@ -286,7 +286,7 @@ class ExLlamav2Loader(Loader):
         config.max_seq_len = params["max_seq_len"] or min(config.max_seq_len, MAX_DEFAULT_CTX)
         config.scale_pos_emb = params["compress_pos_emb"]
         config.scale_alpha_value = params["alpha_value"]
-        config.no_flash_attn = params["no_flash_attn"]
+        config.no_flash_attn = not params["flash_attn"]
         config.no_xformers = params["no_xformers"]
         config.no_sdpa = params["no_sdpa"]
         if params["num_experts_per_token"]:
