@@ -102,18 +102,22 @@ def build_parser(loaders: dict[str, type[Loader]]) -> argparse.ArgumentParser:
     ext.add_argument("--extensions", nargs="*", help="Extensions to enable, by name.")
 
     by_loader: dict[str, argparse._ArgumentGroup] = {}
-    for name, (param, users) in loader_param_table(loaders).items():
+    table = loader_param_table(loaders)
+    for name, (param, users) in table.items():
         key = ", ".join(users)
         group = by_loader.get(key) or parser.add_argument_group(f"Loader parameters ({key})")
         by_loader[key] = group
-        _add_param_flag(group, name, param)
+        _add_param_flag(group, name, param, negatable=f"no_{name}" not in table and not name.startswith("no_"))
     return parser
 
 
-def _add_param_flag(group: argparse._ArgumentGroup, name: str, param: LoaderParam) -> None:
+def _add_param_flag(group: argparse._ArgumentGroup, name: str, param: LoaderParam, negatable: bool = True) -> None:
     help_text = f"{param.help} (default: {param.default})"
     if param.kind == "bool":
-        group.add_argument(_flag(name), dest=f"loader:{name}", action=argparse.BooleanOptionalAction, help=help_text)
+        # --name / --no-name, unless another parameter is itself called no_name (then --name sets True).
+        action = argparse.BooleanOptionalAction if negatable else "store_const"
+        extra = {} if negatable else {"const": True}
+        group.add_argument(_flag(name), dest=f"loader:{name}", action=action, help=help_text, **extra)
         return
     kwargs: dict[str, Any] = {"dest": f"loader:{name}", "help": help_text, "metavar": param.kind.upper()}
     if param.kind == "choice":
