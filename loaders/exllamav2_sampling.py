@@ -6,6 +6,8 @@ mirostat (v2) -> post-softmax temperature (temperature_last, or dynamic temperat
 Hearth's order is data (`sampler_priority`), so the native path is taken only when the active samplers
 already appear in an order ExLlamaV2 can reproduce; otherwise `unsupported` names what is in the way
 and the generation core runs Hearth's own pipeline on ExLlamaV2's logits. Nothing is dropped silently.
+DRY, XTC and Mirostat 2 run as ExLlamaV2 implements them (as llama.cpp's chain does for its path): same
+settings, its own code; XTC there spares newline and special tokens, Hearth's spares newline and EOS.
 
 This module never imports exllamav2: `settings_fields` returns plain attribute values, so the mapping
 is tested on every machine and the model only copies them onto a `Settings` object.
