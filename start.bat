@@ -20,12 +20,14 @@ if not exist "%VENV%\Scripts\python.exe" (
 )
 "%VENV%\Scripts\python.exe" -m pip install --quiet --upgrade pip
 set TARGET=.
-where nvidia-smi >nul 2>nul
-if %ERRORLEVEL%==0 (
-    echo An NVIDIA GPU is present.
-    set /p ANSWER="Install GPU support (llama.cpp built with CUDA, and ExLlamaV2)? [Y/n] "
+set GPU=0
+where nvidia-smi >nul 2>nul && where nvcc >nul 2>nul && set GPU=1
+if "%GPU%"=="1" (
+    echo An NVIDIA GPU and the CUDA toolkit are present.
+    if "%HEARTH_GPU%"=="" (set /p HEARTH_GPU="Install GPU support (llama.cpp built with CUDA, and ExLlamaV2)? [Y/n] ")
 )
-if defined ANSWER if /i not "%ANSWER:~0,1%"=="n" (
+if "%HEARTH_GPU%"=="" set HEARTH_GPU=y
+if "%GPU%"=="1" if /i not "%HEARTH_GPU:~0,1%"=="n" (
     set CMAKE_ARGS=%CMAKE_ARGS% -DGGML_CUDA=on
     set TARGET=.[exllamav2]
 )

@@ -17,7 +17,11 @@ install() {
     [ -x "$VENV/bin/python" ] || { echo "Creating a virtual environment in $VENV ..."; "$PYTHON" -m venv "$VENV"; }
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     local target="."
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1 \
+        && ! { command -v nvcc >/dev/null 2>&1 || [ -n "${CUDA_HOME:-}" ]; }; then
+        echo "An NVIDIA GPU is present, but the CUDA toolkit (nvcc) is not: installing the CPU build."
+        echo "Install the CUDA toolkit and delete $MARKER to get GPU support (llama.cpp with CUDA, ExLlamaV2)."
+    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
         echo "An NVIDIA GPU is present."
         local answer="${HEARTH_GPU:-}"
         if [ -z "$answer" ] && [ -t 0 ]; then

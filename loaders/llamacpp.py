@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from loaders import llamacpp_sampling as native
 from loaders.llamacpp_sequence import LlamaSequence
 from webui.loader_api import Loader, LoaderError, LoaderParam, Model, ModelInfo, ModelRuntimeError
+from webui.memory import AUTO_GPU_LAYERS, MemoryEstimateError, auto_gpu_layers
 from webui.plugins import hookimpl
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 CACHE_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
 MAX_DEFAULT_CTX = 8192
+AUTO_LAYERS = AUTO_GPU_LAYERS  # n_gpu_layers: as many as fit in the free VRAM
 
 
 def ntk_rope_freq_base(alpha: float, base: float = 10000.0) -> float:
@@ -188,7 +190,7 @@ class LlamaCppLoader(Loader):
     model_class: type[LlamaCppModel] = LlamaCppModel
     params = (
         LoaderParam("n_ctx", "int", 0, f"Context length in tokens; 0 = the model's own (at most {MAX_DEFAULT_CTX}).", 0, 1 << 20, step=256),
-        LoaderParam("n_gpu_layers", "int", 0, "Layers to offload to the GPU (-1 = all).", -1, 256),
+        LoaderParam("n_gpu_layers", "int", 0, f"Layers to offload to the GPU (-1 = all, {AUTO_LAYERS} = auto: as many as fit in free VRAM).", AUTO_LAYERS, 256),
         LoaderParam("threads", "int", 0, "CPU threads for generation (0 = physical cores).", 0, 256),
         LoaderParam("threads_batch", "int", 0, "CPU threads for prompt processing (0 = all cores).", 0, 256),
         LoaderParam("n_batch", "int", 512, "Tokens evaluated per batch while reading the prompt.", 1, 8192),
@@ -219,6 +221,11 @@ class LlamaCppLoader(Loader):
         if gguf_path is None:
             raise LoaderError(f"{path} is not a GGUF file")
         self._check_gguf(gguf_path)
+        if params["n_gpu_layers"] == AUTO_LAYERS:
+            try:
+                params = {**params, "n_gpu_layers": auto_gpu_layers(gguf_path, params)}
+            except MemoryEstimateError as exc:
+                raise LoaderError(f"n_gpu_layers auto: cannot size {gguf_path.name}: {exc}") from exc
         kwargs = self.llama_kwargs(gguf_path, params)
         try:
             llm = Llama(model_path=str(gguf_path), **kwargs)

@@ -152,7 +152,9 @@ class TransformersLoader(Loader):
         if not is_hf_folder(path):
             return 0
         method = str(read_quantization_config(path).get("quant_method", "")).lower()
-        return 20 if method in {"exl2", "gptq"} else 50
+        if method == "exl2":
+            return 0  # Transformers cannot read EXL2 weights; only ExLlamaV2 can
+        return 20 if method == "gptq" else 50
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

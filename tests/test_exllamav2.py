@@ -111,8 +111,6 @@ def test_unavailable_backend_gives_one_clear_message(folders: dict[str, Path], l
 
 
 @needs_no_backend
-@pytest.mark.xfail(strict=True, reason="TransformersLoader.score gives EXL2 folders 20, so an EXL2 folder falls "
-                   "back to Transformers, which cannot read EXL2; it should score 0 there (loaders/transformers_loader.py)")
 def test_choosing_a_loader_for_exl2_without_backend_names_what_to_install(folders: dict[str, Path], loaders: dict) -> None:
     manager = ModelManager(folders["exl2"].parent, loaders)
     with pytest.raises(LoaderError, match=r"needs the ExLlamav2 loader: ExLlamaV2 needs an NVIDIA GPU"):

@@ -91,3 +91,12 @@ def test_ntk_alpha_formula():
     assert ntk_rope_freq_base(1.0) == 10000
     assert ntk_rope_freq_base(2.65) == pytest.approx(10000 * 2.65 ** (64 / 63))
     assert 26_000 < ntk_rope_freq_base(2.65) < 27_500
+
+
+def test_auto_gpu_layers_without_a_gpu_is_zero(manager: ModelManager, models_dir: Path):
+    from loaders.llamacpp import AUTO_LAYERS
+    from webui.memory import auto_gpu_layers
+
+    assert auto_gpu_layers(models_dir / "tiny-llama.gguf", {"n_ctx": 512, "cache_type": "f16", "flash_attn": False}) == 0
+    model = manager.load("tiny-llama.gguf", params={"n_gpu_layers": AUTO_LAYERS})
+    assert model.tokenize("hi")

@@ -155,6 +155,8 @@ def estimate_llamacpp(facts: ModelFacts, params: dict[str, Any]) -> MemoryEstima
     """llama.cpp: the last n_gpu_layers blocks (and their KV) on the GPU; the output head too past n_layers."""
     n_ctx = int(params.get("n_ctx") or min(facts.context_length or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP))
     ngl = int(params.get("n_gpu_layers", 0))
+    if ngl == AUTO_GPU_LAYERS:
+        ngl = auto_gpu_layers(facts, params)
     ngl = facts.n_layers + 1 if ngl < 0 else min(ngl, facts.n_layers + 1)
     blocks = min(ngl, facts.n_layers)
     weights_gpu = sum(facts.layer_bytes[facts.n_layers - blocks :]) + (
@@ -212,6 +214,18 @@ def max_gpu_layers(model: ModelFacts | str | Path, params: dict[str, Any], free_
             break
         best = ngl
     return best
+
+
+#: The llama.cpp loader's n_gpu_layers value for "as many layers as fit in the free VRAM".
+AUTO_GPU_LAYERS = -2
+
+
+def auto_gpu_layers(model: ModelFacts | str | Path, params: dict[str, Any]) -> int:
+    """n_gpu_layers for "auto": the most that fit the free VRAM with 5% headroom (0 without a GPU)."""
+    free = available_memory()["vram_free"]
+    if free <= 0:
+        return 0
+    return max_gpu_layers(model, {**params, "n_gpu_layers": 0}, int(free * 0.95))
 
 
 def available_memory() -> dict[str, int]:
