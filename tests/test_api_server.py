@@ -32,7 +32,8 @@ class Served:
 
     def client(self, key: str | None = API_KEY, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.base, headers=headers, timeout=60, **kwargs)
+        kwargs.setdefault("timeout", 60)
+        return httpx.Client(base_url=self.base, headers=headers, **kwargs)
 
 
 def free_port() -> int:

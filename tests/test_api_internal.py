@@ -1,0 +1,81 @@
+"""The /v1/internal routes (text-generation-webui's), on the tiny GGUF through a real server."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_api_server import Served, assert_error, serve_api
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with serve_api(models_dir, tmp_path_factory.mktemp("user_data")) as s:
+        yield s
+
+
+def test_models_list_and_info(served: Served):
+    with served.client() as c:
+        ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+        assert ids == ["tiny-llama.gguf", "tiny-llama"]  # the loaded model first
+        assert c.get("/v1/models/tiny-llama").json()["id"] == "tiny-llama"
+        assert c.get("/v1/internal/model/list").json() == {"model_names": ["tiny-llama", "tiny-llama.gguf"]}
+        info = c.get("/v1/internal/model/info").json()
+    assert info["model_name"] == "tiny-llama.gguf" and info["loader"] == "llama.cpp" and info["lora_names"] == []
+    assert info["info"]["vocab_size"] == served.app.models.model.vocab_size
+
+
+def test_encode_decode_token_count_round_trip(served: Served):
+    model = served.app.models.require()
+    with served.client() as c:
+        encoded = c.post("/v1/internal/encode", json={"text": PROMPT}).json()
+        assert encoded == {"tokens": model.tokenize(PROMPT), "length": len(model.tokenize(PROMPT))}
+        no_bos = c.post("/v1/internal/encode", json={"text": PROMPT, "add_bos_token": False}).json()
+        assert no_bos["length"] == encoded["length"] - 1
+        assert c.post("/v1/internal/decode", json={"tokens": no_bos["tokens"]}).json() == {"text": PROMPT}
+        assert c.post("/v1/internal/token-count", json={"text": PROMPT}).json() == {"length": encoded["length"]}
+        assert_error(c.post("/v1/internal/decode", json={"tokens": "1 2"}), 400, "tokens")
+
+
+def test_logits_raw_and_after_samplers(served: Served):
+    raw = served.app.core.top_tokens(PROMPT, 5)
+    with served.client() as c:
+        body = c.post("/v1/internal/logits", json={"prompt": PROMPT, "top_logits": 5}).json()
+        assert [t["token_id"] for t in body["top_logits"]] == [t.token_id for t in raw]
+        assert all(math.isclose(t["prob"], math.exp(t["logprob"])) for t in body["top_logits"])
+        assert body["logits"][body["top_logits"][0]["token"]] == body["top_logits"][0]["prob"]
+        sampled = c.post("/v1/internal/logits", json={"prompt": PROMPT, "top_logits": 5, "use_samplers": True,
+                                                        "top_k": 2, "rep_pen": 9}).json()["top_logits"]
+        assert_error(c.post("/v1/internal/logits", json={"prompt": PROMPT, "top_k": -1}), 400, "top_k")
+    assert [t["token_id"] for t in sampled[:2]] == [t.token_id for t in raw[:2]]
+    assert math.isclose(sum(t["prob"] for t in sampled[:2]), 1, rel_tol=1e-4) and sampled[2]["prob"] == 0
+
+
+def test_chat_prompt_reports_stops_and_length(served: Served):
+    body = {"messages": [{"role": "user", "content": "Hi there"}], "mode": "chat", "user_name": "Ann"}
+    with served.client() as c:
+        result = c.post("/v1/internal/chat-prompt", json=body).json()
+        assert result["prompt"].rstrip().endswith("Assistant:") and "Ann: Hi there" in result["prompt"]
+        assert "\nAnn:" in result["stop_strings"] and result["dropped_turns"] == 0
+        assert result["length"] == len(served.app.models.require().tokenize(result["prompt"]))
+
+
+def test_load_and_unload(served: Served):
+    with served.client() as c:
+        loaded = c.post("/v1/internal/model/load", json={"model_name": "tiny-llama.gguf", "args": {"n_ctx": 512}}).json()
+        assert loaded["model_name"] == "tiny-llama.gguf" and served.app.models.require().n_ctx >= 512
+        assert_error(c.post("/v1/internal/model/load", json={"model_name": "tiny-llama.gguf", "args": {"warp": 9}}), 400)
+        assert c.post("/v1/internal/model/unload").json()["model_name"] == "None"
+        assert_error(c.post("/v1/completions", json={"prompt": PROMPT}), 503)
+        again = c.post("/v1/internal/model/load", json={"model_name": "tiny-llama.gguf", "args": {"loader": "llama.cpp"}})
+        assert again.json()["loader"] == "llama.cpp"
+
+
+def test_stop_generation_with_nothing_running(served: Served):
+    with served.client() as c:
+        assert c.post("/v1/internal/stop-generation").json() == {"status": "ok", "stopped": 0}
