@@ -7,7 +7,7 @@ once: a bad value is an error naming the field, never a silent clamp inside the 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,14 +21,56 @@ class SamplingError(HearthError):
 #: text-generation-webui's default order. Penalties first (they see raw logits), then temperature,
 #: then truncation, then the samplers that pick or reshape the survivors.
 DEFAULT_SAMPLER_PRIORITY: tuple[str, ...] = (
-    "repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "temperature", "dynamic_temperature",
-    "quadratic_sampling", "top_n_sigma", "top_k", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "tfs",
-    "top_a", "min_p", "mirostat", "xtc", "encoder_repetition_penalty", "no_repeat_ngram",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "dry",
+    "temperature",
+    "dynamic_temperature",
+    "quadratic_sampling",
+    "top_n_sigma",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "tfs",
+    "top_a",
+    "min_p",
+    "mirostat",
+    "xtc",
+    "encoder_repetition_penalty",
+    "no_repeat_ngram",
 )
 _TEMPERATURE_FAMILY = ("temperature", "dynamic_temperature", "quadratic_sampling")
+#: With greedy decoding (do_sample off or temperature 0) these cannot change the argmax, or are random:
+#: they are skipped, as transformers skips its warpers when not sampling. Penalties still apply.
+GREEDY_SKIPS = frozenset(
+    {
+        "temperature",
+        "dynamic_temperature",
+        "quadratic_sampling",
+        "top_n_sigma",
+        "top_k",
+        "top_p",
+        "typical_p",
+        "epsilon_cutoff",
+        "eta_cutoff",
+        "tfs",
+        "top_a",
+        "min_p",
+        "mirostat",
+        "xtc",
+    }
+)
+TokenId = Annotated[int, Field(ge=0)]
 
 
 class SamplingParams(BaseModel):
+    """Every sampler setting of one request, validated at the edge (UI, API, preset file).
+
+    Field names are text-generation-webui's, so SillyTavern and tgw presets work unchanged."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     temperature: float = Field(1.0, ge=0, le=100)
@@ -63,8 +105,10 @@ class SamplingParams(BaseModel):
     mirostat_mode: int = Field(0, ge=0, le=2)
     mirostat_tau: float = Field(5.0, ge=0, le=20)
     mirostat_eta: float = Field(0.1, ge=0, le=1)
-    logit_bias: dict[int, float] = Field(default_factory=dict)
-    custom_token_bans: list[int] = Field(default_factory=list)
+    logit_bias: dict[TokenId, Annotated[float, Field(ge=-100, le=100)]] = Field(
+        default_factory=dict, description="Token id -> bias added to its logit (OpenAI's range, -100..100)."
+    )
+    custom_token_bans: list[TokenId] = Field(default_factory=list)
     ban_eos_token: bool = False
     do_sample: bool = True
     temperature_last: bool = False
@@ -79,7 +123,8 @@ class SamplingParams(BaseModel):
     @field_validator("dry_sequence_breakers", mode="before")
     @classmethod
     def _breakers(cls, value: Any) -> Any:
-        """SillyTavern sends a JSON-encoded list as a string; a plain comma list is accepted too."""
+        """SillyTavern sends a JSON-encoded list as a string, text-generation-webui's UI the same list
+        without brackets ('"\\n", ":"'); a plain comma list (without quotes) is accepted too."""
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -87,6 +132,11 @@ class SamplingParams(BaseModel):
                     return json.loads(text)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"not a JSON list of strings: {exc}") from None
+            if text.startswith('"'):
+                try:
+                    return json.loads(f"[{text}]")
+                except json.JSONDecodeError:
+                    pass
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
@@ -108,13 +158,17 @@ class SamplingParams(BaseModel):
     @field_validator("sampler_priority", mode="before")
     @classmethod
     def _priority(cls, value: Any) -> Any:
-        names = [n.strip() for n in value.replace(",", "\n").splitlines()] if isinstance(value, str) else value
+        names = (
+            [n.strip() for n in value.replace(",", "\n").splitlines()] if isinstance(value, str) else value
+        )
         if not isinstance(names, list):
             return names
         names = [n for n in names if n]
         unknown = [n for n in names if n not in DEFAULT_SAMPLER_PRIORITY]
         if unknown:
-            raise ValueError(f"unknown sampler {', '.join(map(repr, unknown))}; known: {', '.join(DEFAULT_SAMPLER_PRIORITY)}")
+            raise ValueError(
+                f"unknown sampler {', '.join(map(repr, unknown))}; known: {', '.join(DEFAULT_SAMPLER_PRIORITY)}"
+            )
         # Samplers missing from a user's list keep their default relative place at the end.
         return names + [n for n in DEFAULT_SAMPLER_PRIORITY if n not in names]
 
@@ -146,7 +200,7 @@ class SamplingParams(BaseModel):
             "tfs": self.tfs < 1,
             "top_a": self.top_a > 0,
             "min_p": self.min_p > 0,
-            "mirostat": self.mirostat_mode > 0 and not self.greedy,
+            "mirostat": self.mirostat_mode > 0,
             "xtc": self.xtc_probability > 0,
             "encoder_repetition_penalty": self.encoder_repetition_penalty != 1,
             "no_repeat_ngram": self.no_repeat_ngram_size > 0,
@@ -154,11 +208,19 @@ class SamplingParams(BaseModel):
         return checks[name]
 
     def active_samplers(self) -> list[str]:
-        """The samplers that will run, in order (temperature_last moves the temperature family last;
-        mirostat always picks the token, so it closes the chain)."""
-        order = [n for n in self.sampler_priority if self.is_active(n)]
+        """The samplers that will run, in the order they run.
+
+        Order: `sampler_priority`; temperature_last moves temperature, dynamic_temperature and
+        quadratic_sampling to the end (as text-generation-webui), and mirostat, which picks the token,
+        always closes the chain, after them. Greedy decoding skips GREEDY_SKIPS. logit_bias (biases, bans)
+        is not listed: it always runs first."""
+        order = [
+            n for n in self.sampler_priority if self.is_active(n) and not (self.greedy and n in GREEDY_SKIPS)
+        ]
         if self.temperature_last:
-            order = [n for n in order if n not in _TEMPERATURE_FAMILY] + [n for n in order if n in _TEMPERATURE_FAMILY]
+            order = [n for n in order if n not in _TEMPERATURE_FAMILY] + [
+                n for n in order if n in _TEMPERATURE_FAMILY
+            ]
         if "mirostat" in order:
             order = [n for n in order if n != "mirostat"] + ["mirostat"]
         return order

@@ -1,8 +1,12 @@
-"""Penalties on tokens already seen: repetition, presence/frequency, encoder repetition, n-gram ban, DRY."""
+"""Penalties on tokens already seen: repetition, presence/frequency, encoder repetition, n-gram ban.
+
+They act on the token ids, so their cost scales with the context (or the range), not the vocabulary:
+each touches only the ids it penalises. DRY has its own module.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,7 +18,9 @@ def _window(input_ids: torch.LongTensor, last_n: int) -> torch.LongTensor:
 
 class RepetitionPenalty:
     """CTRL-style: a seen token's logit is divided by the penalty if positive, multiplied if negative.
-    Only the last `last_n` tokens count (0 = all)."""
+    Only the last `last_n` tokens count (0 = all). A token seen several times is penalised once."""
+
+    name = "repetition_penalty"
 
     def __init__(self, penalty: float, last_n: int = 0):
         if penalty <= 0:
@@ -29,23 +35,36 @@ class RepetitionPenalty:
 
 
 class PresenceFrequencyPenalty:
-    """OpenAI's formula: logit -= presence * [count > 0] + frequency * count, over the last `last_n` tokens."""
+    """OpenAI's formula: logit -= presence * [count > 0] + frequency * count, over the last `last_n` tokens
+    (repetition_penalty_range, as text-generation-webui). The Sampler makes one for presence_penalty and
+    one for frequency_penalty, each at its own place in the order; one object can also do both."""
 
     def __init__(self, presence: float, frequency: float, last_n: int = 0):
         self.presence, self.frequency, self.last_n = presence, frequency, last_n
+        self.name = (
+            "presence_penalty"
+            if frequency == 0
+            else "frequency_penalty"
+            if presence == 0
+            else "presence_frequency"
+        )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         seen = _window(input_ids, self.last_n)
         out = scores.clone()
         for row in range(scores.shape[0]):
-            counts = torch.bincount(seen[row], minlength=scores.shape[-1])[: scores.shape[-1]].to(scores.dtype)
-            out[row] -= self.presence * (counts > 0).to(scores.dtype) + self.frequency * counts
+            ids, counts = torch.unique(seen[row], return_counts=True)
+            penalty = self.presence + self.frequency * counts.to(scores.dtype)
+            out[row].index_add_(0, ids, -penalty)
         return out
 
 
 class EncoderRepetitionPenalty:
     """The opposite of a repetition penalty for the prompt's tokens: penalty > 1 makes the model more
-    likely to reuse words from its prompt (text-generation-webui's 'hallucinations filter')."""
+    likely to reuse words from its prompt (text-generation-webui's 'hallucinations filter'): a prompt
+    token's logit is multiplied by the penalty if positive, divided if negative."""
+
+    name = "encoder_repetition_penalty"
 
     def __init__(self, penalty: float, prompt_ids: Sequence[int]):
         if penalty <= 0:
@@ -64,7 +83,11 @@ class EncoderRepetitionPenalty:
 
 
 class NoRepeatNGram:
-    """Ban any token that would complete an n-gram already present in the sequence."""
+    """Ban any token that would complete an n-gram already present in the sequence (prompt included, as
+    transformers' NoRepeatNGramLogitsProcessor): the last n-1 tokens are looked up among all earlier
+    (n-1)-grams and the tokens that followed them get -inf."""
+
+    name = "no_repeat_ngram"
 
     def __init__(self, n: int):
         if n < 1:
@@ -74,7 +97,7 @@ class NoRepeatNGram:
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         out = scores
         for row in range(input_ids.shape[0]):
-            tokens = input_ids[row].numpy()
+            tokens = input_ids[row].cpu().numpy()
             banned = _ngram_followers(tokens, self.n)
             if banned:
                 if out is scores:
@@ -92,56 +115,3 @@ def _ngram_followers(tokens: np.ndarray, n: int) -> set[int]:
     windows = np.lib.stride_tricks.sliding_window_view(tokens[:-1], n - 1)
     hits = np.nonzero((windows == prefix).all(axis=1))[0]
     return {int(tokens[i + n - 1]) for i in hits}
-
-
-class DRY:
-    """DRY ("Don't Repeat Yourself"): penalise the token that would extend a repeat of an earlier sequence.
-
-    If the last L tokens also occurred earlier followed by token t, and L >= allowed_length, then
-    logit[t] -= multiplier * base ** (L - allowed_length). Sequence breakers (newline, ':', ...) stop a
-    match, so formatting that must repeat is not penalised."""
-
-    MAX_MATCH = 50
-
-    def __init__(self, multiplier: float, base: float, allowed_length: int, breakers: Iterable[int], last_n: int = 0):
-        if multiplier <= 0 or base < 1 or allowed_length < 1:
-            raise ValueError("DRY needs multiplier > 0, base >= 1 and allowed_length >= 1")
-        self.multiplier, self.base, self.allowed = multiplier, base, allowed_length
-        self.breakers = np.array(sorted(set(breakers)), dtype=np.int64)
-        self.last_n = last_n
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        out = scores
-        for row in range(input_ids.shape[0]):
-            penalties = self.penalties(_window(input_ids, self.last_n)[row].numpy())
-            if penalties:
-                if out is scores:
-                    out = scores.clone()
-                ids = torch.tensor(list(penalties), dtype=torch.long)
-                out[row, ids] -= torch.tensor(list(penalties.values()), dtype=scores.dtype)
-        return out
-
-    def penalties(self, tokens: np.ndarray) -> dict[int, float]:
-        """Token id -> penalty for one sequence."""
-        if len(tokens) < 2:
-            return {}
-        is_breaker = np.isin(tokens, self.breakers)
-        if is_breaker[-1]:
-            return {}
-        last = tokens[-1]
-        candidates = np.nonzero(tokens[:-1] == last)[0]
-        lengths: dict[int, int] = {}
-        end = len(tokens) - 1
-        for idx in candidates[::-1]:
-            follower = int(tokens[idx + 1])
-            if is_breaker[idx + 1]:
-                continue
-            length = 1
-            while length < self.MAX_MATCH and idx - length >= 0:
-                a, b = idx - length, end - length
-                if tokens[a] != tokens[b] or is_breaker[b]:
-                    break
-                length += 1
-            if length >= self.allowed and length > lengths.get(follower, 0):
-                lengths[follower] = length
-        return {t: self.multiplier * self.base ** (n - self.allowed) for t, n in lengths.items()}

@@ -1,4 +1,9 @@
-"""Presets: presets/NAME.yaml, each holding only the values that differ from neutral."""
+"""Presets: presets/NAME.yaml, each holding only the values that differ from neutral.
+
+Storing only the differences keeps files short and readable, and lets a preset survive new samplers:
+a field added later starts neutral. Names come from people (the UI's "Save as" box), so they are
+sanitised into one plain file name inside the folder; writes are atomic (temp file + os.replace).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,27 @@ from webui.prompts.safe_files import atomic_write_text, path_inside
 from webui.sampling.params import SamplingError, SamplingParams
 
 
+def _path(presets_dir: Path, name: str) -> Path:
+    if not str(name).strip(" ."):
+        raise SamplingError("a preset needs a name")
+    try:
+        return path_inside(Path(presets_dir), name, ".yaml")
+    except ValueError as exc:
+        raise SamplingError(str(exc)) from None
+
+
 def list_presets(presets_dir: Path) -> list[str]:
-    return sorted((p.stem for p in presets_dir.glob("*.yaml")), key=str.lower)
+    """Preset names (file stems), case-insensitively sorted; none when the folder does not exist."""
+    return sorted((p.stem for p in Path(presets_dir).glob("*.yaml")), key=str.lower)
 
 
 def load_preset(presets_dir: Path, name: str) -> SamplingParams:
     """Neutral defaults updated by the preset's values; a bad file is a SamplingError naming it."""
-    path = path_inside(presets_dir, name, ".yaml")
+    path = _path(presets_dir, name)
     if not path.is_file():
-        raise SamplingError(f"no preset named {name!r}; available: {', '.join(list_presets(presets_dir)) or 'none'}")
+        raise SamplingError(
+            f"no preset named {name!r}; available: {', '.join(list_presets(presets_dir)) or 'none'}"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -35,14 +52,15 @@ def load_preset(presets_dir: Path, name: str) -> SamplingParams:
 
 def save_preset(presets_dir: Path, name: str, params: SamplingParams) -> Path:
     """Write only the non-neutral values, atomically. Returns the file written."""
-    path = path_inside(presets_dir, name, ".yaml")
+    path = _path(presets_dir, name)
     text = yaml.safe_dump(params.non_neutral(), allow_unicode=True, sort_keys=False)
     atomic_write_text(path, "" if text.strip() == "{}" else text)
     return path
 
 
 def delete_preset(presets_dir: Path, name: str) -> None:
-    path = path_inside(presets_dir, name, ".yaml")
+    """Remove a preset file; a missing one is a SamplingError (the UI shows it)."""
+    path = _path(presets_dir, name)
     if not path.is_file():
         raise SamplingError(f"no preset named {name!r}")
     path.unlink()

@@ -11,7 +11,10 @@ import torch
 
 
 class Temperature:
-    """logits / T: T < 1 sharpens the distribution, T > 1 flattens it."""
+    """logits / T: T < 1 sharpens the distribution, T > 1 flattens it. T = 0 (greedy) is not a
+    processor: the Sampler takes the argmax instead."""
+
+    name = "temperature"
 
     def __init__(self, temperature: float):
         if temperature <= 0:
@@ -27,7 +30,9 @@ class DynamicTemperature:
     (low entropy) gets a temperature near `low`, an uncertain one near `high`.
 
     T = low + (high - low) * (H / H_max) ** exponent, with H the entropy over tokens still possible and
-    H_max = log(number of such tokens)."""
+    H_max = log(number of such tokens). It replaces the plain temperature when enabled."""
+
+    name = "dynamic_temperature"
 
     def __init__(self, low: float, high: float, exponent: float):
         if not 0 <= low <= high:
@@ -54,7 +59,9 @@ class QuadraticSmoothing:
 
     With d = logit - max_logit (<= 0): new_logit = -k * f * d^2 + s * f * d^3, where f = smoothing_factor,
     k = (3 - curve) / 2 and s = (curve - 1) / 2. Small f flattens the top of the distribution; large f
-    makes it sharper while keeping the order of tokens."""
+    makes it sharper while keeping the order of tokens. Removed tokens (-inf) stay removed."""
+
+    name = "quadratic_sampling"
 
     def __init__(self, factor: float, curve: float = 1.0):
         if factor <= 0:
@@ -62,9 +69,11 @@ class QuadraticSmoothing:
         self.factor, self.curve = factor, curve
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        finite = torch.isfinite(scores)
-        diff = scores - scores.max(dim=-1, keepdim=True).values
+        diff = scores - scores.amax(dim=-1, keepdim=True)
         k = (3 - self.curve) / 2
         s = (self.curve - 1) / 2
-        transformed = -(k * self.factor * diff**2) + (s * self.factor * diff**3)
-        return torch.where(finite, transformed, scores)
+        transformed = diff.square().mul_(-k * self.factor)
+        if s == 0:
+            return transformed  # -inf stays -inf; no 0 * inf term
+        transformed += diff.pow(3).mul_(s * self.factor)
+        return torch.where(torch.isfinite(scores), transformed, scores)

@@ -1,6 +1,10 @@
 """Truncation samplers: each removes unlikely tokens (sets their logit to -inf) and keeps at least one.
 
-min_p, top_a, epsilon and eta need only a softmax; top_k uses topk; top_p, typical and tfs need a sort.
+Most of them are one threshold in log space, so they need no sort and at most one log-normaliser:
+p_i < c  <=>  logit_i < log(c) + logsumexp(logits). min_p and top_k need not even that. top_p looks at the
+top 1024 tokens first and sorts the whole vocabulary only when those hold less than p of the mass; typical
+and tfs are defined on the sorted distribution and always sort. Tokens tied with the last kept one stay.
+Each class is a transformers-compatible logits processor that returns a new tensor.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ import math
 
 import torch
 
-NEG_INF = float("-inf")
+from webui.sampling.tensor_ops import NEG_INF, log_normalizer, remove_below, row_max
 
 
 def _mask(scores: torch.Tensor, remove: torch.Tensor) -> torch.Tensor:
@@ -19,6 +23,8 @@ def _mask(scores: torch.Tensor, remove: torch.Tensor) -> torch.Tensor:
 class TopK:
     """Keep the k highest logits."""
 
+    name = "top_k"
+
     def __init__(self, k: int):
         if k < 1:
             raise ValueError(f"top_k must be >= 1, got {k}")
@@ -26,12 +32,15 @@ class TopK:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         k = min(self.k, scores.shape[-1])
-        kth = torch.topk(scores, k, dim=-1).values[..., -1:]
-        return _mask(scores, scores < kth)
+        return remove_below(scores, torch.topk(scores, k, dim=-1).values[..., -1:])
 
 
 class TopP:
     """Nucleus: keep the smallest set of most likely tokens whose probabilities sum to >= p."""
+
+    name = "top_p"
+
+    HEADS = (1024, 16384)  # tokens looked at, in turn, before sorting the whole vocabulary
 
     def __init__(self, p: float):
         if not 0 <= p <= 1:
@@ -39,17 +48,27 @@ class TopP:
         self.p = p
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        sorted_logits, order = torch.sort(scores, descending=True, dim=-1)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # Remove a token when the tokens before it already reach p.
-        remove_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= self.p
-        remove_sorted[..., 0] = False
-        remove = remove_sorted.scatter(-1, order, remove_sorted)
-        return _mask(scores, remove)
+        values, order = self._head(torch.softmax(scores, dim=-1))
+        # Keep a token while the tokens before it hold less than p.
+        kept = (
+            ((values.cumsum(dim=-1) - values) < self.p).sum(dim=-1, keepdim=True).clamp_(1, values.shape[-1])
+        )
+        return remove_below(scores, scores.gather(-1, order.gather(-1, kept - 1)))
+
+    def _head(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The most likely tokens, sorted, holding at least p of the mass in every row."""
+        for head in self.HEADS:
+            if head < probs.shape[-1]:
+                values, order = torch.topk(probs, head, dim=-1)
+                if bool((values.sum(dim=-1) >= self.p).all()):
+                    return values, order
+        return torch.sort(probs, dim=-1, descending=True)
 
 
 class MinP:
     """Keep tokens whose probability is at least min_p times the top token's."""
+
+    name = "min_p"
 
     def __init__(self, min_p: float):
         if not 0 < min_p <= 1:
@@ -58,12 +77,13 @@ class MinP:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # In log space: log p_i < log(min_p) + log p_max  <=>  logit_i < logit_max + log(min_p).
-        threshold = scores.max(dim=-1, keepdim=True).values + math.log(self.min_p)
-        return _mask(scores, scores < threshold)
+        return remove_below(scores, row_max(scores) + math.log(self.min_p))
 
 
 class TopA:
     """Remove tokens with probability below top_a * p_max^2."""
+
+    name = "top_a"
 
     def __init__(self, top_a: float):
         if not 0 < top_a <= 1:
@@ -71,13 +91,15 @@ class TopA:
         self.top_a = top_a
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        probs = torch.softmax(scores, dim=-1)
-        p_max = probs.max(dim=-1, keepdim=True).values
-        return _mask(scores, probs < self.top_a * p_max * p_max)
+        # p_i < a * p_max^2  <=>  logit_i < log(a) + 2 * logit_max - logsumexp (never above logit_max).
+        top = row_max(scores)
+        return remove_below(scores, math.log(self.top_a) + 2 * top - log_normalizer(scores, top))
 
 
 class TypicalP:
     """Locally typical sampling: keep the tokens whose surprise is closest to the entropy, up to mass p."""
+
+    name = "typical_p"
 
     def __init__(self, mass: float):
         if not 0 < mass < 1:
@@ -101,6 +123,8 @@ class TailFree:
     """Tail-free sampling: cut where the sorted probability curve flattens (normalized |second
     derivative| cumulated beyond z). The first token is always kept."""
 
+    name = "tfs"
+
     def __init__(self, z: float):
         if not 0 < z < 1:
             raise ValueError(f"tfs must be in (0, 1), got {z}")
@@ -114,8 +138,14 @@ class TailFree:
         d2 = probs.diff(dim=-1).diff(dim=-1).abs()
         total = d2.sum(dim=-1, keepdim=True)
         cdf = (d2 / total.clamp_min(1e-12)).cumsum(dim=-1)
-        remove_sorted = torch.cat([torch.zeros_like(cdf[..., :1], dtype=torch.bool), cdf > self.z,
-                                   torch.ones_like(cdf[..., :1], dtype=torch.bool)], dim=-1)
+        remove_sorted = torch.cat(
+            [
+                torch.zeros_like(cdf[..., :1], dtype=torch.bool),
+                cdf > self.z,
+                torch.ones_like(cdf[..., :1], dtype=torch.bool),
+            ],
+            dim=-1,
+        )
         remove_sorted[..., 0] = False
         remove = remove_sorted.scatter(-1, order, remove_sorted)
         return _mask(scores, remove)
@@ -124,20 +154,23 @@ class TailFree:
 class EpsilonCutoff:
     """Remove tokens with probability below epsilon (given in units of 1e-4)."""
 
+    name = "epsilon_cutoff"
+
     def __init__(self, epsilon_1e4: float):
         if epsilon_1e4 <= 0:
             raise ValueError(f"epsilon_cutoff must be > 0, got {epsilon_1e4}")
         self.epsilon = epsilon_1e4 * 1e-4
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        probs = torch.softmax(scores, dim=-1)
-        remove = probs < self.epsilon
-        remove &= probs < probs.max(dim=-1, keepdim=True).values  # never remove the top token
-        return _mask(scores, remove)
+        top = row_max(scores)
+        threshold = log_normalizer(scores, top) + math.log(self.epsilon)
+        return remove_below(scores, torch.minimum(threshold, top))  # never remove the top token
 
 
 class EtaCutoff:
     """Entropy-adaptive cutoff: remove p < min(eta, sqrt(eta) * exp(-H)), eta given in units of 1e-4."""
+
+    name = "eta_cutoff"
 
     def __init__(self, eta_1e4: float):
         if eta_1e4 <= 0:
@@ -145,16 +178,18 @@ class EtaCutoff:
         self.eta = eta_1e4 * 1e-4
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logp = torch.log_softmax(scores, dim=-1)
-        probs = logp.exp()
-        entropy = -(probs * logp).nansum(dim=-1, keepdim=True)
+        top = row_max(scores)
+        lse = log_normalizer(scores, top)
+        logp = scores - lse
+        entropy = -(logp.exp() * logp).nansum(dim=-1, keepdim=True)  # 0 * -inf terms are NaN: skipped
         cutoff = torch.minimum(torch.full_like(entropy, self.eta), math.sqrt(self.eta) * torch.exp(-entropy))
-        remove = (probs < cutoff) & (probs < probs.max(dim=-1, keepdim=True).values)
-        return _mask(scores, remove)
+        return remove_below(scores, torch.minimum(lse + cutoff.log(), top))
 
 
 class TopNSigma:
     """Keep tokens whose logit is within n standard deviations of the top logit (over finite logits)."""
+
+    name = "top_n_sigma"
 
     def __init__(self, n: float):
         if n <= 0:
@@ -166,6 +201,7 @@ class TopNSigma:
         count = finite.sum(dim=-1, keepdim=True).clamp_min(1)
         values = torch.where(finite, scores, torch.zeros_like(scores))
         mean = values.sum(dim=-1, keepdim=True) / count
-        var = (torch.where(finite, (scores - mean) ** 2, torch.zeros_like(scores))).sum(dim=-1, keepdim=True) / count
-        threshold = scores.max(dim=-1, keepdim=True).values - self.n * var.sqrt()
-        return _mask(scores, scores < threshold)
+        var = (torch.where(finite, (scores - mean) ** 2, torch.zeros_like(scores))).sum(
+            dim=-1, keepdim=True
+        ) / count
+        return remove_below(scores, row_max(scores) - self.n * var.sqrt())

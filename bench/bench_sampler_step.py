@@ -1,0 +1,89 @@
+"""Milliseconds per generated token for the sampler pipeline (process + choose) on a large vocabulary.
+
+Not a test: run `python bench/bench_sampler_step.py [--vocab 32000] [--context 4096]`. Each setting is
+reported in ms/step and as a ratio to the neutral chain (only the final draw), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from webui.sampling import SamplingParams, build_sampler  # noqa: E402
+
+SETTINGS: dict[str, dict] = {
+    "neutral (draw only)": {},
+    "typical: min_p + temperature + rep. penalty": {
+        "min_p": 0.05,
+        "temperature": 0.8,
+        "repetition_penalty": 1.1,
+        "repetition_penalty_range": 1024,
+    },
+    "Simple-1: top_k top_p temperature rep": {
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 20,
+        "repetition_penalty": 1.15,
+    },
+    "top_p 0.95 alone": {"top_p": 0.95},
+    "DRY + XTC + min_p": {"dry_multiplier": 0.8, "xtc_probability": 0.5, "min_p": 0.02},
+    "presence + frequency": {"presence_penalty": 0.3, "frequency_penalty": 0.2},
+    "mirostat 2": {"mirostat_mode": 2},
+    "typical_p + tfs": {"typical_p": 0.9, "tfs": 0.95},
+    "dynatemp + quadratic": {
+        "dynamic_temperature": True,
+        "dynatemp_low": 0.5,
+        "dynatemp_high": 1.5,
+        "smoothing_factor": 0.3,
+    },
+}
+
+
+def bench(settings: dict, vocab: int, context: int, steps: int) -> float:
+    gen = torch.Generator().manual_seed(0)
+    # LM-like next-token logits: Zipf-shaped probabilities (exponent 1.5: a few likely tokens, a long
+    # tail) in a random token order, plus noise. Flatter rows make top_p fall back to a sort.
+    zipf = -1.5 * torch.log(torch.arange(1, vocab + 1, dtype=torch.float32))
+    logits = [
+        (zipf + 0.3 * torch.randn(vocab, generator=gen))[torch.randperm(vocab, generator=gen)][None]
+        for _ in range(8)
+    ]
+    ids = torch.randint(0, vocab, (1, context), generator=gen)
+    sampler = build_sampler(
+        SamplingParams(seed=1, **settings),
+        vocab_size=vocab,
+        eos_token_ids=[2],
+        prompt_ids=ids[0, : context // 2].tolist(),
+        encode=lambda s: [ord(c) % vocab for c in s],
+    )
+    for i in range(5):
+        sampler.choose(ids, logits[i % 8])
+    start = time.perf_counter()
+    for i in range(steps):
+        sampler.choose(ids, logits[i % 8])
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--context", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = as beside llama.cpp)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"vocab {args.vocab}, context {args.context}, {args.steps} steps, {args.threads} torch thread(s)")
+    baseline = None
+    for name, settings in SETTINGS.items():
+        ms = bench(settings, args.vocab, args.context, args.steps)
+        baseline = baseline or ms
+        print(f"  {name:46s} {ms:7.3f} ms/step  ({ms / baseline:4.1f}x draw only)")
+
+
+if __name__ == "__main__":
+    main()
