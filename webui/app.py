@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pluggy
 
 from webui.config import Settings
+from webui.extensions import ExtensionManager
 from webui.generation import GenerationCore
 from webui.loader_api import Loader
 from webui.models import ModelManager
@@ -23,13 +24,17 @@ class App:
     loaders: dict[str, type[Loader]]
     models: ModelManager
     core: GenerationCore
+    extensions: ExtensionManager | None = field(default=None)
 
     @classmethod
     def create(cls, settings: Settings, plugins: pluggy.PluginManager | None = None) -> App:
         plugins = plugins or make_plugin_manager()
         loaders = collect_loaders(plugins)
         models = ModelManager(settings.models_dir, loaders)
-        return cls(settings, plugins, loaders, models, GenerationCore(models))
+        extensions = ExtensionManager(plugins, settings)  # enabled from Settings.extensions below
+        app = cls(settings, plugins, loaders, models, GenerationCore(models, extensions), extensions)
+        extensions.start(app)
+        return app
 
     def load_startup_model(self) -> None:
         """Load --model with --loader and the loader flags given (errors propagate to the caller)."""

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,6 +22,9 @@ from webui.loader_api import HearthError, Model
 from webui.models import ModelManager
 from webui.sampling import SamplingParams, build_sampler
 from webui.textstream import BannedStringGuard, IncrementalDecoder, StopMatcher, token_index
+
+if TYPE_CHECKING:
+    from webui.extensions import ExtensionManager
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +122,22 @@ def _replay(model: Model, ids: list[int], generated: list[int]) -> IncrementalDe
 
 
 class GenerationCore:
-    def __init__(self, models: ModelManager):
+    def __init__(self, models: ModelManager, extensions: ExtensionManager | None = None):
         self.models = models
+        #: Enabled extensions' hooks run inside every generation (see `_run`).
+        self.extensions = extensions
         self._active: set[threading.Event] = set()
         self._active_lock = threading.Lock()
         #: Extra logits processors (extensions) appended to every HF-path pipeline.
         self.extra_processors: list = []
 
     # -- public API -------------------------------------------------------------------------------
-    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Event]:
-        """Generate; yields TextChunk events and one Finished. Waits its turn behind earlier requests."""
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None, *,
+               is_chat: bool = False) -> Iterator[Event]:
+        """Generate; yields TextChunk events and one Finished. Waits its turn behind earlier requests.
+
+        ``is_chat``: the prompt came from the chat service, which applies the extensions' input and
+        output modifiers to the message and the reply itself."""
         cancel = cancel or threading.Event()
         with self._active_lock:
             self._active.add(cancel)
@@ -136,17 +146,18 @@ class GenerationCore:
                 yield Finished("cancelled", "", Usage(0, 0), seed=-1)
                 return
             try:
-                yield from self._run(self.models.require(), request, cancel)
+                yield from self._run(self.models.require(), request, cancel, is_chat)
             finally:
                 self.models.lock.release()
         finally:
             with self._active_lock:
                 self._active.discard(cancel)
 
-    def generate(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Finished:
+    def generate(self, request: GenerationRequest, cancel: threading.Event | None = None, *,
+                 is_chat: bool = False) -> Finished:
         """Run to the end and return the final event (its `text` is the whole reply)."""
         final = None
-        for event in self.stream(request, cancel):
+        for event in self.stream(request, cancel, is_chat=is_chat):
             if isinstance(event, Finished):
                 final = event
         assert final is not None
@@ -161,8 +172,18 @@ class GenerationCore:
         return len(events)
 
     # -- the loop ---------------------------------------------------------------------------------
-    def _run(self, model: Model, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
+    def _run(self, model: Model, request: GenerationRequest, cancel: threading.Event, is_chat: bool = False) -> Iterator[Event]:
+        # -- extensions (webui/extensions.py): state_modifier, input_modifier --------------------------
+        ext, state = self.extensions, {}
+        if ext is not None:
+            request = ext.modify_state(request, ext.state(request=request, is_chat=is_chat))
+            state = ext.state(request=request, is_chat=is_chat)
+            if request.prompt is not None and not is_chat:
+                request = request.model_copy(update={"prompt": ext.modify_input(request.prompt, state, False)})
+        # -- end extensions ----------------------------------------------------------------------------
         ids = list(request.prompt_ids) if request.prompt_ids is not None else model.tokenize(request.prompt or "", request.add_bos_token)
+        if ext is not None:  # extensions: tokenizer_modifier
+            ids = ext.modify_tokens(state, request.prompt or "", ids)
         if not ids:
             raise GenerationError("the prompt is empty: give at least one token (or enable add_bos_token)")
         bad = [t for t in ids if not 0 <= t < model.vocab_size]
@@ -173,20 +194,25 @@ class GenerationCore:
             log.info("prompt truncated: dropped the oldest %d tokens to fit the context", dropped)
         max_new = min(request.max_new_tokens, model.n_ctx - len(ids))
         params = request.sampling
+        extra = [*self.extra_processors, *(ext.logits_processors(request, state) if ext is not None else [])]
         sampler = build_sampler(
             params,
             vocab_size=model.vocab_size,
             eos_token_ids=model.eos_token_ids,
             prompt_ids=ids,
             encode=lambda s: model.tokenize(s, add_bos=False),
-            extra_processors=self.extra_processors,
+            extra_processors=extra,
         )
-        source = self._token_source(model, ids, request, sampler)
-        yield from self._decode_stream(model, ids, request, source, sampler.seed, max_new, dropped, cancel)
+        source = self._token_source(model, ids, request, sampler, bool(extra))
+        for event in self._decode_stream(model, ids, request, source, sampler.seed, max_new, dropped, cancel):
+            if ext is not None and not is_chat and isinstance(event, Finished):  # extensions: output_modifier
+                event.text = ext.modify_output(event.text, state, False)
+            yield event
 
-    def _token_source(self, model: Model, ids: list[int], request: GenerationRequest, sampler) -> TokenSource:
+    def _token_source(self, model: Model, ids: list[int], request: GenerationRequest, sampler,
+                      has_extra: bool = False) -> TokenSource:
         params = request.sampling
-        wants_hf = request.logprobs > 0 or params.guidance_scale != 1 or params.banned_strings or self.extra_processors
+        wants_hf = request.logprobs > 0 or params.guidance_scale != 1 or params.banned_strings or has_extra
         if not wants_hf:
             native = model.native_generate(ids, params, sampler.seed)
             if native is not None:

@@ -15,6 +15,7 @@ from typing import Any
 from webui.app import App
 from webui.generation import Finished, GenerationRequest
 from webui.loader_api import HearthError
+from webui.plugins import PromptBuilder
 from webui.prompts.characters import Character, CharacterStore, default_character
 from webui.prompts.chat import DEFAULT_CHAT_INSTRUCT_COMMAND, ChatMode, ChatPrompt, build_chat_prompt
 from webui.prompts.history import ChatHistory, HistoryStore
@@ -82,17 +83,36 @@ class ChatService:
     def build_prompt(self, history: ChatHistory, user_input: str | None, options: ChatOptions, *,
                      max_new_tokens: int, truncation_length: int = 0, impersonate: bool = False,
                      continue_last: bool = False) -> ChatPrompt:
+        build = self.prompt_builder(max_new_tokens=max_new_tokens, truncation_length=truncation_length,
+                                    impersonate=impersonate, continue_last=continue_last)
+        character = self.character(options.character)
+        ext = self.app.extensions
+        if ext is None:
+            return build(user_input, history, options, character)
+        # -- extensions (webui/extensions.py): custom_generate_chat_prompt --------------------------
+        state = ext.state(is_chat=True, options=options, character=character, history=history,
+                          user_input=user_input, build_prompt=build)
+        return ext.custom_chat_prompt(user_input, history, options, character, state, build)
+
+    def prompt_builder(self, *, max_new_tokens: int, truncation_length: int = 0, impersonate: bool = False,
+                       continue_last: bool = False) -> PromptBuilder:
+        """Hearth's own prompt building for one reply: ``build(user_input, history, options, character)``.
+        Extensions get it to wrap (see `ExtensionSpecs.custom_generate_chat_prompt`)."""
         model = self.app.models.require()
-        template = self.template(options.instruction_template)
         budget = min(truncation_length or model.n_ctx, model.n_ctx) - max_new_tokens
-        return build_chat_prompt(
-            history, user_input, mode=options.mode, character=self.character(options.character),
-            user_name=options.user_name, template_text=template.text, template_name=template.name,
-            count_tokens=lambda text: len(model.tokenize(text, add_bos=False)), max_prompt_tokens=max(budget, 1),
-            bos_token=model.info.bos_token or "", eos_token=model.info.eos_token or "",
-            impersonate=impersonate, continue_last=continue_last,
-            chat_instruct_command=options.chat_instruct_command, system_message=options.system_message,
-        )
+
+        def build(user_input: str | None, history: ChatHistory, options: ChatOptions, character: Character) -> ChatPrompt:
+            template = self.template(options.instruction_template)
+            return build_chat_prompt(
+                history, user_input, mode=options.mode, character=character,
+                user_name=options.user_name, template_text=template.text, template_name=template.name,
+                count_tokens=lambda text: len(model.tokenize(text, add_bos=False)), max_prompt_tokens=max(budget, 1),
+                bos_token=model.info.bos_token or "", eos_token=model.info.eos_token or "",
+                impersonate=impersonate, continue_last=continue_last,
+                chat_instruct_command=options.chat_instruct_command, system_message=options.system_message,
+            )
+
+        return build
 
     def build_prompt_from_messages(self, messages: Sequence[dict[str, Any]], options: ChatOptions, *,
                                    max_new_tokens: int, truncation_length: int = 0,
@@ -114,15 +134,32 @@ class ChatService:
         With impersonate the history is left as it is and `text` is the user's message to edit.
         The history is saved when the reply ends (including a stopped reply), never half-written."""
         probe = request_from_settings(settings, prompt="")
-        prompt = self.build_prompt(history, user_input, options, max_new_tokens=probe.max_new_tokens,
-                                   truncation_length=probe.truncation_length, impersonate=impersonate,
-                                   continue_last=continue_last)
+        sizes = {"max_new_tokens": probe.max_new_tokens, "truncation_length": probe.truncation_length}
+        # -- extensions (webui/extensions.py): chat_input, input, history, bot prefix ----------------
+        ext, visible, bias, state = self.app.extensions, None, "", {}
+        if ext is not None:
+            state = ext.state(is_chat=True, request=probe, options=options, history=history, user_input=user_input,
+                              character=self.character(options.character), build_prompt=self.prompt_builder(**sizes))
+            if user_input and not impersonate and not continue_last:
+                user_input, visible = ext.modify_chat_input(user_input, user_input, state)
+                user_input = ext.modify_input(user_input, state, True)
+            history = ext.modify_history(history, state)
+            bias = "" if impersonate or continue_last else ext.bot_prefix("", state)
+        # -- end extensions ------------------------------------------------------------------------
+        base, prefix = self._reply_base(history, user_input, impersonate, continue_last, visible)
+        if bias:  # the reply starts with the bias: prompt as if continuing a reply that says it
+            prompt = self.build_prompt(base.with_turn("assistant", bias), None, options, **sizes, continue_last=True)
+            prefix = bias
+        else:
+            prompt = self.build_prompt(history, user_input, options, **sizes, impersonate=impersonate,
+                                       continue_last=continue_last)
         request = request_from_settings(settings, prompt=prompt.text, stop=[*probe.stop, *prompt.stop_strings])
-        base, prefix = self._reply_base(history, user_input, impersonate, continue_last)
         text = ""
-        for event in self.app.core.stream(request, cancel):
+        for event in self.app.core.stream(request, cancel, is_chat=True):
             if isinstance(event, Finished):
                 reply = (prefix + text).strip() if not continue_last else prefix + text
+                if ext is not None and not impersonate:  # extensions: output_modifier
+                    reply = ext.modify_output(reply, state, True)
                 final = base if impersonate else base.with_turn("assistant", reply)
                 if save and not impersonate:
                     self.histories.save(final)
@@ -135,15 +172,17 @@ class ChatService:
 
     @staticmethod
     def _reply_base(history: ChatHistory, user_input: str | None, impersonate: bool,
-                    continue_last: bool) -> tuple[ChatHistory, str]:
-        """The history the reply is appended to, and text the reply starts with."""
+                    continue_last: bool, visible: str | None = None) -> tuple[ChatHistory, str]:
+        """The history the reply is appended to, and text the reply starts with. ``visible``: how the
+        user's message is shown when an extension changed what the model sees."""
         text = (user_input or "").strip()
         if impersonate:
             return history, text + (" " if text else "")
         if continue_last:
             last = history.turns[-1]
             return history.with_turns(history.turns[:-1]), last.content
-        return (history.with_turn("user", text) if text else history), ""
+        shown = {"visible": visible.strip()} if visible and visible.strip() != text else {}
+        return (history.with_turn("user", text, **shown) if text else history), ""
 
 
 def messages_to_history(messages: Sequence[dict[str, Any]], character: str) -> tuple[ChatHistory, str | None, str | None]:
