@@ -179,6 +179,7 @@ class SamplingParams(BaseModel):
 
     @property
     def greedy(self) -> bool:
+        """Argmax decoding: do_sample off, or temperature 0 (unless dynamic temperature replaces it)."""
         return not self.do_sample or (self.temperature == 0 and not self.dynamic_temperature)
 
     def is_active(self, name: str) -> bool:

@@ -111,7 +111,7 @@ class Sampler:
 
     def probabilities(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         """The distribution `choose` samples from (1-D), for the logits inspector ("after samplers").
-        It does not advance mirostat or the generator."""
+        Mirostat's state is not advanced; XTC, when on, flips its coin on the generator as in `choose`."""
         scores = self.process(input_ids, scores)[0].float()
         if self.greedy:
             probs = torch.zeros_like(scores)

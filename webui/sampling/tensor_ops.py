@@ -34,9 +34,12 @@ def row_max(scores: torch.Tensor) -> torch.Tensor:
 
 
 def log_normalizer(scores: torch.Tensor, top: torch.Tensor | None = None) -> torch.Tensor:
-    """log(sum(exp(scores))) per row, [b, 1], so that log p_i = score_i - log_normalizer."""
+    """log(sum(exp(scores))) per row, [b, 1], so that log p_i = score_i - log_normalizer.
+
+    Computed as top - log(p_max) from the softmax: torch's softmax kernel is vectorised, while a bare
+    exp (and so logsumexp) is ~5x slower on CPU. p_max >= 1/vocab, so its log is accurate."""
     top = row_max(scores) if top is None else top
-    return top + (scores - top).exp_().sum(dim=-1, keepdim=True).log_()
+    return top - torch.softmax(scores, dim=-1).amax(dim=-1, keepdim=True).log_()
 
 
 def sample_from(scores: torch.Tensor, generator: torch.Generator, chunk: int = 1024) -> int:
@@ -45,8 +48,9 @@ def sample_from(scores: torch.Tensor, generator: torch.Generator, chunk: int = 1
     torch.multinomial costs ~3 ms on 152k tokens; a full cumsum is a sequential pass. Here the weights
     exp(score - max) are summed per chunk of `chunk` tokens (vectorised), the chunk is found on the short
     CDF of chunk sums, and only that chunk is cumsummed. A token of probability 0 is never drawn: its
-    CDF step is empty, and a rounding overshoot falls back to the chunk's last token of weight > 0."""
-    weights = (scores.float() - scores.amax()).exp_()
+    CDF step is empty, and a rounding overshoot falls back to the chunk's last token of weight > 0.
+    The weights come from softmax, whose kernel is vectorised (a bare exp is ~5x slower on CPU)."""
+    weights = torch.softmax(scores.float(), dim=-1)
     full = weights.shape[0] // chunk * chunk
     sums = weights[:full].view(-1, chunk).sum(dim=1)
     if full < weights.shape[0]:

@@ -181,7 +181,9 @@ class EtaCutoff:
         top = row_max(scores)
         lse = log_normalizer(scores, top)
         logp = scores - lse
-        entropy = -(logp.exp() * logp).nansum(dim=-1, keepdim=True)  # 0 * -inf terms are NaN: skipped
+        entropy = -(torch.softmax(scores, dim=-1) * logp).nansum(
+            dim=-1, keepdim=True
+        )  # 0 * -inf terms are NaN: skipped
         cutoff = torch.minimum(torch.full_like(entropy, self.eta), math.sqrt(self.eta) * torch.exp(-entropy))
         return remove_below(scores, torch.minimum(lse + cutoff.log(), top))
 
