@@ -19,6 +19,7 @@ from webui.sampling import SamplingParams
 
 from . import memory as mem
 
+MAX_ROUNDS = 3
 INSTRUCTION = (
     "Summarise the conversation below in a few sentences, keeping names, facts, decisions and open "
     "questions. Merge it with the summary so far."
@@ -44,20 +45,23 @@ def history_modifier(history: Any, state: dict[str, Any]) -> Any:
     build, options, character = state["build_prompt"], state["options"], state["character"]
     if build is None or options is None or character is None:
         return None
-    memory = mem.read_memory(history)
-    view = mem.uncovered(history, memory)
-    try:
-        prompt = build(state["user_input"], view, *_with_summary(options, character, memory, state["params"]["label"]))
-    except HearthError:
-        return None  # does not fit even without old turns: the reply itself will say so
-    if not prompt.dropped_turns:
-        return None
-    keep = mem.pinned(history)
-    first = max(memory.start, keep)
-    # The builder dropped the oldest whole exchanges after its pinned turn; cover exactly those.
-    last = first + (mem.pinned(view) - keep) + prompt.dropped_turns - 1
-    lines = mem.transcript(list(history.turns[first : last + 1]), options.user_name, character.name)
-    return mem.remember(history, last, _summarise(state, memory.summary, lines))
+    changed = False
+    for _ in range(MAX_ROUNDS):  # a longer summary can push more turns out: fold those in too
+        memory = mem.read_memory(history)
+        view = mem.uncovered(history, memory)
+        try:
+            prompt = build(state["user_input"], view, *_with_summary(options, character, memory, state["params"]["label"]))
+        except HearthError:
+            break  # does not fit even without old turns: the reply itself will say so
+        if not prompt.dropped_turns:
+            break
+        keep = mem.pinned(history)
+        first = max(memory.start, keep)
+        # The builder dropped the oldest whole exchanges after its pinned turn; cover exactly those.
+        last = first + (mem.pinned(view) - keep) + prompt.dropped_turns - 1
+        lines = mem.transcript(list(history.turns[first : last + 1]), options.user_name, character.name)
+        history, changed = mem.remember(history, last, _summarise(state, memory.summary, lines)), True
+    return history if changed else None
 
 
 def _summarise(state: dict[str, Any], previous: str, lines: str) -> str:
