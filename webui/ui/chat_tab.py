@@ -233,7 +233,7 @@ def build_chat_tab(ctx: UIContext) -> None:
     impersonate.click(impersonate_user, [user_input, *chat_inputs], user_input)
     stop.click(cancels.stop, None, None, queue=False)
     _wire_edits(ctx, session, user_input, remove_last, copy_last, dummy_message, dummy_reply)
-    _wire_chat_list(ctx, session, mode, chats, new_chat, new_name, rename, delete)
+    _wire_chat_list(ctx, session, chatbot, mode, chats, new_chat, new_name, rename, delete)
 
 
 def _wire_edits(
@@ -288,6 +288,7 @@ def _wire_edits(
 def _wire_chat_list(
     ctx: UIContext,
     session: ChatSession,
+    chatbot: gr.Chatbot,
     mode: gr.Radio,
     chats: gr.Dropdown,
     new_chat: gr.Button,
@@ -295,7 +296,9 @@ def _wire_chat_list(
     rename: gr.Button,
     delete: gr.Button,
 ) -> None:
-    """Mode and the past-chats controls; they write ``ctx.character`` / ``ctx.history`` and the sync renders."""
+    """Mode and the past-chats controls; they write ``ctx.character`` / ``ctx.history`` and the sync renders.
+
+    The chatbot's own Clear (trash) button starts a new chat: the old one stays in the list."""
     histories = session.service.histories
 
     def set_mode(value: str, character_state: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +336,6 @@ def _wire_chat_list(
 
     mode.input(set_mode, [mode, ctx.character], ctx.character)
     chats.input(open_chat, [chats, ctx.character], ctx.history)
-    new_chat.click(start_chat, ctx.character, ctx.history)
+    gr.on([new_chat.click, chatbot.clear], start_chat, ctx.character, ctx.history)
     rename.click(rename_chat, [new_name, ctx.history, ctx.character], [ctx.history, new_name])
     delete.click(delete_chat, [ctx.history, ctx.character], ctx.history)

@@ -53,14 +53,12 @@ class CancelBoard:
                 if self._events.get(key) is event:
                     del self._events[key]
 
-    def stop(self, request: gr.Request | None) -> bool:
-        """Signal this session's running generation; False when none runs."""
+    def stop(self, request: gr.Request | None) -> None:
+        """Signal this session's running generation, if any (the Stop button's handler: no outputs)."""
         with self._lock:
             event = self._events.get(session_key(request))
-        if event is None:
-            return False
-        event.set()
-        return True
+        if event is not None:
+            event.set()
 
 
 @contextmanager

@@ -1,0 +1,185 @@
+"""The Chat tab: its plain helpers, and in a real browser over tiny-llama.gguf: a streamed reply that is
+saved, Regenerate, Remove last, Impersonate, Stop mid-stream, hand-written turns and the screenshot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from webui.config import Settings
+from webui.prompts.history import ChatHistory, HistoryStore
+from webui.session import ChatOptions, ChatService
+from webui.ui.chat_tab import ChatSession, chat_messages, dropped_notice
+
+if TYPE_CHECKING:
+    from tests.ui_harness import UIServer
+
+pytest_plugins = ["tests.ui_harness"]
+ROOT = Path(__file__).resolve().parent.parent
+BOT = "#chat-chatbot [data-testid='bot']"
+USER = "#chat-chatbot [data-testid='user']"
+
+
+# -- helpers without a browser ---------------------------------------------------------------------
+def test_chat_messages_and_notice() -> None:
+    history = ChatHistory.new("Assistant", "Hi!").with_turn("user", "**bold**")
+    assert chat_messages(history) == [
+        {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": "**bold**"},
+    ]
+    assert chat_messages(None) == []
+    assert dropped_notice(0) == ""
+    assert "3 oldest turns were left out" in dropped_notice(3)
+    assert "1 oldest turn was left out" in dropped_notice(1)
+
+
+def test_session_opens_latest_chat_per_character_and_lists_unsaved(ui_app: Any) -> None:
+    session = ChatSession(ChatService(ui_app))
+    options = ChatOptions(user_name="Ann")
+    fresh = session.open_chat(options)
+    assert [t.content for t in fresh.turns] == ["How can I help you today?"]
+    assert session.chat_choices(fresh)[0] == ("New chat (unsaved)", fresh.chat_id)
+    saved = fresh.with_turn("user", "first question")
+    session.service.histories.save(saved)
+    assert session.open_chat(options).chat_id == saved.chat_id
+    assert [c[1] for c in session.chat_choices(saved)] == [saved.chat_id]
+    # a history of another character is replaced by this character's latest chat
+    other = ChatHistory.new("Someone").to_dict()
+    assert session.current(other, {"character": None}).chat_id == saved.chat_id
+    assert session.picture(options) is None
+
+
+# -- browser -----------------------------------------------------------------------------------------
+@pytest.fixture
+def max_new_tokens() -> int:
+    return 24
+
+
+@pytest.fixture
+def ui_settings(ui_settings: Settings, max_new_tokens: int) -> Settings:
+    """EOS banned (a random model may end at once) and `max_new_tokens`, from a preset in the test's copy."""
+    (ui_settings.presets_dir / "UI test.yaml").write_text(
+        yaml.safe_dump({"ban_eos_token": True}), encoding="utf-8"
+    )
+    ui_settings.preset = "UI test"
+    ui_settings.extra["generation"] = {"max_new_tokens": max_new_tokens}
+    return ui_settings
+
+
+def open_chat_tab(page: Any, server: UIServer) -> None:
+    server.app.models.load("tiny-llama.gguf")
+    page.reload()
+    page.wait_for_selector(BOT)  # the greeting of the built-in Assistant
+
+
+def send(page: Any, text: str) -> None:
+    page.fill("#chat-input textarea", text)
+    page.click("#chat-generate")
+
+
+def wait_idle(server: UIServer, timeout: float = 30) -> None:
+    """Until the core runs nothing (the reply has ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.app.core._active:  # noqa: SLF001 - read-only peek, no public "busy" yet
+            return
+        time.sleep(0.05)
+    raise AssertionError("generation did not end")
+
+
+def saved_chat(server: UIServer) -> ChatHistory:
+    history = HistoryStore(server.app.settings.user_data_dir).latest("Assistant")
+    assert history is not None
+    return history
+
+
+@pytest.mark.browser
+def test_chat_streams_regenerates_removes_and_impersonates(page: Any, ui_server: UIServer) -> None:
+    open_chat_tab(page, ui_server)
+    send(page, "Hello there")
+    page.wait_for_function(f'document.querySelectorAll("{BOT}").length == 2')
+    page.wait_for_selector(f"{USER} >> text=Hello there")
+    assert page.input_value("#chat-input textarea") == ""
+    wait_idle(ui_server)
+    first = saved_chat(ui_server)
+    assert [t.role for t in first.turns] == ["assistant", "user", "assistant"]
+    assert first.turns[-1].content.strip()  # a reply was streamed and saved
+
+    page.click("#chat-regenerate")
+    deadline = time.monotonic() + 30
+    while saved_chat(ui_server).turns[-1].content == first.turns[-1].content:
+        assert time.monotonic() < deadline, "Regenerate did not replace the reply"
+        time.sleep(0.1)
+    wait_idle(ui_server)
+    regenerated = saved_chat(ui_server)
+    assert len(regenerated.turns) == 3 and regenerated.chat_id == first.chat_id
+    assert page.locator(BOT).count() == 2
+
+    page.click("#chat-remove-last")
+    page.wait_for_function(f'document.querySelectorAll("{BOT}").length == 1')
+    assert page.input_value("#chat-input textarea") == "Hello there"
+    assert len(saved_chat(ui_server).turns) == 1
+
+    page.fill("#chat-input textarea", "")
+    page.click("#chat-impersonate")
+    page.wait_for_function("document.querySelector('#chat-input textarea').value.length > 0")
+    wait_idle(ui_server)
+    assert len(saved_chat(ui_server).turns) == 1  # impersonating leaves the chat as it was
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("max_new_tokens", [600])
+def test_stop_ends_a_long_reply_and_keeps_the_partial_text(page: Any, ui_server: UIServer) -> None:
+    class Slow:
+        """A logits processor that only waits, so the reply is still streaming when Stop is pressed."""
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            time.sleep(0.05)
+            return scores
+
+    open_chat_tab(page, ui_server)
+    ui_server.app.core.extra_processors.append(Slow())
+    send(page, "Tell me a long story")
+    page.wait_for_function(
+        f'(() => {{ const b = document.querySelectorAll("{BOT}"); return b.length == 2 && b[1].innerText.trim().length > 0; }})()'
+    )
+    page.click("#chat-stop")
+    wait_idle(ui_server, timeout=10)
+    reply = saved_chat(ui_server).turns[-1]
+    assert reply.role == "assistant" and reply.content.strip()
+    assert len(ui_server.app.models.require().tokenize(reply.content, add_bos=False)) < 300
+    shown = page.locator(BOT).nth(1).inner_text()
+    time.sleep(0.5)
+    assert page.locator(BOT).nth(1).inner_text() == shown  # nothing more arrives
+
+
+@pytest.mark.browser
+def test_hand_written_turns_render_markdown_and_make_the_screenshot(page: Any, ui_server: UIServer) -> None:
+    open_chat_tab(page, ui_server)
+    page.fill("#chat-input textarea", "How do I reverse a list in Python?")
+    page.click("#chat-dummy-message")
+    page.wait_for_selector(f"{USER} >> text=reverse a list")
+    page.fill(
+        "#chat-input textarea",
+        "Use **slicing** or `reversed()`:\n\n```python\nitems = [1, 2, 3]\nprint(items[::-1])\n"
+        "print(list(reversed(items)))\n```\n\nSlicing makes a copy; `items.reverse()` works in place.",
+    )
+    page.click("#chat-dummy-reply")
+    page.wait_for_selector(f"{BOT} pre code")
+    page.wait_for_selector(f"{BOT} strong >> text=slicing")
+    assert [t.role for t in saved_chat(ui_server).turns] == ["assistant", "user", "assistant"]
+    page.click("#chat-copy-last")
+    page.wait_for_function(
+        "document.querySelector('#chat-input textarea').value.startsWith('Use **slicing**')"
+    )
+    page.fill("#chat-input textarea", "")
+    path = ui_server.shots / "chat.png"
+    page.screenshot(path=str(path))
+    if os.environ.get("HEARTH_UPDATE_SCREENSHOTS"):
+        shutil.copy(path, ROOT / "docs" / "screenshot-chat.png")

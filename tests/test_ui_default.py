@@ -1,0 +1,149 @@
+"""Saved prompts (core) and, in a real browser over tiny-llama.gguf, the Default and Notebook tabs:
+generate, read the Logits and Tokens tables, see the Probabilities view, Undo in the Notebook."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from webui.config import Settings
+from webui.prompts_store import PromptStore, PromptStoreError
+
+if TYPE_CHECKING:
+    from tests.ui_harness import UIServer
+
+pytest_plugins = ["tests.ui_harness"]
+
+
+# -- saved prompts -----------------------------------------------------------------------------------
+def test_prompt_store_round_trip_and_listing(tmp_path: Path) -> None:
+    store = PromptStore.for_user_data(tmp_path)
+    assert store.names() == []
+    assert store.save("Alpaca test", "### Instruction:\nHi\n") == "Alpaca test"
+    store.save("b-prompt", "second")
+    assert store.names() == ["Alpaca test", "b-prompt"]
+    assert store.load("Alpaca test") == "### Instruction:\nHi\n"
+    store.save("b-prompt", "replaced")
+    assert store.load("b-prompt") == "replaced"
+    store.delete("b-prompt")
+    assert store.names() == ["Alpaca test"]
+    with pytest.raises(PromptStoreError, match="no saved prompt"):
+        store.load("b-prompt")
+    with pytest.raises(PromptStoreError, match="no saved prompt"):
+        store.delete("b-prompt")
+    with pytest.raises(PromptStoreError, match="name"):
+        store.save("  ", "text")
+
+
+def test_prompt_names_cannot_leave_the_folder(tmp_path: Path) -> None:
+    store = PromptStore.for_user_data(tmp_path)
+    saved_as = store.save("../../evil/name", "x")
+    assert (tmp_path / "prompts" / f"{saved_as}.txt").is_file()
+    assert not (tmp_path.parent / "evil").exists()
+    assert store.load("../../evil/name") == "x"  # the same untrusted name maps to the same safe file
+
+
+def test_prompt_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = PromptStore.for_user_data(tmp_path)
+    store.save("keep", "old text")
+
+    def crash(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", crash)
+    with pytest.raises(OSError):
+        store.save("keep", "new text")
+    assert store.load("keep") == "old text"
+    assert [p.name for p in (tmp_path / "prompts").iterdir()] == ["keep.txt"]  # no temp file left
+
+
+# -- browser -----------------------------------------------------------------------------------------
+@pytest.fixture
+def ui_settings(ui_settings: Settings) -> Settings:
+    """Short outputs that never end at once (a random model may pick EOS first)."""
+    (ui_settings.presets_dir / "UI test.yaml").write_text(
+        yaml.safe_dump({"ban_eos_token": True}), encoding="utf-8"
+    )
+    ui_settings.preset = "UI test"
+    ui_settings.extra["generation"] = {"max_new_tokens": 32}
+    return ui_settings
+
+
+def open_tab(page: Any, server: UIServer, tab: str) -> None:
+    server.app.models.load("tiny-llama.gguf")
+    page.reload()
+    page.click(f"button[role='tab']:has-text('{tab}')")
+
+
+def wait_idle(server: UIServer, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while server.app.core._active:  # noqa: SLF001 - read-only peek
+        assert time.monotonic() < deadline, "generation did not end"
+        time.sleep(0.05)
+
+
+def table_rows(page: Any, selector: str) -> list[list[str]]:
+    """The rows a Gradio 6 Dataframe has rendered (it virtualizes: only those in view)."""
+    rows = f"{selector} [role='row'].virtual-row"
+    page.wait_for_selector(rows)
+    return page.eval_on_selector_all(
+        rows,
+        "rows => rows.map(r => Array.from(r.querySelectorAll('[role=gridcell]')).map(c => c.innerText.trim()))",
+    )
+
+
+@pytest.mark.browser
+def test_default_generates_and_shows_logits_tokens_and_probabilities(page: Any, ui_server: UIServer) -> None:
+    open_tab(page, ui_server, "Default")
+    page.fill("#default-prompt textarea", "Once upon a time")
+    page.wait_for_selector("#default-token-count >> text=/\\d+ tokens/")
+    page.click("#default-generate")
+    page.wait_for_function("document.querySelector('#default-output textarea').value.length > 0")
+    wait_idle(ui_server)
+    output = page.input_value("#default-output textarea")
+
+    # Probabilities: one shaded span per generated token, each with its alternatives
+    page.click("button[role='tab']:has-text('Probabilities')")
+    page.wait_for_selector("#default-probabilities .hearth-tok")
+    spans = page.locator("#default-probabilities .hearth-tok")
+    assert spans.count() == 32  # max_new_tokens, EOS banned
+    first = spans.first
+    assert "--tok-bg: hsl(" in (first.get_attribute("style") or "")
+    assert 0 <= float(first.get_attribute("data-p") or "-1") <= 1
+    first.hover()
+    assert first.locator(".hearth-alts").is_visible()
+    assert "%" in first.locator(".hearth-alts").inner_text()
+
+    # Logits: rows of tokens with probabilities, most likely first
+    page.click("button[role='tab']:has-text('Logits')")
+    rows = table_rows(page, "#default-logits")
+    probabilities = [float(r[2]) for r in rows]
+    assert len(rows) >= 5 and [int(r[0]) for r in rows] == list(range(1, len(rows) + 1))
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1.0001
+
+    # Tokens: ids and pieces of prompt + output
+    page.click("button[role='tab']:has-text('Tokens')")
+    rows = table_rows(page, "#default-tokens")
+    ids = ui_server.app.core.tokenize("Once upon a time" + output)
+    assert len(rows) >= 5 and [int(r[1]) for r in rows] == ids[: len(rows)]
+
+    page.click("button[role='tab']:has-text('Markdown')")
+    assert page.locator("#default-markdown").inner_text().strip()
+
+
+@pytest.mark.browser
+def test_notebook_appends_and_undo_restores(page: Any, ui_server: UIServer) -> None:
+    open_tab(page, ui_server, "Notebook")
+    page.fill("#notebook-text textarea", "Once upon a time")
+    page.click("#notebook-generate")
+    page.wait_for_function("document.querySelector('#notebook-text textarea').value != 'Once upon a time'")
+    wait_idle(ui_server)
+    text = page.input_value("#notebook-text textarea")
+    assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
+    page.click("#notebook-undo")
+    page.wait_for_function("document.querySelector('#notebook-text textarea').value == 'Once upon a time'")
