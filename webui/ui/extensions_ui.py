@@ -1,0 +1,120 @@
+"""Extensions in the UI: each enabled extension's own blocks, the enable / settings panel, and the toasts
+that report a failing extension.
+
+The Session tab calls `build_extensions_settings(ctx)` (checkboxes to enable, one control per declared
+param, Apply and Save) and `build_extension_blocks(ctx)` (every enabled extension's ``ui`` hook, each in
+its own accordion, plus the notice watcher). Hooks take effect on Apply; an extension enabled later shows
+its settings and blocks after a restart, because Gradio builds the page once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gradio as gr
+
+from webui.extensions import ExtensionManager
+from webui.ui.context import UIContext
+
+NOTICE_SECONDS = 2.0
+
+
+def apply_settings(manager: ExtensionManager, names: Sequence[str], params: dict[str, dict[str, Any]]) -> str:
+    """Enable exactly `names` and apply the given params; a Markdown line saying what happened.
+    Raises ValueError (naming the setting) when a value does not fit its type."""
+    enabled = manager.set_enabled(list(names))
+    for name, values in params.items():
+        if name in enabled and values:
+            manager.set_params(name, values)
+    manager.store_settings()
+    failed = [n for n in names if n not in enabled]
+    text = f"Enabled: {', '.join(enabled) or 'none'}."
+    if failed:
+        text += f" Could not enable {', '.join(failed)} (see the notices)."
+    return text
+
+
+def _control(name: str, key: str, value: Any) -> gr.components.Component | None:
+    label, elem_id = key.replace("_", " "), f"extension-{name}-{key}"
+    if isinstance(value, bool):
+        return gr.Checkbox(value=value, label=label, elem_id=elem_id)
+    if isinstance(value, int):
+        return gr.Number(value=value, label=label, precision=0, elem_id=elem_id)
+    if isinstance(value, float):
+        return gr.Number(value=value, label=label, elem_id=elem_id)
+    if isinstance(value, str):
+        lines = 3 if "\n" in value or len(value) > 80 else 1
+        return gr.Textbox(value=value, label=label, lines=lines, elem_id=elem_id)
+    return None  # other types are kept in settings.yaml but not editable here
+
+
+def build_extensions_settings(ctx: UIContext) -> None:
+    manager = ctx.app.extensions
+    if manager is None:
+        return
+    chosen = gr.CheckboxGroup(choices=manager.available(), value=manager.enabled, label="Extensions",
+                              info="Applied at once; a newly enabled extension's settings and blocks appear "
+                                   "after a restart.", elem_id="extensions-enabled")
+    controls: list[tuple[str, str, gr.components.Component]] = []
+    for name in manager.enabled:
+        values = manager.params(name)
+        if not values:
+            continue
+        with gr.Accordion(f"{name} settings", open=False, elem_id=f"extension-settings-{name}"):
+            for key, value in values.items():
+                control = _control(name, key, value)
+                if control is not None:
+                    controls.append((name, key, control))
+    with gr.Row():
+        apply = gr.Button("Apply extensions", elem_id="extensions-apply")
+        save = gr.Button("Save extensions to settings.yaml", variant="primary", elem_id="extensions-save")
+    status = gr.Markdown(elem_id="extensions-status")
+
+    def collect(values: Sequence[Any]) -> dict[str, dict[str, Any]]:
+        params: dict[str, dict[str, Any]] = {}
+        for (name, key, _), value in zip(controls, values, strict=True):
+            params.setdefault(name, {})[key] = value
+        return params
+
+    def on_apply(names: list[str], *values: Any) -> str:
+        try:
+            return apply_settings(manager, names, collect(values))
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(f"extension settings not applied: {exc}") from None
+
+    def on_save(names: list[str], *values: Any) -> str:
+        text = on_apply(names, *values)
+        try:
+            path = manager.save_settings_file()
+        except (OSError, ValueError) as exc:
+            raise gr.Error(f"settings not saved: {exc}") from None
+        return f"{text} Saved to `{path}`."
+
+    inputs = [chosen, *(control for _, _, control in controls)]
+    apply.click(on_apply, inputs, [status])
+    save.click(on_save, inputs, [status])
+
+
+def build_extension_blocks(ctx: UIContext) -> None:
+    """Every enabled extension's ``ui`` hook in its own accordion (a raising one becomes a notice)."""
+    manager = ctx.app.extensions
+    if manager is None:
+        return
+    watch_notices(manager)
+    for name in manager.enabled:
+        if manager.has_hook(name, "ui"):
+            with gr.Accordion(name, open=True, elem_id=f"extension-{name}"):
+                manager.render_ui(name, ctx)
+
+
+def watch_notices(manager: ExtensionManager) -> gr.Timer:
+    """Show extension notices (failures, disabled extensions) as warning toasts, polled every few seconds."""
+    timer = gr.Timer(NOTICE_SECONDS)
+
+    def show() -> None:
+        for notice in manager.drain_notices():
+            gr.Warning(notice.message)
+
+    timer.tick(show, None, None, show_progress="hidden")
+    return timer
