@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from webui.config import Settings
+from webui.prompts.characters import Character
 from webui.prompts.history import ChatHistory, HistoryStore
 from webui.session import ChatOptions, ChatService
 from webui.ui.chat_tab import ChatSession, chat_messages, dropped_notice
@@ -53,6 +54,19 @@ def test_session_opens_latest_chat_per_character_and_lists_unsaved(ui_app: Any) 
     other = ChatHistory.new("Someone").to_dict()
     assert session.current(other, {"character": None}).chat_id == saved.chat_id
     assert session.picture(options) is None
+
+
+def test_session_uses_the_characters_greeting_and_picture(ui_app: Any) -> None:
+    session = ChatSession(ChatService(ui_app))
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+    session.service.characters.save(
+        Character("Ada", "A mathematician.", "Hello {{user}}, I am {{char}}.", picture=png)
+    )
+    options = ChatOptions(character="Ada", user_name="Bob")
+    chat = session.open_chat(options)
+    assert chat.character == "Ada" and chat.turns[0].content == "Hello Bob, I am Ada."
+    picture = session.picture(options)
+    assert picture is not None and Path(picture).read_bytes() == png
 
 
 # -- browser -----------------------------------------------------------------------------------------
@@ -183,3 +197,62 @@ def test_hand_written_turns_render_markdown_and_make_the_screenshot(page: Any, u
     page.screenshot(path=str(path))
     if os.environ.get("HEARTH_UPDATE_SCREENSHOTS"):
         shutil.copy(path, ROOT / "docs" / "screenshot-chat.png")
+
+
+def dummy_exchange(page: Any, user: str, reply: str) -> None:
+    count = page.locator(BOT).count()
+    page.fill("#chat-input textarea", user)
+    page.click("#chat-dummy-message")
+    page.wait_for_function("document.querySelector('#chat-input textarea').value == ''")
+    page.fill("#chat-input textarea", reply)
+    page.click("#chat-dummy-reply")
+    page.wait_for_function(f'document.querySelectorAll("{BOT}").length == {count + 1}')
+
+
+@pytest.mark.browser
+def test_no_model_is_a_toast_and_keeps_the_message(page: Any, ui_server: UIServer) -> None:
+    page.wait_for_selector(BOT)
+    send(page, "is anyone there?")
+    page.wait_for_selector(".toast-body >> text=/no model is loaded/")
+    assert page.input_value("#chat-input textarea") == "is anyone there?"
+    assert page.locator(USER).count() == 0
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("max_new_tokens", [700])
+def test_dropped_turns_are_announced(page: Any, ui_server: UIServer) -> None:
+    open_chat_tab(page, ui_server)
+    filler = " ".join(["the quick brown fox jumps over the lazy dog"] * 8)
+    for i in range(3):
+        dummy_exchange(page, f"question {i}: {filler}", f"answer {i}: {filler}")
+    send(page, "and now?")
+    page.wait_for_selector("#chat-notice >> text=/oldest turns? (was|were) left out/")
+    wait_idle(ui_server)
+
+
+@pytest.mark.browser
+def test_past_chats_new_rename_delete_and_mode(page: Any, ui_server: UIServer) -> None:
+    open_chat_tab(page, ui_server)
+    dummy_exchange(page, "first chat", "noted")
+    first = saved_chat(ui_server)
+    page.click("#chat-new")
+    page.wait_for_function(f'document.querySelectorAll("{BOT}").length == 1')
+    store = HistoryStore(ui_server.app.settings.user_data_dir)
+    assert len(store.list_chats("Assistant")) == 2
+
+    page.click("#chat-rename-delete button, #chat-rename-delete")  # open the accordion
+    page.fill("#chat-new-name textarea, #chat-new-name input", "My second chat")
+    page.click("#chat-rename")
+    page.wait_for_function("document.querySelector('#chat-list input').value.startsWith('My second chat')")
+    assert {c.chat_id for c in store.list_chats("Assistant")} == {first.chat_id, "My second chat"}
+
+    page.click("#chat-delete")
+    page.wait_for_selector(f"{USER} >> text=first chat")  # back to the remaining chat
+    assert [c.chat_id for c in store.list_chats("Assistant")] == [first.chat_id]
+
+    page.click("#chat-mode label:has-text('instruct') >> nth=-1")
+    send(page, "in instruct mode")
+    wait_idle(ui_server)
+    page.wait_for_function(f'document.querySelectorAll("{BOT}").length == 3')
+    # the reply re-rendered the tab from the states: the mode stuck in ctx.character
+    assert page.is_checked("#chat-mode input[value='instruct']")

@@ -116,6 +116,7 @@ def test_default_generates_and_shows_logits_tokens_and_probabilities(page: Any, 
     assert 0 <= float(first.get_attribute("data-p") or "-1") <= 1
     first.hover()
     assert first.locator(".hearth-alts").is_visible()
+    page.screenshot(path=str(ui_server.shots / "probabilities.png"))
     assert "%" in first.locator(".hearth-alts").inner_text()
 
     # Logits: rows of tokens with probabilities, most likely first

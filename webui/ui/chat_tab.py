@@ -115,7 +115,7 @@ def build_chat_tab(ctx: UIContext) -> None:
             mode = gr.Radio(list(CHAT_MODES), label="Mode", value="chat", elem_id="chat-mode")
             chats = gr.Dropdown(label="Past chats", choices=[], elem_id="chat-list")
             new_chat = gr.Button("New chat", size="sm", elem_id="chat-new")
-            with gr.Accordion("Rename / delete", open=False):
+            with gr.Accordion("Rename / delete", open=False, elem_id="chat-rename-delete"):
                 new_name = gr.Textbox(label="New name", elem_id="chat-new-name")
                 with gr.Row():
                     rename = gr.Button("Rename", size="sm", elem_id="chat-rename")
