@@ -43,13 +43,19 @@ class Renderer(Protocol):
 
 
 class EventPump:
-    """Runs `produce(cancel)` in a thread; `batches()` yields its events, in order, as they arrive."""
+    """Runs `produce(cancel)` in a thread; `batches()` yields its events, in order, as they arrive.
+
+    The thread wakes the event loop only when the consumer is waiting: while it is busy writing, new
+    events just pile up and go out together (one wake-up per batch, not per token)."""
 
     def __init__(self, produce: Callable[[threading.Event], Iterator[Event]]):
         self.cancel = threading.Event()
         self._produce = produce
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._items: list[object] = []
+        self._waiting = False
+        self._wakeup = asyncio.Event()
         threading.Thread(target=self._run, name="hearth-api-generation", daemon=True).start()
 
     def _run(self) -> None:
@@ -62,18 +68,29 @@ class EventPump:
             self._put(_END)
 
     def _put(self, item: object) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (server shutting down): stop generating
-            self.cancel.set()
+        with self._lock:
+            self._items.append(item)
+            wake, self._waiting = self._waiting, False
+        if wake:
+            try:
+                self._loop.call_soon_threadsafe(self._wakeup.set)
+            except RuntimeError:  # the event loop is gone (server shutting down): stop generating
+                self.cancel.set()
+
+    async def _take(self) -> list[object]:
+        while True:
+            with self._lock:
+                if self._items:
+                    items, self._items = self._items, []
+                    return items
+                self._waiting = True
+                self._wakeup.clear()
+            await self._wakeup.wait()
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         while True:
-            items = [await self._queue.get()]
-            while not self._queue.empty():
-                items.append(self._queue.get_nowait())
             events: list[Event] = []
-            for item in items:
+            for item in await self._take():
                 if item is _END:
                     if events:
                         yield events
