@@ -5,7 +5,13 @@ Uses the ~0.25B random Q8_0 GGUF of bench_llamacpp.py (built once into bench/.ca
 test suite's tiny model (so fast that per-token overhead shows most). The direct and API runs are
 interleaved, same prompt (its prefix cached for both), same seeded samplers, streamed; medians are
 printed with the differences. The HTTP client runs in its own process, as a real client does (in this
-process it would compete with the server for the GIL). Goals: <= 10 ms added to time to first token, >= 0.97 of direct throughput.
+process it would compete with the server for the GIL). Goals: <= 10 ms added to time to first token,
+>= 0.97 of direct throughput.
+
+Reading the figures on a small CPU box: llama.cpp's OpenMP keeps one thread team per calling thread, and
+a team that just finished spins for a while. Direct runs (this thread) and API runs (a thread per request)
+alternate, so with the default thread count each run shares the cores with the other team's spinning
+workers; `--threads 1` shows the API's own cost without that effect.
 """
 
 from __future__ import annotations
