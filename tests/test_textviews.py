@@ -7,12 +7,15 @@ import math
 import re
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from webui.fifo import FifoLock
 from webui.generation import GenerationCore, GenerationRequest, TokenLogprob
 from webui.models import ModelManager
-from webui.ui.streaming import CancelBoard, stream_text, throttle
+from webui.ui.streaming import CancelBoard, pumped, stream_text, throttle
 from webui.ui.textviews import (
     EMPTY_PROBABILITIES,
     logits_rows,
@@ -101,6 +104,42 @@ def test_cancel_board_stops_only_its_own_session() -> None:
     assert b.is_set()  # a finished generation's event is set: a closed stream cannot keep running
     with board.running(Req("a")) as again:
         assert not again.is_set()  # a new generation gets a fresh event
+
+
+def test_pumped_runs_a_lock_holding_stream_on_one_thread() -> None:
+    """Gradio steps a generator on any free worker thread; the model lock must be released where taken."""
+    lock = FifoLock()
+
+    def locked_stream() -> Iterator[int]:
+        with lock:
+            yield from range(3)
+
+    # two live worker threads taking turns at stepping the generator, as Gradio's pool does
+    with ThreadPoolExecutor(max_workers=1) as first, ThreadPoolExecutor(max_workers=1) as second:
+        stream = pumped(locked_stream, threading.Event())
+        items = [pool.submit(next, stream).result() for pool in (first, second, first)]
+        assert second.submit(list, stream).result() == []
+    assert items == [0, 1, 2]
+    assert lock.acquire(threading.Event()) and lock.waiting == 0  # it was released
+    lock.release()
+
+
+def test_pumped_passes_errors_on_and_cancels_when_dropped() -> None:
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ValueError("boom")
+
+    cancel = threading.Event()
+    stream = pumped(failing, cancel)
+    assert next(stream) == 1
+    with pytest.raises(ValueError, match="boom"):
+        next(stream)
+
+    cancel = threading.Event()
+    endless = pumped(lambda: iter(lambda: 0, 1), cancel)
+    next(endless)
+    endless.close()  # the page went away
+    assert cancel.is_set()
 
 
 @pytest.fixture

@@ -30,9 +30,11 @@ USER = "#chat-chatbot [data-testid='user']"
 # -- helpers without a browser ---------------------------------------------------------------------
 def test_chat_messages_and_notice() -> None:
     history = ChatHistory.new("Assistant", "Hi!").with_turn("user", "**bold**")
+    history = history.with_turn("user", "translated for the model", visible="as typed")
     assert chat_messages(history) == [
         {"role": "assistant", "content": "Hi!"},
         {"role": "user", "content": "**bold**"},
+        {"role": "user", "content": "as typed"},
     ]
     assert chat_messages(None) == []
     assert dropped_notice(0) == ""

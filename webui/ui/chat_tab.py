@@ -20,14 +20,18 @@ from webui.prompts.chat import CHAT_MODES, substitute_names
 from webui.prompts.history import ChatHistory, HistoryError
 from webui.session import ChatOptions, ChatService
 from webui.ui.context import UIContext, chat_history, chat_options
-from webui.ui.streaming import CancelBoard, throttle, toasts
+from webui.ui.streaming import CancelBoard, pumped, throttle, toasts
 
 COPY_JS = "(text) => { if (text && navigator.clipboard) { navigator.clipboard.writeText(text); } }"
 
 
 def chat_messages(history: ChatHistory | None) -> list[dict[str, str]]:
-    """The chatbot's value: one message dict per turn (markdown and code are rendered by the chatbot)."""
-    return [{"role": t.role, "content": t.content} for t in history.turns] if history else []
+    """The chatbot's value: one message dict per turn (markdown and code are rendered by the chatbot).
+
+    A turn an extension rewrote for the model is shown as the person typed it (``metadata["visible"]``)."""
+    if history is None:
+        return []
+    return [{"role": t.role, "content": str(t.metadata.get("visible") or t.content)} for t in history.turns]
 
 
 def dropped_notice(dropped_turns: int) -> str:
@@ -162,8 +166,12 @@ def build_chat_tab(ctx: UIContext) -> None:
             session.service.app.models.require()  # fail before the input box is cleared
             pending = [{"role": "user", "content": user_text}] if user_text else []
             yield chat_messages(history) + pending, gr.skip(), "" if user_text else gr.skip(), ""
-            updates = session.service.stream_reply(
-                history, user_text, chat_options(character_state), params, cancel, continue_last=continue_last
+            options = chat_options(character_state)
+            updates = pumped(
+                lambda: session.service.stream_reply(
+                    history, user_text, options, params, cancel, continue_last=continue_last
+                ),
+                cancel,
             )
             for update in throttle(updates):
                 if not update.done:
@@ -220,8 +228,12 @@ def build_chat_tab(ctx: UIContext) -> None:
     ) -> Iterator[str]:
         with toasts(), cancels.running(request) as cancel:
             history = session.current(history_state, character_state)
-            updates = session.service.stream_reply(
-                history, text, chat_options(character_state), params, cancel, impersonate=True
+            options = chat_options(character_state)
+            updates = pumped(
+                lambda: session.service.stream_reply(
+                    history, text, options, params, cancel, impersonate=True
+                ),
+                cancel,
             )
             for update in throttle(updates):
                 yield update.text

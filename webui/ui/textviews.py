@@ -19,7 +19,7 @@ import gradio as gr
 
 from webui.generation import TokenLogprob
 from webui.ui.context import generation_request, sampling_params
-from webui.ui.streaming import CancelBoard, stream_text, throttle, toasts
+from webui.ui.streaming import CancelBoard, pumped, stream_text, throttle, toasts
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -234,7 +234,8 @@ def stream_to_views(
     `keep`, for Continue) are rendered once, at the end."""
     with toasts(), cancels.running(request) as cancel:
         gen_request = generation_request(params, prompt, logprobs=LOGPROBS if record else 0)
-        for step in throttle(stream_text(ctx.app.core, gen_request, cancel)):
+        steps = pumped(lambda: stream_text(ctx.app.core, gen_request, cancel), cancel)
+        for step in throttle(steps):
             text = before + step.text
             if step.finished is None:
                 yield text, *TextViews.rendered(text), gr.skip(), gr.skip()
