@@ -57,7 +57,7 @@ def test_eight_concurrent_streams_get_their_own_text(served: Served):
 def wait_idle(served: Served, timeout: float = 10) -> float:
     """Seconds until no generation is running or queued."""
     start = time.perf_counter()
-    while served.app.core._active and time.perf_counter() - start < timeout:
+    while served.app.core.busy and time.perf_counter() - start < timeout:
         time.sleep(0.01)
     return time.perf_counter() - start
 
@@ -81,7 +81,6 @@ def test_disconnect_cancels_generation_and_frees_the_queue(served: Served):
 
 def test_disconnect_while_queued_leaves_the_queue(served: Served):
     """A client that gives up while waiting behind another request never runs."""
-    lock = served.app.models.lock
     with served.client() as first, first.stream("POST", "/v1/completions",
                                                 json={"prompt": PROMPTS[0], "max_tokens": LONG, "stream": True, **GREEDY}) as running:
         lines = running.iter_lines()  # keep the iterator: dropping it closes the response
@@ -89,10 +88,10 @@ def test_disconnect_while_queued_leaves_the_queue(served: Served):
         with served.client(timeout=0.5) as impatient, pytest.raises(httpx.ReadTimeout):
             impatient.post("/v1/completions", json={"prompt": PROMPTS[2], "max_tokens": 8, **GREEDY})
         deadline = time.perf_counter() + 2
-        while lock.waiting and time.perf_counter() < deadline:
+        while served.app.core.live_requests > 1 and time.perf_counter() < deadline:
             time.sleep(0.01)
-        assert lock.waiting == 0, "the abandoned request is still queued"
-        assert served.app.core._active, "the first generation should still be running"
+        assert served.app.core.live_requests == 1, "the abandoned request is still queued"
+        assert served.app.core.busy, "the first generation should still be running"
     assert wait_idle(served) < 2
 
 

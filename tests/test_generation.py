@@ -157,7 +157,7 @@ def test_requests_run_one_at_a_time_in_arrival_order(manager: ModelManager, core
             thread = threading.Thread(target=worker, args=(i,))
             thread.start()
             threads.append(thread)
-            while manager.lock.waiting < i + 1:
+            while core.pending < i + 1:
                 time.sleep(0.01)
     finally:
         manager.lock.release()

@@ -103,7 +103,7 @@ def wait_idle(server: UIServer, timeout: float = 30) -> None:
     """Until the core runs nothing (the reply has ended)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not server.app.core._active:  # noqa: SLF001 - read-only peek, no public "busy" yet
+        if not server.app.core.busy:
             return
         time.sleep(0.05)
     raise AssertionError("generation did not end")

@@ -81,7 +81,7 @@ def open_tab(page: Any, server: UIServer, tab: str) -> None:
 
 def wait_idle(server: UIServer, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while server.app.core._active:  # noqa: SLF001 - read-only peek
+    while server.app.core.busy:
         assert time.monotonic() < deadline, "generation did not end"
         time.sleep(0.05)
 

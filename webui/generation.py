@@ -9,6 +9,7 @@ EOS handling, cancellation and the per-model FIFO queue.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from webui.hf_path import SampledTokens, TokenSource
 from webui.loader_api import HearthError, Model
+from webui.model_worker import ModelWorker
 from webui.models import ModelManager
 from webui.sampling import SamplingParams, build_sampler
 from webui.textstream import BannedStringGuard, IncrementalDecoder, StopMatcher, token_index
@@ -121,6 +123,13 @@ def _replay(model: Model, ids: list[int], generated: list[int]) -> IncrementalDe
     return decoder
 
 
+@dataclass
+class _Failure:
+    """An exception raised on the worker thread, carried to the consumer."""
+
+    error: BaseException
+
+
 class GenerationCore:
     def __init__(self, models: ModelManager, extensions: ExtensionManager | None = None):
         self.models = models
@@ -128,6 +137,8 @@ class GenerationCore:
         self.extensions = extensions
         self._active: set[threading.Event] = set()
         self._active_lock = threading.Lock()
+        #: The one thread that evaluates the model (llama.cpp keeps per-thread compute teams).
+        self.worker = ModelWorker()
         #: Extra logits processors (extensions) appended to every HF-path pipeline.
         self.extra_processors: list = []
 
@@ -136,22 +147,67 @@ class GenerationCore:
                is_chat: bool = False) -> Iterator[Event]:
         """Generate; yields TextChunk events and one Finished. Waits its turn behind earlier requests.
 
+        The work runs on the core's model worker thread (see `webui.model_worker`); this generator only
+        relays its events, so any thread may consume it. Closing it early cancels the generation.
+
         ``is_chat``: the prompt came from the chat service, which applies the extensions' input and
         output modifiers to the message and the reply itself."""
         cancel = cancel or threading.Event()
+        if self.worker.on_worker():  # called from inside a job (an extension): the model is ours already
+            yield from self._run(self.models.require(), request, cancel, is_chat)
+            return
+        events: queue.SimpleQueue = queue.SimpleQueue()
         with self._active_lock:
             self._active.add(cancel)
+        self.worker.submit(lambda: self._job(request, cancel, is_chat, events))
+        finished = False
         try:
-            if not self.models.lock.acquire(cancel):
-                yield Finished("cancelled", "", Usage(0, 0), seed=-1)
+            while True:
+                event = events.get()
+                if isinstance(event, _Failure):
+                    finished = True
+                    raise event.error
+                yield event
+                if isinstance(event, Finished):
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                cancel.set()  # the consumer went away: stop generating for nobody
+
+    def _job(self, request: GenerationRequest, cancel: threading.Event, is_chat: bool, events: queue.SimpleQueue) -> None:
+        """One generation, on the worker thread, holding the model lock; events go to `events`."""
+        try:
+            if cancel.is_set() or not self.models.lock.acquire(cancel):
+                events.put(Finished("cancelled", "", Usage(0, 0), seed=-1))
                 return
             try:
-                yield from self._run(self.models.require(), request, cancel, is_chat)
+                for event in self._run(self.models.require(), request, cancel, is_chat):
+                    events.put(event)
             finally:
                 self.models.lock.release()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+            events.put(_Failure(exc))
         finally:
             with self._active_lock:
                 self._active.discard(cancel)
+
+    @property
+    def busy(self) -> bool:
+        """True while a generation runs or waits."""
+        with self._active_lock:
+            return bool(self._active)
+
+    @property
+    def live_requests(self) -> int:
+        """Generations running or queued that nobody has cancelled."""
+        with self._active_lock:
+            return sum(not event.is_set() for event in self._active)
+
+    @property
+    def pending(self) -> int:
+        """Jobs (generations, inspections) queued or running on the model worker."""
+        return self.worker.pending
 
     def generate(self, request: GenerationRequest, cancel: threading.Event | None = None, *,
                  is_chat: bool = False) -> Finished:
@@ -286,6 +342,10 @@ class GenerationCore:
     def top_tokens(self, text: str, n: int = 20, use_samplers: bool = False, sampling: SamplingParams | None = None,
                    add_bos: bool = True) -> list[TokenLogprob]:
         """The most likely next tokens after `text`, raw or after the current samplers."""
+        return self.worker.call(lambda: self._top_tokens(text, n, use_samplers, sampling, add_bos))
+
+    def _top_tokens(self, text: str, n: int, use_samplers: bool, sampling: SamplingParams | None,
+                    add_bos: bool) -> list[TokenLogprob]:
         with self.models.lock:
             model = self.models.require()
             ids = model.tokenize(text, add_bos) or [model.bos_token_id or 0]
