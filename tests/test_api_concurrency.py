@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,12 @@ PROMPTS = [
 ]
 GREEDY = {"temperature": 0, "ban_eos_token": True}
 LONG = 4000
+
+
+def run_async(coro):
+    """asyncio.run on a fresh thread: Playwright's sync API may hold a running loop on the main thread."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +56,9 @@ def test_eight_concurrent_streams_get_their_own_text(served: Served):
         client = async_client(served)
         return list(await asyncio.gather(*(stream_text(client, p) for p in PROMPTS)))
 
-    expected = asyncio.run(alone())
+    expected = run_async(alone())
     assert len(set(expected)) == len(PROMPTS)
-    assert asyncio.run(together()) == expected
+    assert run_async(together()) == expected
 
 
 def wait_idle(served: Served, timeout: float = 10) -> float:

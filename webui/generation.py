@@ -174,6 +174,8 @@ class GenerationCore:
         finally:
             if not finished:
                 cancel.set()  # the consumer went away: stop generating for nobody
+            with self._active_lock:
+                self._active.discard(cancel)
 
     def _job(self, request: GenerationRequest, cancel: threading.Event, is_chat: bool, events: queue.SimpleQueue) -> None:
         """One generation, on the worker thread, holding the model lock; events go to `events`."""
@@ -188,15 +190,12 @@ class GenerationCore:
                 self.models.lock.release()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
             events.put(_Failure(exc))
-        finally:
-            with self._active_lock:
-                self._active.discard(cancel)
 
     @property
     def busy(self) -> bool:
-        """True while a generation runs or waits."""
+        """True while a generation runs, waits, or its consumer is still handling the result."""
         with self._active_lock:
-            return bool(self._active)
+            return bool(self._active) or self.worker.pending > 0
 
     @property
     def live_requests(self) -> int:

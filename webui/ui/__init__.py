@@ -74,7 +74,22 @@ def build_ui(app: App) -> gr.Blocks:
                     builder(ctx)
             for extra in ctx.extra_tabs:
                 extra(ctx)
+            _extension_tab(ctx)
     return blocks
+
+
+def _extension_tab(ctx: UIContext) -> None:
+    """Enabled extensions' own blocks in an Extensions tab; their failure notices as toasts everywhere."""
+    from webui.ui.extensions_ui import build_extension_blocks, watch_notices
+
+    manager = ctx.app.extensions
+    if manager is None:
+        return
+    if any(manager.has_hook(name, "ui") for name in manager.enabled):
+        with gr.Tab("Extensions", id="extensions", elem_id="tab-extensions"):
+            build_extension_blocks(ctx)
+    else:
+        watch_notices(manager)
 
 
 def is_dark(app: App) -> bool:
@@ -82,8 +97,14 @@ def is_dark(app: App) -> bool:
 
 
 def _launch(app: App, blocks: gr.Blocks, **kwargs: object) -> tuple[object, str, str]:
+    css, js = CSS, DARK_JS if is_dark(app) else ""
+    if app.extensions is not None:
+        css += "\n" + app.extensions.css()
+        extra_js = app.extensions.js()
+        if extra_js:  # Gradio runs one function on load: call ours, then the extensions' code
+            js = f"() => {{ ({js or '() => {}'})(); {extra_js} }}"
     return blocks.queue(default_concurrency_limit=4).launch(
-        css=CSS, js=DARK_JS if is_dark(app) else None, show_error=True, quiet=True, **kwargs
+        css=css, js=js or None, show_error=True, quiet=True, **kwargs
     )
 
 

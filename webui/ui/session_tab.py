@@ -20,25 +20,11 @@ from webui.prompts.safe_files import atomic_write_text
 from webui.sampling import SamplingParams
 from webui.ui import is_dark
 from webui.ui.context import UIContext
+from webui.ui.extensions_ui import build_extensions_settings
 
 #: Settings that describe this run or this machine rather than a preference worth saving.
 _NOT_SAVED = {"settings_file", "model", "loader", "extra", "loader_args", "api_key", "admin_key"}
 TOGGLE_JS = "(theme) => { document.body.classList.toggle('dark', theme === 'dark'); return theme; }"
-
-
-def available_extensions(app: App, folder: Path = ROOT / "extensions") -> list[str]:
-    """Extension packages in extensions/ plus plugins registered with the plugin manager."""
-    names = (
-        {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
-        if folder.is_dir()
-        else set()
-    )
-    names |= {
-        name
-        for name, _ in app.plugins.list_name_plugin()
-        if name and not name.startswith(("loaders", "webui"))
-    }
-    return sorted(names | set(app.settings.extensions), key=str.lower)
 
 
 def settings_document(
@@ -76,14 +62,7 @@ def build_session_tab(ctx: UIContext) -> None:
     app = ctx.app
     with gr.Row():
         with gr.Column():
-            extensions = gr.CheckboxGroup(
-                label="Extensions",
-                choices=available_extensions(app),
-                value=list(app.settings.extensions),
-                info="Enabled extensions load at the next start.",
-                elem_id="session-extensions",
-            )
-            apply = gr.Button("Apply extensions", elem_id="session-apply")
+            build_extensions_settings(ctx)
         with gr.Column():
             theme = gr.Radio(
                 ["light", "dark"],
@@ -94,12 +73,6 @@ def build_session_tab(ctx: UIContext) -> None:
             save = gr.Button("Save UI settings to settings.yaml", variant="primary", elem_id="session-save")
             saved = gr.Markdown(elem_id="session-saved")
 
-    def apply_extensions(names: list[str]) -> None:
-        app.settings.extensions = list(names)
-        gr.Info(
-            "Extensions saved for this session; save settings.yaml to keep them. They load at the next start."
-        )
-
     def save_all(params: dict[str, Any], character: dict[str, Any], chosen: str) -> str:
         try:
             path = save_settings_file(app, params, character, chosen)
@@ -107,6 +80,5 @@ def build_session_tab(ctx: UIContext) -> None:
             raise gr.Error(f"settings not saved: {exc}") from None
         return f"Saved to `{path}`."
 
-    apply.click(apply_extensions, [extensions], None)
     theme.change(None, [theme], [theme], js=TOGGLE_JS)
     save.click(save_all, [ctx.params, ctx.character, theme], [saved])
