@@ -139,19 +139,23 @@ def test_second_turn_only_evaluates_new_tokens(manager: ModelManager, core: Gene
 
 
 def test_requests_run_one_at_a_time_in_arrival_order(manager: ModelManager, core: GenerationCore):
-    manager.load("tiny-llama.gguf")
-    order: list[int] = []
-    lock = threading.Lock()
+    model = manager.load("tiny-llama.gguf")
+    order: list[str] = []
+    tokenize = model.tokenize
+
+    def recording_tokenize(text: str, add_bos: bool = True) -> list[int]:  # runs on the worker, in run order
+        if text.startswith(PROMPT):
+            order.append(text[len(PROMPT):].strip())
+        return tokenize(text, add_bos)
+
+    model.tokenize = recording_tokenize  # type: ignore[method-assign]
 
     def worker(i: int):
         request = GenerationRequest(prompt=f"{PROMPT} {i}", max_new_tokens=8, sampling=SamplingParams(do_sample=False, ban_eos_token=True))
-        for event in core.stream(request):
-            if isinstance(event, Finished):
-                with lock:
-                    order.append(i)
+        core.generate(request)
 
     threads = []
-    manager.lock.acquire()  # hold the queue so every worker lines up behind it
+    manager.lock.acquire()  # hold the model so every request lines up behind it
     try:
         for i in range(4):
             thread = threading.Thread(target=worker, args=(i,))
@@ -163,7 +167,7 @@ def test_requests_run_one_at_a_time_in_arrival_order(manager: ModelManager, core
         manager.lock.release()
     for thread in threads:
         thread.join(30)
-    assert order == [0, 1, 2, 3]
+    assert order == ["0", "1", "2", "3"]
 
 
 def test_eos_ends_generation_unless_banned(manager: ModelManager, core: GenerationCore):

@@ -98,7 +98,7 @@ def page(browser: Any, ui_server: UIServer) -> Iterator[Any]:
     """A fresh page on the running UI, loaded (the tab bar is visible). A screenshot is kept on failure."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
-    pg.set_default_timeout(30_000)
+    pg.set_default_timeout(90_000)  # generous: CI runs the whole suite on 2 busy cores
     pg.goto(ui_server.url)
     pg.wait_for_selector("button[role='tab']")
     yield pg

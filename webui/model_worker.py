@@ -37,10 +37,10 @@ class ModelWorker:
 
     def submit(self, job: Callable[[], None]) -> None:
         """Run `job` on the worker thread after the jobs already submitted. `job` must not raise."""
-        with self._count_lock:
-            self._pending += 1
         self._ensure_started()
-        self._jobs.put(job)
+        with self._count_lock:  # count and enqueue together, so `pending` never runs ahead of the queue
+            self._pending += 1
+            self._jobs.put(job)
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the worker thread and return its result (or raise its exception)."""
