@@ -13,7 +13,7 @@ import gradio as gr
 import pytest
 
 from webui.loader_api import LoaderParam
-from webui.memory import GiB, MemoryEstimate
+from webui.memory import GiB, MemoryEstimate, kv_cache_bytes, read_gguf
 from webui.ui.loader_params import build_loader_panels, elem_prefix, use_slider, widget_for
 from webui.ui.memory_view import memory_html
 
@@ -98,11 +98,6 @@ def pick(page: Any, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def memory_kv(page: Any) -> int:
-    page.wait_for_selector("#memory-estimate[data-kv]")
-    return int(page.locator("#memory-estimate").get_attribute("data-kv"))
-
-
 def set_number(page: Any, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -118,14 +113,17 @@ def test_load_gguf_estimate_follows_n_ctx_and_bad_params_keep_the_model(
     pick(page, "model-dropdown", GGUF)
     page.wait_for_function("document.querySelector('#loader-dropdown input')?.value === 'llama.cpp'")
     prefix = elem_prefix("llama.cpp")
+    facts = read_gguf(app.models.resolve(GGUF).path)
+
+    def kv_at(n_ctx: int) -> int:  # the KV cache the estimate must show for this context
+        return kv_cache_bytes(facts.n_layers, n_ctx, facts.n_kv_heads, facts.head_dim)
+
     set_number(page, f"{prefix}n_ctx", 256)
-    page.wait_for_selector("#memory-estimate[data-kv]")
-    page.wait_for_function(
-        "document.querySelector('#memory-estimate').textContent.includes('Estimated memory')"
-    )
-    small = memory_kv(page)
+    page.wait_for_function(f"+document.querySelector('#memory-estimate')?.dataset.kv === {kv_at(256)}")
+    assert "Estimated memory" in page.locator("#memory-estimate").inner_text()
     set_number(page, f"{prefix}n_ctx", 1024)
-    page.wait_for_function(f"+document.querySelector('#memory-estimate').dataset.kv === {small * 4}")
+    page.wait_for_function(f"+document.querySelector('#memory-estimate').dataset.kv === {kv_at(1024)}")
+    assert kv_at(1024) == 4 * kv_at(256)
 
     page.locator("#model-load").click()
     page.wait_for_function(
