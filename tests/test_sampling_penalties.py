@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.sampling_helpers import IDS, INF, P, kept, logits_for
 from webui.sampling.bias import LogitBias
 from webui.sampling.dry import DRY
 from webui.sampling.mirostat import Mirostat
@@ -19,18 +20,6 @@ from webui.sampling.penalties import (
     RepetitionPenalty,
 )
 from webui.sampling.xtc import XTC
-
-INF = float("-inf")
-IDS = torch.tensor([[0]])
-P = [0.5, 0.25, 0.15, 0.07, 0.03]
-
-
-def logits_for(probs: list[float]) -> torch.Tensor:
-    return torch.log(torch.tensor([probs], dtype=torch.float64)).float()
-
-
-def kept(scores: torch.Tensor) -> list[int]:
-    return torch.isfinite(scores[0]).nonzero().flatten().tolist()
 
 
 def test_repetition_penalty_with_range():

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from tests.sampling_helpers import IDS, INF, P, kept, logits_for
 from webui.sampling.temperature import DynamicTemperature, QuadraticSmoothing, Temperature
 from webui.sampling.tensor_ops import remove_below, sample_from
 from webui.sampling.truncation import (
@@ -21,19 +22,6 @@ from webui.sampling.truncation import (
     TopP,
     TypicalP,
 )
-
-INF = float("-inf")
-IDS = torch.tensor([[0]])
-P = [0.5, 0.25, 0.15, 0.07, 0.03]
-
-
-def logits_for(probs: list[float]) -> torch.Tensor:
-    """Logits whose softmax is exactly `probs`."""
-    return torch.log(torch.tensor([probs], dtype=torch.float64)).float()
-
-
-def kept(scores: torch.Tensor) -> list[int]:
-    return torch.isfinite(scores[0]).nonzero().flatten().tolist()
 
 
 def test_remove_below_equals_masked_fill_and_keeps_values_exact():
