@@ -206,7 +206,7 @@ def build_model_tab(ctx: UIContext) -> None:
     widgets = panels.inputs
     groups = list(panels.groups.values())
     select = (tab.select_model, [model, *widgets], [loader, *groups, *widgets, memory])
-    model.input(*select)
+    model.input(*select, trigger_mode="always_last")  # a quick second pick must not be dropped
     loader.input(tab.select_loader, [model, loader, *widgets], [*groups, memory])
     # .input, not .change: filling the form for a newly selected model must not fire one estimate per widget
     gr.on([w.input for w in widgets], tab.memory, [model, loader, *widgets], memory, show_progress="hidden")
