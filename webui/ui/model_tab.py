@@ -206,12 +206,14 @@ def build_model_tab(ctx: UIContext) -> None:
     widgets = panels.inputs
     groups = list(panels.groups.values())
     select = (tab.select_model, [model, *widgets], [loader, *groups, *widgets, memory])
-    model.input(*select, trigger_mode="always_last")  # a quick second pick must not be dropped
+    # .change, not .input: the dropdown reports one pick as several input events, and a late repeat would
+    # overwrite what the user typed meanwhile; always_last: a quick second pick must not be dropped
+    model.change(*select, trigger_mode="always_last")
     loader.input(tab.select_loader, [model, loader, *widgets], [*groups, memory])
     # .input, not .change: filling the form for a newly selected model must not fire one estimate per widget
     gr.on([w.input for w in widgets], tab.memory, [model, loader, *widgets], memory, show_progress="hidden")
     refresh.click(tab.refresh, [model], [model])
-    downloaded.change(tab.downloaded, [downloaded], [model]).then(*select)
+    downloaded.change(tab.downloaded, [downloaded], [model])  # the new value fires model.change
     load.click(tab.load, [model, loader, *widgets], [status, info], concurrency_limit=1).then(
         lambda: (status_text(app), info_markdown(app)), None, [status, info]
     )
