@@ -28,6 +28,7 @@ from loaders.exl2_detect import (
     quant_format,
     read_json,
 )
+from loaders.hf_tokenized import HFTokenized
 from webui.loader_api import (
     Loader,
     LoaderError,
@@ -59,7 +60,7 @@ class _Slot:
     logits: torch.Tensor | None = None
 
 
-class ExLlamav2Model(Model):
+class ExLlamav2Model(HFTokenized, Model):
     """A loaded ExLlamaV2 model. Slot 0 uses the cache built at load; slot 1 (CFG) gets its own on first use."""
 
     prefer_native = True
@@ -78,30 +79,8 @@ class ExLlamav2Model(Model):
         self.info = info
 
     @property
-    def n_ctx(self) -> int:
-        return self.info.context_length
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._tokenizer.bos_token_id
-
-    @property
     def vocab_size(self) -> int:
         return self.info.vocab_size
-
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = self._tokenizer.encode(text, add_special_tokens=False)
-        bos = self.bos_token_id
-        if add_bos and bos is not None and (not ids or ids[0] != bos):
-            ids = [bos, *ids]
-        return ids
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def logits(self, ids: Sequence[int], slot: int = 0) -> torch.Tensor:
         return self._sync(ids, slot)[: self.vocab_size]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loaders.hf_tokenized import HFTokenized
 from webui.loader_api import (
     Loader,
     LoaderError,
@@ -57,7 +58,7 @@ def read_quantization_config(path: Path) -> dict[str, Any]:
     return config.get("quantization_config") or {}
 
 
-class TransformersModel(Model):
+class TransformersModel(HFTokenized, Model):
     def __init__(self, model: Any, tokenizer: Any, info: ModelInfo, device: Any) -> None:
         import torch
 
@@ -73,30 +74,8 @@ class TransformersModel(Model):
         self._eos = frozenset([eos] if isinstance(eos, int) else (eos or []))
 
     @property
-    def n_ctx(self) -> int:
-        return self.info.context_length
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._tokenizer.bos_token_id
-
-    @property
     def vocab_size(self) -> int:
         return self._model.config.get_text_config().vocab_size
-
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = self._tokenizer.encode(text, add_special_tokens=False)
-        bos = self.bos_token_id
-        if add_bos and bos is not None and (not ids or ids[0] != bos):
-            ids = [bos, *ids]
-        return ids
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def logits(self, ids: Sequence[int], slot: int = 0) -> Any:
         torch = self._torch

@@ -7,15 +7,13 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from webui.fifo import FifoLock
 from webui.generation import GenerationCore, GenerationRequest, TokenLogprob
 from webui.models import ModelManager
-from webui.ui.streaming import CancelBoard, pumped, stream_text, throttle
+from webui.ui.streaming import CancelBoard, stream_text, throttle
 from webui.ui.textviews import (
     EMPTY_PROBABILITIES,
     logits_rows,
@@ -106,42 +104,6 @@ def test_cancel_board_stops_only_its_own_session() -> None:
         assert not again.is_set()  # a new generation gets a fresh event
 
 
-def test_pumped_runs_a_lock_holding_stream_on_one_thread() -> None:
-    """Gradio steps a generator on any free worker thread; the model lock must be released where taken."""
-    lock = FifoLock()
-
-    def locked_stream() -> Iterator[int]:
-        with lock:
-            yield from range(3)
-
-    # two live worker threads taking turns at stepping the generator, as Gradio's pool does
-    with ThreadPoolExecutor(max_workers=1) as first, ThreadPoolExecutor(max_workers=1) as second:
-        stream = pumped(locked_stream, threading.Event())
-        items = [pool.submit(next, stream).result() for pool in (first, second, first)]
-        assert second.submit(list, stream).result() == []
-    assert items == [0, 1, 2]
-    assert lock.acquire(threading.Event()) and lock.waiting == 0  # it was released
-    lock.release()
-
-
-def test_pumped_passes_errors_on_and_cancels_when_dropped() -> None:
-    def failing() -> Iterator[int]:
-        yield 1
-        raise ValueError("boom")
-
-    cancel = threading.Event()
-    stream = pumped(failing, cancel)
-    assert next(stream) == 1
-    with pytest.raises(ValueError, match="boom"):
-        next(stream)
-
-    cancel = threading.Event()
-    endless = pumped(lambda: iter(lambda: 0, 1), cancel)
-    next(endless)
-    endless.close()  # the page went away
-    assert cancel.is_set()
-
-
 @pytest.fixture
 def core(manager: ModelManager) -> GenerationCore:
     manager.load("tiny-llama.gguf")
@@ -168,3 +130,22 @@ def test_stream_text_collects_logprobs_and_stops_on_cancel(core: GenerationCore)
     assert steps[-1].finished is not None and steps[-1].finished.reason == "cancelled"
     assert len(steps) < 10
     assert time.monotonic() - started < 30
+
+
+def test_stream_steps_on_any_thread_and_closing_it_cancels(core: GenerationCore) -> None:
+    """Gradio steps a generator callback on whichever worker thread is free, and closes it when the page
+    goes away: the core's stream must work from alternating threads and stop generating when closed."""
+    request = GenerationRequest(prompt="Once upon", max_new_tokens=100_000, sampling={"ban_eos_token": True})
+    cancel = threading.Event()
+    steps = stream_text(core, request, cancel)
+    with ThreadPoolExecutor(max_workers=1) as first, ThreadPoolExecutor(max_workers=1) as second:
+        texts = [pool.submit(next, steps).result().text for pool in (first, second, first, second)]
+        second.submit(steps.close).result()  # the page went away
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
+    assert cancel.is_set()
+    deadline = time.monotonic() + 30
+    while core.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not core.busy  # the model is free again: the next request runs at once
+    done = core.generate(GenerationRequest(prompt="Once upon", max_new_tokens=2))
+    assert done.usage.completion_tokens == 2

@@ -20,7 +20,7 @@ from webui.prompts.chat import CHAT_MODES, substitute_names
 from webui.prompts.history import ChatHistory, HistoryError
 from webui.session import ChatOptions, ChatService
 from webui.ui.context import UIContext, chat_history, chat_options
-from webui.ui.streaming import CancelBoard, pumped, throttle, toasts
+from webui.ui.streaming import CancelBoard, throttle, toasts
 
 COPY_JS = "(text) => { if (text && navigator.clipboard) { navigator.clipboard.writeText(text); } }"
 
@@ -167,11 +167,8 @@ def build_chat_tab(ctx: UIContext) -> None:
             pending = [{"role": "user", "content": user_text}] if user_text else []
             yield chat_messages(history) + pending, gr.skip(), "" if user_text else gr.skip(), ""
             options = chat_options(character_state)
-            updates = pumped(
-                lambda: session.service.stream_reply(
-                    history, user_text, options, params, cancel, continue_last=continue_last
-                ),
-                cancel,
+            updates = session.service.stream_reply(
+                history, user_text, options, params, cancel, continue_last=continue_last
             )
             for update in throttle(updates):
                 if not update.done:
@@ -229,12 +226,7 @@ def build_chat_tab(ctx: UIContext) -> None:
         with toasts(), cancels.running(request) as cancel:
             history = session.current(history_state, character_state)
             options = chat_options(character_state)
-            updates = pumped(
-                lambda: session.service.stream_reply(
-                    history, text, options, params, cancel, impersonate=True
-                ),
-                cancel,
-            )
+            updates = session.service.stream_reply(history, text, options, params, cancel, impersonate=True)
             for update in throttle(updates):
                 yield update.text
 

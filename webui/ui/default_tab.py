@@ -17,9 +17,8 @@ from webui.ui.context import UIContext
 from webui.ui.streaming import CancelBoard, toasts
 from webui.ui.textviews import (
     build_text_views,
-    receive_transfer,
     stream_to_views,
-    token_count_label,
+    wire_prompt_box,
     wire_text_views,
 )
 
@@ -89,14 +88,7 @@ def build_default_tab(ctx: UIContext) -> None:
     gr.on([generate.click, prompt.submit], run, [prompt, ctx.params, record], streamed)
     continue_.click(run_continue, [prompt, output, ctx.params, record, recorded], streamed)
     stop.click(cancels.stop, None, None, queue=False)
-    prompt.change(
-        lambda text: token_count_label(ctx, text),
-        prompt,
-        token_count,
-        trigger_mode="always_last",
-        show_progress="hidden",
-    )
-    ctx.prompt_transfer.change(receive_transfer("default"), ctx.prompt_transfer, prompt)
+    wire_prompt_box(ctx, prompt, token_count, "default")
     _wire_saved_prompts(store, prompt, saved, refresh, name, save, delete)
 
 

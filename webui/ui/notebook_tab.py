@@ -16,9 +16,8 @@ from webui.ui.default_tab import RECORD_INFO
 from webui.ui.streaming import CancelBoard
 from webui.ui.textviews import (
     build_text_views,
-    receive_transfer,
     stream_to_views,
-    token_count_label,
+    wire_prompt_box,
     wire_text_views,
 )
 
@@ -63,11 +62,4 @@ def build_notebook_tab(ctx: UIContext) -> None:
     regenerate.click(restore, before_last, box).success(run, [box, ctx.params, record], streamed)
     undo.click(restore, before_last, box)
     stop.click(cancels.stop, None, None, queue=False)
-    box.change(
-        lambda text: token_count_label(ctx, text),
-        box,
-        token_count,
-        trigger_mode="always_last",
-        show_progress="hidden",
-    )
-    ctx.prompt_transfer.change(receive_transfer("notebook"), ctx.prompt_transfer, box)
+    wire_prompt_box(ctx, box, token_count, "notebook")

@@ -6,20 +6,19 @@ session's id, and Stop sets it; the core sees the event at the next token and fi
 ``reason="cancelled"``, so the callback still renders (and the chat service still saves) the partial text.
 Gradio's own ``cancels=`` would kill the generator instead and lose that last step.
 
-Gradio advances a generator callback one step at a time on whichever worker thread is free, while the
-model's FIFO lock belongs to the thread that took it; `pumped` therefore runs each core stream start to
-end on a thread of its own and hands its items over.
+Gradio advances a generator callback one step at a time on whichever worker thread is free. That is safe:
+the core runs the generation on its model worker and only relays events, and closing the callback's
+generator (the page went away) closes the core's stream, which cancels the generation.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import gradio as gr
 
@@ -64,35 +63,6 @@ class CancelBoard:
             event = self._events.get(session_key(request))
         if event is not None:
             event.set()
-
-
-def pumped(make: Callable[[], Iterator[T]], cancel: threading.Event) -> Iterator[T]:
-    """Iterate ``make()`` on a dedicated thread and pass its items (and its exception) on.
-
-    When the consumer stops early (page closed, generator dropped) `cancel` is set so the producer ends at
-    the next token instead of holding the model."""
-    items: queue.Queue[tuple[bool, Any]] = queue.Queue()
-
-    def produce() -> None:
-        try:
-            for item in make():
-                items.put((False, item))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            items.put((True, exc))
-        else:
-            items.put((True, None))
-
-    threading.Thread(target=produce, name="hearth-ui-stream", daemon=True).start()
-    try:
-        while True:
-            finished, value = items.get()
-            if finished:
-                if value is not None:
-                    raise value
-                return
-            yield value
-    finally:
-        cancel.set()
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import gradio as gr
 
 from webui.generation import TokenLogprob
 from webui.ui.context import generation_request, sampling_params
-from webui.ui.streaming import CancelBoard, pumped, stream_text, throttle, toasts
+from webui.ui.streaming import CancelBoard, stream_text, throttle, toasts
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -234,7 +234,7 @@ def stream_to_views(
     `keep`, for Continue) are rendered once, at the end."""
     with toasts(), cancels.running(request) as cancel:
         gen_request = generation_request(params, prompt, logprobs=LOGPROBS if record else 0)
-        steps = pumped(lambda: stream_text(ctx.app.core, gen_request, cancel), cancel)
+        steps = stream_text(ctx.app.core, gen_request, cancel)
         for step in throttle(steps):
             text = before + step.text
             if step.finished is None:
@@ -261,3 +261,15 @@ def receive_transfer(target: str) -> Any:
         return gr.skip()
 
     return receive
+
+
+def wire_prompt_box(ctx: UIContext, box: gr.Textbox, token_count: gr.Markdown, target: str) -> None:
+    """A prompt box's live token count, and the texts the Parameters tab sends to `target` landing in it."""
+    box.change(
+        lambda text: token_count_label(ctx, text),
+        box,
+        token_count,
+        trigger_mode="always_last",
+        show_progress="hidden",
+    )
+    ctx.prompt_transfer.change(receive_transfer(target), ctx.prompt_transfer, box)
