@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.model_factory import build_bench_gguf  # noqa: E402
 from webui.generation import GenerationCore, GenerationRequest  # noqa: E402
+from webui.model_worker import ModelWorker  # noqa: E402
 from webui.models import ModelManager  # noqa: E402
 from webui.plugins import collect_loaders, make_plugin_manager  # noqa: E402
 from webui.sampling import SamplingParams  # noqa: E402
@@ -31,7 +32,7 @@ SETTINGS = {
 
 
 def tokens_per_s(core: GenerationCore, prompt_ids: list[int], n: int, settings: dict) -> float:
-    core.models.require().logits(prompt_ids)  # prompt cached beforehand: decode speed only
+    core.worker.call(lambda: core.models.require().logits(prompt_ids))  # prompt cached: decode speed only
     request = GenerationRequest(prompt_ids=prompt_ids, max_new_tokens=n,
                                 sampling=SamplingParams(ban_eos_token=True, seed=3, **settings))
     start = time.perf_counter()
@@ -48,10 +49,11 @@ def main() -> None:
     path = build_bench_gguf(ROOT / "bench" / ".cache")
     loaders = collect_loaders(make_plugin_manager())
     cores = {}
+    worker = ModelWorker()  # one model thread for both, as in the app: one llama.cpp (OpenMP) thread team
     for loader in ("llama.cpp", "llamacpp_HF"):
         manager = ModelManager(path.parent, loaders)
         manager.load(path.name, loader, {"n_ctx": 2048})
-        cores[loader] = GenerationCore(manager)
+        cores[loader] = GenerationCore(manager, worker=worker)
     prompt_ids = cores["llama.cpp"].tokenize("Once upon a time there was a little village by the sea")
     for label, settings in SETTINGS.items():
         speeds: dict[str, list[float]] = {"llama.cpp": [], "llamacpp_HF": []}

@@ -134,6 +134,21 @@ def test_transformers_processors_mix_into_the_chain():
     assert (probs > 0).nonzero().flatten().tolist() == [2]
 
 
+def test_the_callers_scores_stay_intact_even_with_a_processor_that_writes_in_place():
+    def in_place_ban(input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, 0] = float("-inf")
+        return scores
+
+    scores = logits([0.1, 0.4, 0.3, 0.1, 0.1])
+    before = scores.clone()
+    ours = SamplingParams(temperature=0.7, min_p=0.001, ban_eos_token=True, logit_bias={1: 2.0})
+    for params, extra in ((ours, []), (SamplingParams(), [in_place_ban]), (ours, [in_place_ban])):
+        sampler = build_sampler(params, vocab_size=5, eos_token_ids=[4], extra_processors=extra)
+        probs = sampler.probabilities(IDS, scores)
+        assert (probs[4] == 0) == params.ban_eos_token and (probs[0] == 0) == bool(extra)
+        assert torch.equal(scores, before)
+
+
 def test_validation_errors_name_the_field():
     for field, value in [
         ("top_p", 1.5),

@@ -131,14 +131,17 @@ class _Failure:
 
 
 class GenerationCore:
-    def __init__(self, models: ModelManager, extensions: ExtensionManager | None = None):
+    def __init__(
+        self, models: ModelManager, extensions: ExtensionManager | None = None, worker: ModelWorker | None = None
+    ):
         self.models = models
         #: Enabled extensions' hooks run inside every generation (see `_run`).
         self.extensions = extensions
         self._active: set[threading.Event] = set()
         self._active_lock = threading.Lock()
-        #: The one thread that evaluates the model (llama.cpp keeps per-thread compute teams).
-        self.worker = ModelWorker()
+        #: The one thread that evaluates the model (llama.cpp keeps per-thread compute teams). Cores over
+        #: several loaded models in one process (a benchmark) should share one worker, hence one team.
+        self.worker = worker or ModelWorker()
         #: Extra logits processors (extensions) appended to every HF-path pipeline.
         self.extra_processors: list = []
 

@@ -74,10 +74,10 @@ class SampledTokens:
             negative = self._neg_prompt + current[self._n_prompt :]
             scores = guided_scores(raw, model.logits(negative, slot=1), self._scale)
         else:
-            scores = raw.clone()  # samplers may work in place; the model's buffer stays intact
+            scores = raw  # samplers never write to their input (see Sampler)
         banned = self._bans.get(len(current))
         if banned:
-            scores[banned] = float("-inf")
+            scores = scores.index_fill(0, torch.tensor(banned), float("-inf"))  # raw may be the model's cache
         token = self._sampler.choose(self._seq[: len(current)].unsqueeze(0), scores.unsqueeze(0))
         entry = _logprob_entry(model, raw, token, self._logprobs) if self._logprobs else None
         self._seq[len(current)] = token

@@ -19,12 +19,17 @@ class LogitBias:
         outside = [t for t in bias if not 0 <= int(t) < vocab_size]
         if outside:
             raise ValueError(f"token ids outside the vocabulary (0..{vocab_size - 1}): {sorted(outside)[:5]}")
-        self.ids = torch.tensor([int(t) for t in bias], dtype=torch.long)
-        self.values = torch.tensor([float(b) for b in bias.values()], dtype=torch.float32)
+        banned = [int(t) for t, b in bias.items() if b == float("-inf")]
+        biased = {int(t): float(b) for t, b in bias.items() if b != float("-inf")}
+        self.banned = torch.tensor(banned, dtype=torch.long)
+        self.ids = torch.tensor(list(biased), dtype=torch.long)
+        self.values = torch.tensor(list(biased.values()), dtype=torch.float32)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if not len(self.ids):
-            return scores
-        out = scores.clone()
-        out[..., self.ids] += self.values.to(scores.dtype)
-        return out
+        # One pass each (index_fill / index_add copy once); the common case is a ban only (ban EOS).
+        if len(self.banned):
+            scores = scores.index_fill(-1, self.banned, float("-inf"))
+        if len(self.ids):
+            values = self.values.to(scores.dtype).expand(*scores.shape[:-1], len(self.ids))
+            scores = scores.index_add(-1, self.ids, values)
+        return scores

@@ -67,7 +67,8 @@ class Sampler:
     """One generation's ordered chain of logits processors plus the final pick.
 
     `processors` is the ordered list (each of ours has a `.name`; `names` lists them for debugging). Our
-    processors never modify their input in place, so the caller's scores stay intact. Stateful parts
+    processors never modify their input in place, and foreign ones (extensions', transformers') get a
+    copy, so the caller's scores (possibly a model's cached logits) stay intact. Stateful parts
     (mirostat's mu, the generator) belong to this object: build one Sampler per request."""
 
     def __init__(
@@ -86,7 +87,7 @@ class Sampler:
 
     @property
     def names(self) -> list[str]:
-        names = [getattr(p, "name", type(p).__name__) for p in self.processors]
+        names = [getattr(p, "name", type(p).__name__) for p in self.processors if not isinstance(p, _CopyScores)]
         return names + (["mirostat"] if self.mirostat is not None else [])
 
     def __repr__(self) -> str:
@@ -162,8 +163,19 @@ def build_sampler(
                 processors.append(_make(name, params, generator, prompt_ids, encode, eos))
         except ValueError as exc:
             raise SamplingError(f"{name}: {exc}") from None
-    processors.extend(extra_processors)
+    if extra_processors:  # ours never write to their input; a foreign processor may: give it a copy
+        processors.append(_CopyScores())
+        processors.extend(extra_processors)
     return Sampler(processors, generator, seed, params.greedy, mirostat)
+
+
+class _CopyScores:
+    """Hands the processors after it a copy (they may write to their input)."""
+
+    name = "copy"
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores.clone()
 
 
 def _make(
