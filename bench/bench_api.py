@@ -8,10 +8,9 @@ printed with the differences. The HTTP client runs in its own process, as a real
 process it would compete with the server for the GIL). Goals: <= 10 ms added to time to first token,
 >= 0.97 of direct throughput.
 
-Reading the figures on a small CPU box: llama.cpp's OpenMP keeps one thread team per calling thread, and
-a team that just finished spins for a while. Direct runs (this thread) and API runs (a thread per request)
-alternate, so with the default thread count each run shares the cores with the other team's spinning
-workers; `--threads 1` shows the API's own cost without that effect.
+On a small CPU box the server's work per token (a wake-up of the event loop, a JSON chunk, a socket
+write) and the client process's parsing take CPU from llama.cpp's compute threads, so the throughput
+ratio shows what a real client on the same machine costs; `--threads 1` leaves a core free for them.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -123,13 +123,6 @@ def _replay(model: Model, ids: list[int], generated: list[int]) -> IncrementalDe
     return decoder
 
 
-@dataclass
-class _Failure:
-    """An exception raised on the worker thread, carried to the consumer."""
-
-    error: BaseException
-
-
 class GenerationCore:
     def __init__(
         self, models: ModelManager, extensions: ExtensionManager | None = None, worker: ModelWorker | None = None
@@ -162,14 +155,14 @@ class GenerationCore:
         events: queue.SimpleQueue = queue.SimpleQueue()
         with self._active_lock:
             self._active.add(cancel)
-        self.worker.submit(lambda: self._job(request, cancel, is_chat, events))
+        self.worker.submit(lambda: self._job(request, cancel, is_chat, events.put))
         finished = False
         try:
             while True:
                 event = events.get()
-                if isinstance(event, _Failure):
+                if isinstance(event, BaseException):
                     finished = True
-                    raise event.error
+                    raise event
                 yield event
                 if isinstance(event, Finished):
                     finished = True
@@ -180,19 +173,39 @@ class GenerationCore:
             with self._active_lock:
                 self._active.discard(cancel)
 
-    def _job(self, request: GenerationRequest, cancel: threading.Event, is_chat: bool, events: queue.SimpleQueue) -> None:
-        """One generation, on the worker thread, holding the model lock; events go to `events`."""
+    def start(self, request: GenerationRequest, cancel: threading.Event, sink: Callable[[Event | BaseException], None],
+              *, is_chat: bool = False) -> None:
+        """Queue a generation and return at once; `sink` gets its events on the model worker thread.
+
+        The events are those of `stream` (TextChunks, then one Finished), or the exception that ended it.
+        `sink` must be quick and must not raise (an asyncio server hands the events to its loop). This
+        saves `stream`'s relay thread hop per token; setting `cancel` stops the generation."""
+        with self._active_lock:
+            self._active.add(cancel)
+
+        def job() -> None:
+            try:
+                self._job(request, cancel, is_chat, sink)
+            finally:
+                with self._active_lock:
+                    self._active.discard(cancel)
+
+        self.worker.submit(job)
+
+    def _job(self, request: GenerationRequest, cancel: threading.Event, is_chat: bool,
+             sink: Callable[[Event | BaseException], None]) -> None:
+        """One generation, on the worker thread, holding the model lock; events go to `sink`."""
         try:
             if cancel.is_set() or not self.models.lock.acquire(cancel):
-                events.put(Finished("cancelled", "", Usage(0, 0), seed=-1))
+                sink(Finished("cancelled", "", Usage(0, 0), seed=-1))
                 return
             try:
                 for event in self._run(self.models.require(), request, cancel, is_chat):
-                    events.put(event)
+                    sink(event)
             finally:
                 self.models.lock.release()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
-            events.put(_Failure(exc))
+            sink(exc)
 
     @property
     def busy(self) -> bool:

@@ -69,7 +69,7 @@ async def completions(body: CompletionRequest, request: Request, hearth: Hearth)
     if body.echo:
         echo = prompt["prompt"] if "prompt" in prompt else await run_in_threadpool(model.detokenize, prompt["prompt_ids"])
     renderer = CompletionRenderer(hearth.models.model_name or "", echo, logprobs)
-    return await respond(request, lambda cancel: hearth.core.stream(generation, cancel), renderer, body.stream)
+    return await respond(request, lambda cancel, sink: hearth.core.start(generation, cancel, sink), renderer, body.stream)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_streamed(ChatCompletionChunk))
@@ -82,7 +82,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, hearth
                                     logprobs=0 if top is None else max(top, 1), extra_stop=prompt.stop_strings,
                                     prompt=prompt.text)
     renderer = ChatRenderer(hearth.models.model_name or "", top)
-    return await respond(request, lambda cancel: hearth.core.stream(generation, cancel), renderer, body.stream)
+    return await respond(request, lambda cancel, sink: hearth.core.start(generation, cancel, sink), renderer, body.stream)
 
 
 def _cards(hearth: Hearth) -> list[ModelCard]:

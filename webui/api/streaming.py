@@ -1,9 +1,10 @@
-"""Bridging the blocking generation core to asyncio, SSE, and client disconnects.
+"""Bridging the generation core to asyncio, SSE, and client disconnects.
 
-`GenerationCore.stream` is a blocking iterator that may first wait its turn in the model's FIFO queue,
-so each request runs it in its own thread (a pool would cap how many can wait in the queue) and hands
-events to the event loop through an asyncio queue. The consumer takes every event already waiting in one
-go, so a fast model is not slowed to the speed of one network write per token.
+`GenerationCore.start` queues a generation behind earlier ones and hands each event, on the model's worker
+thread, to the request's `EventPump`, which passes it to the event loop (no thread per request, no relay
+hop per token: on a small CPU every wake-up is taken from the model's compute threads). The consumer takes
+every event already waiting in one go, so a fast model is not slowed to the speed of one network write
+per token.
 
 A client that goes away sets the request's cancel event: a queued request leaves the queue, a running one
 stops at its next token, and the model is free for the next request at once.
@@ -15,7 +16,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from fastapi import Request
@@ -28,7 +29,6 @@ from webui.loader_api import HearthError
 
 log = logging.getLogger(__name__)
 
-_END = object()
 DISCONNECT_POLL_S = 0.1
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -42,30 +42,24 @@ class Renderer(Protocol):
     def whole(self, chunks: list[TextChunk], done: Finished) -> BaseModel: ...
 
 
-class EventPump:
-    """Runs `produce(cancel)` in a thread; `batches()` yields its events, in order, as they arrive.
+Sink = Callable[[object], None]
 
-    The thread wakes the event loop only when the consumer is waiting: while it is busy writing, new
+
+class EventPump:
+    """`start(cancel, sink)` begins a generation whose events arrive through `sink` on another thread;
+    `batches()` yields them, in order, on the event loop as they arrive.
+
+    The sink wakes the event loop only when the consumer is waiting: while it is busy writing, new
     events just pile up and go out together (one wake-up per batch, not per token)."""
 
-    def __init__(self, produce: Callable[[threading.Event], Iterator[Event]]):
+    def __init__(self, start: Callable[[threading.Event, Sink], None]):
         self.cancel = threading.Event()
-        self._produce = produce
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._items: list[object] = []
         self._waiting = False
         self._wakeup = asyncio.Event()
-        threading.Thread(target=self._run, name="hearth-api-generation", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            for event in self._produce(self.cancel):
-                self._put(event)
-        except BaseException as exc:  # handed to the request's coroutine, which reports it
-            self._put(exc)
-        finally:
-            self._put(_END)
+        start(self.cancel, self._put)
 
     def _put(self, item: object) -> None:
         with self._lock:
@@ -88,16 +82,18 @@ class EventPump:
             await self._wakeup.wait()
 
     async def batches(self) -> AsyncIterator[list[Event]]:
+        """Batches of events ending with the one holding Finished; the generation's exception is raised."""
         while True:
             events: list[Event] = []
             for item in await self._take():
-                if item is _END:
+                if isinstance(item, BaseException):
                     if events:
                         yield events
-                    return
-                if isinstance(item, BaseException):
                     raise item
                 events.append(item)  # type: ignore[arg-type]
+                if isinstance(item, Finished):
+                    yield events
+                    return
             yield events
 
 
@@ -185,7 +181,8 @@ async def stream(request: Request, pump: EventPump, renderer: Renderer) -> Strea
                              headers=SSE_HEADERS)
 
 
-async def respond(request: Request, produce: Callable[[threading.Event], Iterator[Event]], renderer: Renderer,
+async def respond(request: Request, start: Callable[[threading.Event, Sink], None], renderer: Renderer,
                   streaming: bool) -> BaseModel | StreamingResponse:
-    pump = EventPump(produce)
+    """Run a generation started by `start(cancel, sink)` (see `GenerationCore.start`) as the reply."""
+    pump = EventPump(start)
     return await (stream(request, pump, renderer) if streaming else collect(request, pump, renderer))
