@@ -283,3 +283,28 @@ def test_a_raising_chat_hook_never_loses_the_chat(make_app) -> None:
 def test_css_and_js_are_collected(make_app) -> None:
     app = make_app("example")
     assert "hearth-example" in app.extensions.css() and "console.debug" in app.extensions.js()
+
+
+def test_api_chat_completions_go_through_the_chat_hooks(models_dir: Path, tmp_path: Path) -> None:
+    """The API's chat completions plan the reply like the Chat tab: chat input, custom prompt and bot
+    prefix hooks shape the prompt, the prefix starts the reply, the output modifier ends a whole one."""
+    import json
+
+    from tests.test_api_server import serve_api
+
+    with serve_api(models_dir, tmp_path / "user", extensions=["example"]) as served:
+        served.app.extensions.set_params("example", {"shout": True, "prompt_note": "NOTE: it is raining.",
+                                                     "reply_prefix": "Well,", "output_suffix": " (ok)"})
+        body = {"messages": [{"role": "user", "content": "what now?"}], "mode": "chat", "max_tokens": 6,
+                "temperature": 0, "ban_eos_token": True}
+        with served.client(None) as client:
+            prompt = client.post("/v1/internal/chat-prompt", json=body).json()["prompt"]
+            whole = client.post("/v1/chat/completions", json=body).json()
+            with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+                lines = [line[6:] for line in response.iter_lines() if line.startswith("data: {")]
+    assert prompt.startswith("NOTE: it is raining.") and "WHAT NOW?" in prompt and prompt.endswith("Well,")
+    content = whole["choices"][0]["message"]["content"]
+    assert content.startswith("Well,") and content.endswith(" (ok)") and whole["usage"]["completion_tokens"] == 6
+    deltas = [json.loads(line)["choices"][0]["delta"].get("content") for line in lines]
+    assert deltas[:2] == ["", "Well,"]  # the role chunk, then the prefix
+    assert content == ("".join(d or "" for d in deltas)).strip() + " (ok)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from webui.app import App
@@ -48,6 +48,23 @@ class ChatUpdate:
     dropped_turns: int = 0
     finish_reason: str | None = None
     finished: Finished | None = None
+
+
+@dataclass
+class ReplyPlan:
+    """A reply ready to generate: its prompt, the history it joins, the text it starts with (a continued
+    message or an extension's bot prefix) and the extensions' state for the output modifier."""
+
+    prompt: ChatPrompt
+    base: ChatHistory
+    prefix: str
+    state: dict[str, Any]
+    impersonate: bool = False
+    continue_last: bool = False
+
+    def reply(self, generated: str) -> str:
+        """The reply text for what the model generated (before the output modifier)."""
+        return self.prefix + generated if self.continue_last else (self.prefix + generated).strip()
 
 
 def request_from_settings(settings: dict[str, Any], **overrides: Any) -> GenerationRequest:
@@ -114,26 +131,12 @@ class ChatService:
 
         return build
 
-    def build_prompt_from_messages(self, messages: Sequence[dict[str, Any]], options: ChatOptions, *,
-                                   max_new_tokens: int, truncation_length: int = 0,
-                                   continue_last: bool = False) -> ChatPrompt:
-        """OpenAI-style messages (system / user / assistant) to a prompt. The last user message is the
-        new input; with `continue_last` a final assistant message is continued instead of answered."""
-        history, user_input, system = messages_to_history(messages, options.character or "Assistant")
-        if system is not None and options.system_message is None:
-            options = ChatOptions(**{**options.__dict__, "system_message": system})
-        return self.build_prompt(history, user_input, options, max_new_tokens=max_new_tokens,
-                                 truncation_length=truncation_length, continue_last=continue_last)
-
     # -- replies ----------------------------------------------------------------------------------
-    def stream_reply(self, history: ChatHistory, user_input: str | None, options: ChatOptions,
-                     settings: dict[str, Any], cancel: threading.Event | None = None, *,
-                     impersonate: bool = False, continue_last: bool = False, save: bool = True) -> Iterator[ChatUpdate]:
-        """Generate the next reply (or continue the last one, or impersonate the user), streaming.
-
-        With impersonate the history is left as it is and `text` is the user's message to edit.
-        The history is saved when the reply ends (including a stopped reply), never half-written."""
-        probe = request_from_settings(settings, prompt="")
+    def plan_reply(self, history: ChatHistory, user_input: str | None, options: ChatOptions,
+                   probe: GenerationRequest, *, impersonate: bool = False, continue_last: bool = False) -> ReplyPlan:
+        """The prompt for the next reply, after the extensions' chat hooks (chat_input, input, history,
+        bot prefix, custom prompt). `probe` carries the request's sizes and settings for the hooks' state.
+        The Chat tab and the API's chat completions both plan their replies here."""
         sizes = {"max_new_tokens": probe.max_new_tokens, "truncation_length": probe.truncation_length}
         # -- extensions (webui/extensions.py): chat_input, input, history, bot prefix ----------------
         ext, visible, bias, state = self.app.extensions, None, "", {}
@@ -153,13 +156,40 @@ class ChatService:
         else:
             prompt = self.build_prompt(history, user_input, options, **sizes, impersonate=impersonate,
                                        continue_last=continue_last)
+        return ReplyPlan(prompt, base, prefix, state, impersonate, continue_last)
+
+    def plan_reply_to_messages(self, messages: Sequence[dict[str, Any]], options: ChatOptions,
+                               probe: GenerationRequest, *, continue_last: bool = False) -> ReplyPlan:
+        """`plan_reply` for OpenAI-style messages (system / user / assistant): the last user message is the
+        new input; with `continue_last` a final assistant message is continued instead of answered."""
+        history, user_input, system = messages_to_history(messages, options.character or "Assistant")
+        if system is not None and options.system_message is None:
+            options = replace(options, system_message=system)
+        return self.plan_reply(history, user_input, options, probe, continue_last=continue_last)
+
+    def finish_reply(self, plan: ReplyPlan, generated: str) -> str:
+        """The final reply text: prefix + generated, through the extensions' output modifier."""
+        reply = plan.reply(generated)
+        ext = self.app.extensions
+        if ext is not None and not plan.impersonate:  # extensions: output_modifier
+            reply = ext.modify_output(reply, plan.state, True)
+        return reply
+
+    def stream_reply(self, history: ChatHistory, user_input: str | None, options: ChatOptions,
+                     settings: dict[str, Any], cancel: threading.Event | None = None, *,
+                     impersonate: bool = False, continue_last: bool = False, save: bool = True) -> Iterator[ChatUpdate]:
+        """Generate the next reply (or continue the last one, or impersonate the user), streaming.
+
+        With impersonate the history is left as it is and `text` is the user's message to edit.
+        The history is saved when the reply ends (including a stopped reply), never half-written."""
+        probe = request_from_settings(settings, prompt="")
+        plan = self.plan_reply(history, user_input, options, probe, impersonate=impersonate, continue_last=continue_last)
+        prompt, base, prefix = plan.prompt, plan.base, plan.prefix
         request = request_from_settings(settings, prompt=prompt.text, stop=[*probe.stop, *prompt.stop_strings])
         text = ""
         for event in self.app.core.stream(request, cancel, is_chat=True):
             if isinstance(event, Finished):
-                reply = (prefix + text).strip() if not continue_last else prefix + text
-                if ext is not None and not impersonate:  # extensions: output_modifier
-                    reply = ext.modify_output(reply, state, True)
+                reply = self.finish_reply(plan, text)
                 final = base if impersonate else base.with_turn("assistant", reply)
                 if save and not impersonate:
                     self.histories.save(final)

@@ -15,9 +15,8 @@ from pydantic import BaseModel, ValidationError
 from webui.api.errors import APIError, from_validation
 from webui.api.schemas import SAMPLER_FIELD_NAMES, ChatFields, CompletionRequest, GenerationFields
 from webui.generation import GenerationRequest
-from webui.prompts.chat import ChatPrompt
 from webui.sampling import SamplingParams, load_preset
-from webui.session import ChatOptions, ChatService
+from webui.session import ChatOptions, ChatService, ReplyPlan
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -86,8 +85,9 @@ def completion_prompt(body: CompletionRequest) -> dict[str, Any]:
     return {"prompt": only} if isinstance(only, str) else {"prompt_ids": list(only)}
 
 
-def chat_prompt(service: ChatService, body: ChatFields, default_max: int = DEFAULT_CHAT_TOKENS) -> ChatPrompt:
-    """The prompt a chat request produces, through the same service as the Chat tab."""
+def chat_plan(service: ChatService, body: ChatFields, probe: GenerationRequest) -> ReplyPlan:
+    """The reply a chat request asks for, planned by the same service and extension hooks as the Chat tab.
+    `probe` is the request's settings (`generation_request` without a prompt yet)."""
     defaults = ChatOptions()
     options = ChatOptions(
         mode=body.mode,
@@ -97,6 +97,10 @@ def chat_prompt(service: ChatService, body: ChatFields, default_max: int = DEFAU
         chat_instruct_command=body.chat_instruct_command or defaults.chat_instruct_command,
     )
     messages = [m.model_dump() for m in body.messages]
-    return service.build_prompt_from_messages(messages, options, max_new_tokens=max_new_tokens(body, default_max),
-                                              truncation_length=body.truncation_length or 0,
-                                              continue_last=body.continue_)
+    return service.plan_reply_to_messages(messages, options, probe, continue_last=body.continue_)
+
+
+def with_chat_prompt(probe: GenerationRequest, plan: ReplyPlan) -> GenerationRequest:
+    """The request that generates the planned reply: its prompt, and the template's stop strings added."""
+    stop = _unique([*probe.stop, *plan.prompt.stop_strings])
+    return probe.model_copy(update={"prompt": plan.prompt.text, "stop": stop})

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
 from webui.api.auth import require_admin_key, require_api_key
-from webui.api.convert import chat_prompt, sampling_from
+from webui.api.convert import DEFAULT_CHAT_TOKENS, chat_plan, generation_request, sampling_from
 from webui.api.deps import Chat, Hearth
 from webui.api.openai import ERRORS
 from webui.api.schemas import (
@@ -106,7 +106,8 @@ def _prob(logprob: float) -> float:
 @router.post("/chat-prompt", response_model=ChatPromptResponse, responses=ERRORS)
 def chat_prompt_route(body: ChatFields, hearth: Hearth, chat: Chat) -> ChatPromptResponse:
     """The prompt text (and stop strings) a /v1/chat/completions request with this body would use."""
-    prompt = chat_prompt(chat, body)
+    probe = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_CHAT_TOKENS, prompt="")
+    prompt = chat_plan(chat, body, probe).prompt
     length = len(hearth.core.tokenize(prompt.text, body.add_bos_token))
     return ChatPromptResponse(prompt=prompt.text, stop_strings=list(prompt.stop_strings),
                               dropped_turns=prompt.dropped_turns, length=length)

@@ -17,9 +17,10 @@ from webui.api.auth import require_api_key
 from webui.api.convert import (
     DEFAULT_CHAT_TOKENS,
     DEFAULT_COMPLETION_TOKENS,
-    chat_prompt,
+    chat_plan,
     completion_prompt,
     generation_request,
+    with_chat_prompt,
 )
 from webui.api.deps import Chat, Hearth
 from webui.api.errors import APIError
@@ -76,13 +77,14 @@ async def completions(body: CompletionRequest, request: Request, hearth: Hearth)
 async def chat_completions(body: ChatCompletionRequest, request: Request, hearth: Hearth, chat: Chat) -> Any:
     """Chat completion. mode=instruct (default) uses the model's template; chat modes use a character."""
     hearth.models.require()
-    prompt = await run_in_threadpool(chat_prompt, chat, body, DEFAULT_CHAT_TOKENS)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    generation = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_CHAT_TOKENS,
-                                    logprobs=0 if top is None else max(top, 1), extra_stop=prompt.stop_strings,
-                                    prompt=prompt.text)
-    renderer = ChatRenderer(hearth.models.model_name or "", top)
-    return await respond(request, lambda cancel, sink: hearth.core.start(generation, cancel, sink), renderer, body.stream)
+    probe = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_CHAT_TOKENS,
+                               logprobs=0 if top is None else max(top, 1), prompt="")
+    plan = await run_in_threadpool(chat_plan, chat, body, probe)  # the Chat tab's extension hooks included
+    generation = with_chat_prompt(probe, plan)
+    renderer = ChatRenderer(hearth.models.model_name or "", top, plan=plan, finish=chat.finish_reply)
+    return await respond(request, lambda cancel, sink: hearth.core.start(generation, cancel, sink, is_chat=True),
+                         renderer, body.stream)
 
 
 def _cards(hearth: Hearth) -> list[ModelCard]:

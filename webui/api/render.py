@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from webui.api.schemas import (
     AssistantMessage,
@@ -24,6 +26,9 @@ from webui.api.schemas import (
     Usage,
 )
 from webui.generation import Finished, TextChunk, TokenLogprob
+
+if TYPE_CHECKING:
+    from webui.session import ReplyPlan
 
 
 def finish_reason(done: Finished) -> str:
@@ -81,9 +86,26 @@ def _token_bytes(text: str) -> list[int]:
 
 
 class ChatRenderer:
-    def __init__(self, model: str, top_logprobs: int | None = None):
+    """Chat completion shapes for a planned reply (see `ChatService.plan_reply`).
+
+    An extension's bot prefix starts the reply: it is the first streamed content. A continued message
+    (continue_) is answered with the new text only. `finish` (the output modifier) shapes the whole
+    reply of a non-streamed response; streamed deltas are the model's text, as text-generation-webui's."""
+
+    def __init__(self, model: str, top_logprobs: int | None = None, *, plan: ReplyPlan | None = None,
+                 finish: Callable[[ReplyPlan, str], str] | None = None):
         self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model
         self.top_n = top_logprobs
+        self.plan, self.finish = plan, finish
+        self.prefix = plan.prefix if plan is not None and not plan.continue_last else ""
+
+    def _content(self, generated: str) -> str:
+        if self.plan is None or self.finish is None:
+            return generated
+        reply = self.finish(self.plan, generated)
+        if self.plan.continue_last:
+            return reply[len(self.plan.prefix):] if reply.startswith(self.plan.prefix) else generated
+        return reply
 
     def _logprobs(self, items: list[TokenLogprob]) -> ChatLogprobs | None:
         if self.top_n is None:
@@ -102,7 +124,8 @@ class ChatRenderer:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice], usage=used)
 
     def head(self) -> list[ChatCompletionChunk]:
-        return [self._chunk(ChatDelta(role="assistant", content=""))]
+        head = [self._chunk(ChatDelta(role="assistant", content=""))]
+        return head + ([self._chunk(ChatDelta(content=self.prefix))] if self.prefix else [])
 
     def chunk(self, event: TextChunk) -> ChatCompletionChunk:
         return self._chunk(ChatDelta(content=event.text), logprobs=self._logprobs(event.logprobs))
@@ -112,7 +135,7 @@ class ChatRenderer:
 
     def whole(self, chunks: list[TextChunk], done: Finished) -> ChatCompletionResponse:
         logprobs = self._logprobs([lp for c in chunks for lp in c.logprobs])
-        choice = ChatChoice(message=AssistantMessage(content=done.text), finish_reason=finish_reason(done),  # type: ignore[arg-type]
+        choice = ChatChoice(message=AssistantMessage(content=self._content(done.text)), finish_reason=finish_reason(done),  # type: ignore[arg-type]
                             logprobs=logprobs)
         return ChatCompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice],
                                       usage=usage(done))
