@@ -3,6 +3,7 @@ settings.yaml, and a failing extension reported as a toast."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,7 @@ def extension_page(browser: Any, models_dir: Path, tmp_path: Path) -> Iterator[t
                                       quiet=True)
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     page = context.new_page()
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(90_000)  # generous: CI runs the whole suite on 2 busy cores
     page.goto(url)
     try:
         yield app, page, settings_file
@@ -75,3 +76,15 @@ def test_extension_blocks_settings_and_failure_toast(extension_page: tuple[App, 
     toast.wait_for()
     assert "example" in toast.inner_text() and "kaput" in toast.inner_text()
     assert app.extensions.enabled == ["character_bias"]
+
+    # enabling one at runtime: its settings appear at once, and apply
+    page.locator("#extensions-enabled").get_by_label("lorebook").check()
+    page.locator("#extensions-apply").click()
+    page.locator("#extension-settings-lorebook").get_by_text("lorebook settings").click()
+    budget = page.locator("#extension-lorebook-budget_tokens input[type=number]")
+    budget.fill("256")
+    page.locator("#extensions-apply").click()
+    deadline = time.monotonic() + 90
+    while app.extensions.params("lorebook")["budget_tokens"] != 256 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert app.extensions.params("lorebook")["budget_tokens"] == 256

@@ -104,11 +104,11 @@ def test_default_generates_and_shows_logits_tokens_and_probabilities(page: Any, 
     page.click("#default-generate")
     page.wait_for_function("document.querySelector('#default-output textarea').value.length > 0")
     wait_idle(ui_server)
-    output = page.input_value("#default-output textarea")
 
     # Probabilities: one shaded span per generated token, each with its alternatives
     page.click("button[role='tab']:has-text('Probabilities')")
     page.wait_for_selector("#default-probabilities .hearth-tok")
+    output = page.input_value("#default-output textarea")  # final: it comes with the probabilities
     spans = page.locator("#default-probabilities .hearth-tok")
     assert spans.count() == 32  # max_new_tokens, EOS banned
     first = spans.first

@@ -3,8 +3,9 @@ that report a failing extension.
 
 The Session tab calls `build_extensions_settings(ctx)` (checkboxes to enable, one control per declared
 param, Apply and Save) and `build_extension_blocks(ctx)` (every enabled extension's ``ui`` hook, each in
-its own accordion, plus the notice watcher). Hooks take effect on Apply; an extension enabled later shows
-its settings and blocks after a restart, because Gradio builds the page once.
+its own accordion, plus the notice watcher). Hooks and settings take effect on Apply, and the settings
+panel is re-drawn (`gr.render`) for the extensions then on; an extension's own blocks are built with the
+page, so one enabled later shows them after a restart.
 """
 
 from __future__ import annotations
@@ -36,16 +37,17 @@ def apply_settings(manager: ExtensionManager, names: Sequence[str], params: dict
 
 
 def _control(name: str, key: str, value: Any) -> gr.components.Component | None:
-    label, elem_id = key.replace("_", " "), f"extension-{name}-{key}"
+    # interactive=True: inside gr.render Gradio cannot infer it from the (re-attached) event inputs
+    common = {"label": key.replace("_", " "), "elem_id": f"extension-{name}-{key}", "interactive": True}
     if isinstance(value, bool):
-        return gr.Checkbox(value=value, label=label, elem_id=elem_id)
+        return gr.Checkbox(value=value, **common)
     if isinstance(value, int):
-        return gr.Number(value=value, label=label, precision=0, elem_id=elem_id)
+        return gr.Number(value=value, precision=0, **common)
     if isinstance(value, float):
-        return gr.Number(value=value, label=label, elem_id=elem_id)
+        return gr.Number(value=value, **common)
     if isinstance(value, str):
         lines = 3 if "\n" in value or len(value) > 80 else 1
-        return gr.Textbox(value=value, label=label, lines=lines, elem_id=elem_id)
+        return gr.Textbox(value=value, lines=lines, **common)
     return None  # other types are kept in settings.yaml but not editable here
 
 
@@ -53,11 +55,48 @@ def build_extensions_settings(ctx: UIContext) -> None:
     manager = ctx.app.extensions
     if manager is None:
         return
-    chosen = gr.CheckboxGroup(choices=manager.available(), value=manager.enabled, label="Extensions",
-                              info="Applied at once; a newly enabled extension's settings and blocks appear "
-                                   "after a restart.", elem_id="extensions-enabled")
-    controls: list[tuple[str, str, gr.components.Component]] = []
-    for name in manager.enabled:
+    chosen = gr.CheckboxGroup(choices=manager.available(), value=manager.enabled, label="Extensions", interactive=True,
+                              info="Applied at once, settings included; an extension's own blocks (its ui hook) "
+                                   "appear after a restart.", elem_id="extensions-enabled")
+    shown = gr.State(manager.enabled)  # the extensions whose settings are on the page
+    status = gr.Markdown(elem_id="extensions-status")
+
+    @gr.render(inputs=[shown])  # re-drawn when Apply changes which extensions are on
+    def settings_panel(names: list[str]) -> None:
+        controls = _settings_controls(manager, names)
+        with gr.Row():
+            apply = gr.Button("Apply extensions", elem_id="extensions-apply")
+            save = gr.Button("Save extensions to settings.yaml", variant="primary", elem_id="extensions-save")
+
+        def collect(values: Sequence[Any]) -> dict[str, dict[str, Any]]:
+            params: dict[str, dict[str, Any]] = {}
+            for (name, key, _), value in zip(controls, values, strict=True):
+                params.setdefault(name, {})[key] = value
+            return params
+
+        def on_apply(names: list[str], *values: Any) -> tuple[str, list[str]]:
+            try:
+                return apply_settings(manager, names, collect(values)), manager.enabled
+            except (TypeError, ValueError) as exc:
+                raise gr.Error(f"extension settings not applied: {exc}") from None
+
+        def on_save(names: list[str], *values: Any) -> tuple[str, list[str]]:
+            text, enabled = on_apply(names, *values)
+            try:
+                path = manager.save_settings_file()
+            except (OSError, ValueError) as exc:
+                raise gr.Error(f"settings not saved: {exc}") from None
+            return f"{text} Saved to `{path}`.", enabled
+
+        inputs = [chosen, *(control for _, _, control in controls)]
+        apply.click(on_apply, inputs, [status, shown])
+        save.click(on_save, inputs, [status, shown])
+
+
+def _settings_controls(manager: ExtensionManager, names: Sequence[str]) -> list[tuple[str, str, Any]]:
+    """One accordion of controls per extension in `names` that declares settings: (name, key, control)."""
+    controls: list[tuple[str, str, Any]] = []
+    for name in names:
         values = manager.params(name)
         if not values:
             continue
@@ -66,34 +105,7 @@ def build_extensions_settings(ctx: UIContext) -> None:
                 control = _control(name, key, value)
                 if control is not None:
                     controls.append((name, key, control))
-    with gr.Row():
-        apply = gr.Button("Apply extensions", elem_id="extensions-apply")
-        save = gr.Button("Save extensions to settings.yaml", variant="primary", elem_id="extensions-save")
-    status = gr.Markdown(elem_id="extensions-status")
-
-    def collect(values: Sequence[Any]) -> dict[str, dict[str, Any]]:
-        params: dict[str, dict[str, Any]] = {}
-        for (name, key, _), value in zip(controls, values, strict=True):
-            params.setdefault(name, {})[key] = value
-        return params
-
-    def on_apply(names: list[str], *values: Any) -> str:
-        try:
-            return apply_settings(manager, names, collect(values))
-        except (TypeError, ValueError) as exc:
-            raise gr.Error(f"extension settings not applied: {exc}") from None
-
-    def on_save(names: list[str], *values: Any) -> str:
-        text = on_apply(names, *values)
-        try:
-            path = manager.save_settings_file()
-        except (OSError, ValueError) as exc:
-            raise gr.Error(f"settings not saved: {exc}") from None
-        return f"{text} Saved to `{path}`."
-
-    inputs = [chosen, *(control for _, _, control in controls)]
-    apply.click(on_apply, inputs, [status])
-    save.click(on_save, inputs, [status])
+    return controls
 
 
 def build_extension_blocks(ctx: UIContext) -> None:
