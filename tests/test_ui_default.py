@@ -149,3 +149,32 @@ def test_notebook_appends_and_undo_restores(page: Any, ui_server: UIServer) -> N
     assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
     page.click("#notebook-undo")
     page.wait_for_function("document.querySelector('#notebook-text textarea').value == 'Once upon a time'")
+
+
+@pytest.mark.browser
+def test_template_sent_to_default_then_saved_and_reloaded_as_a_prompt(page: Any, ui_server: UIServer) -> None:
+    open_tab(page, ui_server, "Parameters")
+    page.click("button[role='tab']:has-text('Instruction template')")
+    page.locator("#template-dropdown input").click()
+    page.get_by_role("option", name="ChatML", exact=True).click()
+    page.wait_for_function("document.querySelector('#template-text')?.textContent.includes('im_start')")
+    page.click("#template-to-default")
+    expected = "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n"
+    page.click("button[role='tab']:has-text('Default')")
+    prompt = page.locator("#default-prompt textarea")
+    page.wait_for_function(f"document.querySelector('#default-prompt textarea')?.value === {expected!r}")
+    page.wait_for_selector("#default-token-count >> text=/\\d+ tokens/")
+
+    page.get_by_text("Saved prompts").click()
+    page.locator("#default-save-name textarea, #default-save-name input").first.fill("haiku")
+    page.click("#default-save")
+    saved = ui_server.app.settings.user_data_dir / "prompts" / "haiku.txt"
+    deadline = time.monotonic() + 90
+    while not saved.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert saved.read_text() == expected
+
+    prompt.fill("something else")
+    page.locator("#default-saved input").click()
+    page.get_by_role("option", name="haiku", exact=True).click()
+    page.wait_for_function(f"document.querySelector('#default-prompt textarea')?.value === {expected!r}")
