@@ -26,6 +26,9 @@ from webui.loader_api import (
 from webui.plugins import hookimpl
 
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+#: Tokens fed per forward call while reading a prompt (llama.cpp's n_batch): activations scale with it, so a
+#: long prompt costs the memory of 512 tokens' activations, not of the whole context's.
+PREFILL_CHUNK = 512
 
 
 def _cuda_available() -> bool:
@@ -86,6 +89,7 @@ class TransformersModel(HFTokenized, Model):
         prefix = common_prefix_length(cached_ids, ids)
         if prefix == len(ids) == len(cached_ids) and last_logits is not None:
             return last_logits
+        self._caches.pop(slot, None)  # while it is rebuilt, an old cache must not stay alive beside it
         prefix = min(prefix, len(ids) - 1)  # at least one token must be fed to get its logits
         if cache is not None and prefix < len(cached_ids):
             cache.crop(prefix - len(cached_ids))  # transformers 5: a negative count of tokens to drop
@@ -94,16 +98,18 @@ class TransformersModel(HFTokenized, Model):
 
             cache = DynamicCache(config=self._model.config)
             prefix = 0
-        new = torch.tensor([ids[prefix:]], dtype=torch.long, device=self._device)
+        new = ids[prefix:]
         try:
             with torch.inference_mode():
-                out = self._model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                for start in range(0, len(new), PREFILL_CHUNK):  # chunks bound the activations' memory
+                    chunk = torch.tensor([new[start : start + PREFILL_CHUNK]], dtype=torch.long, device=self._device)
+                    out = self._model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    cache = out.past_key_values
         except RuntimeError as exc:
-            self._caches.pop(slot, None)
-            raise ModelRuntimeError(f"the model failed to evaluate {len(ids) - prefix} tokens: {exc}") from exc
-        self.evaluated_tokens += len(ids) - prefix
+            raise ModelRuntimeError(f"the model failed to evaluate {len(new)} tokens: {exc}") from exc
+        self.evaluated_tokens += len(new)
         logits = out.logits[0, -1].float().cpu()
-        self._caches[slot] = (ids, out.past_key_values, logits)
+        self._caches[slot] = (ids, cache, logits)
         return logits
 
     def unload(self) -> None:

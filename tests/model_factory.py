@@ -210,3 +210,21 @@ def build_bench_gguf(root: Path, quant: str = "Q8_0", vocab: int = 32000, cfg: T
         raise RuntimeError("llama.cpp failed to quantize the benchmark model")
     f32.unlink()
     return out
+
+
+def build_bench_hf(root: Path, vocab: int = 32000, cfg: TinyConfig = BENCH_CONFIG) -> Path:
+    """The benchmark shape as an HF folder (F32 safetensors, like build_pair's); cached in `root`.
+
+    The embedding and head have `vocab` rows, as in build_bench_gguf; the tokenizer knows only the first
+    cfg.vocab of them, which is enough for benchmarks that feed token ids. Written under a temporary name
+    and renamed, so an interrupted build is never taken for a finished one.
+    """
+    out = root / "bench-hf"
+    if (out / "config.json").is_file():
+        return out
+    partial = root / "bench-hf.partial"
+    write_hf_folder(partial, cfg, build_tokenizer(cfg.vocab), random_weights(cfg, vocab))
+    config = json.loads((partial / "config.json").read_text())
+    (partial / "config.json").write_text(json.dumps({**config, "vocab_size": vocab}, indent=2))
+    partial.rename(out)
+    return out

@@ -118,3 +118,22 @@ def test_top_tokens_raw_and_after_samplers(manager: ModelManager, core: Generati
     kept = top.values[:3] / top.values[:3].sum()
     assert [t.logprob for t in after[:3]] == pytest.approx(torch.log(kept).tolist(), abs=1e-5)
     assert all(t.logprob == float("-inf") for t in after[3:])
+
+
+def test_transformers_reads_a_prompt_in_chunks_with_the_same_logits(manager: ModelManager, monkeypatch):
+    """A long prompt is fed PREFILL_CHUNK tokens per forward (bounded activation memory), which must not
+    change the logits; a changed start rebuilds the cache from scratch, also in chunks."""
+    import loaders.transformers_loader as tl
+
+    model = manager.load("tiny-llama")
+    ids = model.tokenize(PROMPT + " and a lighthouse keeper who counted the waves every evening")
+    whole = model.logits(ids).clone()
+    model._caches.clear()  # forget the cache: read the prompt again
+    monkeypatch.setattr(tl, "PREFILL_CHUNK", 3)
+    evaluated = model.evaluated_tokens
+    assert torch.allclose(model.logits(ids), whole, atol=1e-4)
+    assert model.evaluated_tokens - evaluated == len(ids)
+    other = [ids[0], ids[2], *ids[1:]]  # a different second token: nothing after BOS is reusable
+    model.logits(other)
+    assert model.evaluated_tokens - evaluated == len(ids) + len(other) - 1
+    assert torch.allclose(model.logits(ids), whole, atol=1e-4)

@@ -269,6 +269,25 @@ def test_hf_facts_and_estimates_by_dtype(tiny_hf: Path) -> None:
         estimate(tiny_hf, "llama.cpp", {})
 
 
+def test_transformers_overhead_is_the_mlp_peak_of_one_prompt_chunk(tiny_hf: Path) -> None:
+    # Per token: gate activation, up projection and their product (3 * FFN), four hidden-size tensors and
+    # rotary cos/sin (2 * head_dim 16) = 384 + 256 + 32 = 672 values; 512 tokens (one prompt chunk).
+    assert 3 * FFN + 4 * HIDDEN + 2 * 16 == 672
+    params = 2 * VOCAB * HIDDEN + LAYERS * HIDDEN * HIDDEN + LAYERS * HIDDEN
+    cpu = estimate(tiny_hf, "Transformers", {"device": "cpu", "dtype": "auto"})  # float32 on the CPU
+    assert cpu.overhead == 512 * 672 * 4 == 1_376_256
+    assert cpu.kv_cache == 2 * LAYERS * 512 * KV_HEADS * 16 * 4
+    assert cpu.total == cpu.ram == params * 4 + cpu.kv_cache + 1_376_256
+    short = estimate(tiny_hf, "Transformers", {"device": "cpu", "dtype": "bfloat16", "n_ctx": 100})
+    assert (short.overhead, short.kv_cache) == (100 * 672 * 2, 2 * LAYERS * 100 * KV_HEADS * 16 * 2)
+    gpu = estimate(tiny_hf, "Transformers", {"device": "cuda", "dtype": "auto"})  # the checkpoint's bfloat16
+    assert gpu.overhead == 512 * 672 * 2 + CUDA_RESERVE and gpu.vram == gpu.total
+    long = estimate(tiny_hf, "Transformers", {"device": "cpu", "dtype": "auto", "n_ctx": 4096})
+    assert long.overhead == cpu.overhead and long.kv_cache == 8 * cpu.kv_cache  # the chunk, not the context
+    int8 = estimate(tiny_hf, "Transformers", {"device": "cuda", "load_in_8bit": True, "dtype": "float32"})
+    assert int8.overhead == gpu.overhead  # 8-bit weights compute in float16
+
+
 def test_unreadable_files_raise_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"NOPE" + bytes(100))

@@ -8,7 +8,8 @@ the JSON header of each safetensors file (8-byte length, then the header).
 Estimate = weights + KV cache + overhead. Weights are exact (bytes of the tensors). The KV cache is
 exact for a plain llama.cpp cache: 2 (K and V) * n_layers * n_ctx * n_kv_heads * head_dim * bytes per
 value (f16 2, q8_0 34/32, q4_0 18/32); sliding-window models use less. The overhead (`compute_buffer_bytes`)
-is an approximation of llama.cpp's compute buffer, see there.
+is an approximation of llama.cpp's compute buffer, see there; for Transformers it is the activations of one
+forward over a prompt chunk (`transformers_activation_bytes`).
 """
 
 from __future__ import annotations
@@ -178,10 +179,28 @@ def estimate_llamacpp(facts: ModelFacts, params: dict[str, Any]) -> MemoryEstima
     return _split(weights_gpu, facts.weight_bytes - weights_gpu, kv, overhead_gpu + overhead_cpu, vram)
 
 
+#: Tokens per forward call of Hearth's Transformers loader while reading a prompt (its PREFILL_CHUNK).
+TRANSFORMERS_PREFILL_CHUNK = 512
+
+
+def transformers_activation_bytes(facts: ModelFacts, n_tokens: int, bytes_per_value: int) -> int:
+    """Peak temporaries of one forward of a Llama-style transformers model over `n_tokens` new tokens.
+
+    The loader keeps only the last position's logits, so the peak is inside a block's MLP: the activated
+    gate, the up projection and their product (3 * ffn per token) beside four hidden-size tensors (the
+    embeddings, the block's input, the residual sum, the normed MLP input) and rotary cos/sin (head_dim
+    each). SDPA attention never materialises the scores. This is the live peak; on the CPU, glibc keeps
+    part of it in the heap after the call and fragments it (bench/bench_memory_estimate.py measures RSS).
+    """
+    per_token = 3 * facts.ffn_size + 4 * facts.hidden_size + 2 * facts.head_dim
+    return n_tokens * per_token * bytes_per_value
+
+
 def estimate_transformers(facts: ModelFacts, params: dict[str, Any]) -> MemoryEstimate:
     """Transformers: every weight at the load dtype (or 8/4-bit for block matrices), all on one device.
 
-    The overhead is rougher than llama.cpp's: activations for a prompt chunk plus the CUDA context."""
+    KV cache and activations are at the compute dtype (the load dtype; float16 for 8/4-bit). The
+    overhead is the activations of a forward over one prompt chunk plus, on a GPU, the CUDA context."""
     device = str(params.get("device", "auto"))
     on_gpu = device == "cuda" or (device == "auto" and available_memory()["vram_total"] > 0)
     choice = str(params.get("dtype", "auto"))
@@ -199,7 +218,8 @@ def estimate_transformers(facts: ModelFacts, params: dict[str, Any]) -> MemoryEs
         weights = facts.n_params * per_value
     n_ctx = int(params.get("n_ctx") or min(facts.context_length or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP))
     kv = 2 * facts.n_layers * n_ctx * facts.n_kv_heads * facts.head_dim * per_value
-    overhead = 4 * 512 * (facts.vocab_size + 8 * facts.hidden_size) + (CUDA_RESERVE if on_gpu else 0)
+    chunk = min(n_ctx, TRANSFORMERS_PREFILL_CHUNK)  # the loader reads a prompt this many tokens at a time
+    overhead = transformers_activation_bytes(facts, chunk, per_value) + (CUDA_RESERVE if on_gpu else 0)
     if on_gpu:
         return _split(weights, 0, kv, overhead, weights + kv + overhead)
     return _split(0, weights, kv, overhead, 0)
