@@ -80,15 +80,33 @@ def quant_format(path: Path) -> str:
     return ""
 
 
+def _quant_config(path: Path) -> dict[str, Any]:
+    """config.json's quantization_config, or AutoGPTQ's quantize_config.json when there is none."""
+    config = read_json(path / "config.json").get("quantization_config") or {}
+    return config if isinstance(config, dict) and config else read_json(path / "quantize_config.json")
+
+
+def gptq_bits(path: Path) -> int | None:
+    """The bit width a GPTQ folder declares (None when it declares none, or is not GPTQ)."""
+    if quant_format(path) != "gptq":
+        return None
+    bits = _quant_config(path).get("bits")
+    return bits if isinstance(bits, int) and not isinstance(bits, bool) else None
+
+
+#: exllamav2 0.3.2 runs 4-bit GPTQ only: make_q_matrix (exllamav2_ext/ext_qmatrix.cpp) takes a GPTQ
+#: layer's height as qweight rows * 8 and checks qzeros columns * 8 == width, i.e. 8 nibbles per int32.
+GPTQ_BITS = 4
+
+
 def describe_quantization(path: Path) -> str:
     """A short label for the Model tab, e.g. "EXL2 4.25 bpw", "GPTQ 4-bit g128", "fp16"."""
     kind = quant_format(path)
-    config = read_json(path / "config.json").get("quantization_config") or {}
+    config = _quant_config(path)
     if kind == "exl2":
         bits = config.get("bits")
         return f"EXL2 {bits} bpw" if bits else "EXL2"
     if kind == "gptq":
-        config = config or read_json(path / "quantize_config.json")
         bits, group = config.get("bits"), config.get("group_size")
         return "GPTQ" + (f" {bits}-bit" if bits else "") + (f" g{group}" if group and group > 0 else "")
     return "fp16"

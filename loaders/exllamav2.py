@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from loaders import exllamav2_sampling as native
 from loaders.exl2_detect import (
+    GPTQ_BITS,
     backend_problem,
     describe_quantization,
+    gptq_bits,
     is_safetensors_folder,
     parse_gpu_split,
     quant_format,
@@ -125,6 +127,10 @@ class ExLlamav2Model(HFTokenized, Model):
     def native_generate(self, ids: Sequence[int], params: SamplingParams, seed: int) -> Iterator[int] | None:
         if not self.prefer_native or self.unsupported_native(params):
             return None
+        if len(ids) < 2 and "dry" in params.active_samplers() and params.dry_penalty_last_n > 0:
+            # ExLlamaV2Sampler.apply_dry (generator/sampler.py) with dry_range > 0 reads ngram_history[0]
+            # before anything was added when the sequence is one token long (IndexError): use Hearth's DRY.
+            return None
         from exllamav2.generator import ExLlamaV2Sampler
 
         from webui.sampling.pipeline import sequence_breaker_ids
@@ -143,6 +149,8 @@ class ExLlamav2Model(HFTokenized, Model):
         settings.token_bias = self._token_bias(params, raw.numel())
         while True:
             logits = raw.clone().view(1, 1, -1)  # the sampler edits logits in place; the slot keeps its copy
+            # ExLlamaV2Sampler.sample(logits [bsz, 1, width] float32 CPU, settings, sequence_ids [bsz, seq_len]
+            # int64, random in [0, 1), tokenizer) -> (tokens [bsz, 1], top tokens, top probs, probs, end_filter)
             tokens, *_ = sample(logits, settings, torch.tensor([ids]), rng.random(), self._ex_tokenizer)
             token = int(tokens[0, 0])
             yield token
@@ -150,7 +158,10 @@ class ExLlamav2Model(HFTokenized, Model):
             raw = self._sync(ids, 0)
 
     def _token_bias(self, params: SamplingParams, width: int) -> torch.Tensor | None:
-        """logit_bias, custom bans and a banned EOS as one additive tensor as wide as the logits."""
+        """logit_bias, custom bans and a banned EOS as one additive tensor as wide as the logits.
+
+        ExLlamaV2Sampler.sample adds it with ext_c.fast_fadd_cpu: a contiguous float32 CPU tensor whose
+        length is the head width (vocab_size padded to a multiple of 32, as Settings.disallow_tokens builds)."""
         bias = {int(k): float(v) for k, v in params.logit_bias.items()}
         bias.update({int(t): float("-inf") for t in params.custom_token_bans})
         if params.ban_eos_token:
@@ -182,11 +193,14 @@ class ExLlamav2Loader(Loader):
                     "Its KV cache is allocated on the GPU at load.", 0, 1 << 20, step=256),
         LoaderParam("exl2_cache_type", "choice", "fp16", "ExLlamaV2 KV cache precision: fp8, or the quantized q8/q6/q4 "
                     "caches (q4 holds 4x the context of fp16 in the same VRAM, with little loss).", choices=tuple(CACHE_TYPES)),
-        LoaderParam("gpu_split", "str", "", "GB of VRAM to use on each GPU, e.g. 20,7 (empty: GPU 0 first)."),
+        LoaderParam("gpu_split", "str", "", "GB of VRAM to use on each GPU, e.g. 20,7 (empty: GPU 0 only; "
+                    "with enable_tp, every GPU by its free memory)."),
         LoaderParam("autosplit", "bool", False, "Fill the GPUs in turn with the model and its cache (instead of gpu_split)."),
         LoaderParam("enable_tp", "bool", False, "Tensor parallelism: split every layer across the GPUs (several GPUs only)."),
-        LoaderParam("alpha_value", "float", 1.0, "NTK RoPE scaling: rope_freq_base = 10000 * alpha^(64/63).", 1.0, 64.0, step=0.05),
-        LoaderParam("compress_pos_emb", "float", 1.0, "Linear RoPE scaling factor (context multiplier).", 1.0, 64.0),
+        LoaderParam("alpha_value", "float", 1.0, "NTK RoPE scaling: the RoPE base is multiplied by "
+                    "alpha^(head_dim/(head_dim-2)), e.g. alpha^(64/63) for head_dim 128.", 1.0, 64.0, step=0.05),
+        LoaderParam("compress_pos_emb", "float", 1.0, "Linear RoPE scaling factor (context multiplier); "
+                    "1 = the model's own (config.json's linear rope_scaling, if any).", 1.0, 64.0),
         LoaderParam("flash_attn", "bool", True, "Use flash-attention where it is installed (off: xformers, SDPA or eager)."),
         LoaderParam("no_xformers", "bool", False, "Do not use xformers even where it is installed."),
         LoaderParam("no_sdpa", "bool", False, "Do not use PyTorch SDPA attention (eager attention instead)."),
@@ -198,7 +212,10 @@ class ExLlamav2Loader(Loader):
         """Above Transformers (50) for EXL2/GPTQ folders, well below it for plain fp16 ones."""
         if not is_safetensors_folder(path):
             return 0
-        return {"exl2": 90, "gptq": 80}.get(quant_format(path), 10)
+        kind = quant_format(path)
+        if kind == "gptq" and gptq_bits(path) not in (None, GPTQ_BITS):
+            return 10  # ExLlamaV2 cannot run it (validate says why)
+        return {"exl2": 90, "gptq": 80}.get(kind, 10)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -209,6 +226,10 @@ class ExLlamav2Loader(Loader):
     def validate(cls, path: Path, params: dict[str, Any]) -> None:
         if not is_safetensors_folder(path):
             raise LoaderError(f"{path.name}: ExLlamaV2 loads folders with config.json and *.safetensors weights")
+        bits = gptq_bits(path)
+        if bits is not None and bits != GPTQ_BITS:
+            raise LoaderError(f"{path.name}: ExLlamaV2 runs {GPTQ_BITS}-bit GPTQ only, this folder is {bits}-bit "
+                              "(try the Transformers loader)")
         split = parse_gpu_split(params["gpu_split"])
         if params["autosplit"] and (split or params["enable_tp"]):
             raise LoaderError("autosplit places the model itself: leave gpu_split empty and enable_tp off, or turn autosplit off")
@@ -232,19 +253,21 @@ class ExLlamav2Loader(Loader):
             cache_class = getattr(exllamav2, CACHE_TYPES[params["exl2_cache_type"]])
             split = parse_gpu_split(params["gpu_split"])
             if params["enable_tp"]:
-                model.load_tp(split)
+                # load_tp(gpu_split GB per GPU or None = all GPUs' free memory, ...): expect_cache_base lets
+                # TPContext.define_split (tensor_p.py) subtract the right cache size per GPU
+                model.load_tp(split, expect_cache_base=cache_class)
 
                 def new_cache(lazy: bool = False) -> Any:
                     return exllamav2.ExLlamaV2Cache_TP(model, base=cache_class)
             else:
                 if not params["autosplit"]:
-                    model.load(split)
+                    model.load(split)  # gpu_split: GB per GPU; None = the first GPU only
 
                 def new_cache(lazy: bool = False) -> Any:
                     return cache_class(model, lazy=lazy)
             cache = new_cache(lazy=params["autosplit"])
             if params["autosplit"]:
-                model.load_autosplit(cache)
+                model.load_autosplit(cache)  # needs a cache made with lazy=True; it allocates it layer by layer
             ex_tokenizer = exllamav2.ExLlamaV2Tokenizer(config)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except torch.cuda.OutOfMemoryError as exc:
@@ -259,19 +282,27 @@ class ExLlamav2Loader(Loader):
 
     @staticmethod
     def _config(exllamav2: Any, path: Path, params: dict[str, Any]) -> Any:
+        """As exllamav2's own model_init.init: prepare(), then only the options given, then arch_compat_overrides().
+
+        prepare() reads config.json (a linear rope_scaling factor into scale_pos_emb) and __init__ reads the
+        EXLLAMA_NO_FLASH_ATTN / _XFORMERS / _SDPA environment variables, so neutral values leave those alone."""
         config = exllamav2.ExLlamaV2Config()
         config.model_dir = str(path)
         config.prepare()
         config.max_seq_len = params["max_seq_len"] or min(config.max_seq_len, MAX_DEFAULT_CTX)
-        config.scale_pos_emb = params["compress_pos_emb"]
-        config.scale_alpha_value = params["alpha_value"]
-        config.no_flash_attn = not params["flash_attn"]
-        config.no_xformers = params["no_xformers"]
-        config.no_sdpa = params["no_sdpa"]
+        if params["compress_pos_emb"] != 1.0:
+            config.scale_pos_emb = params["compress_pos_emb"]
+        if params["alpha_value"] != 1.0:
+            config.scale_alpha_value = params["alpha_value"]
+        if not params["flash_attn"]:
+            config.no_flash_attn = True
+        if params["no_xformers"]:
+            config.no_xformers = True
+        if params["no_sdpa"]:
+            config.no_sdpa = True
         if params["num_experts_per_token"]:
-            config.num_experts_per_token = params["num_experts_per_token"]
-        if hasattr(config, "arch_compat_overrides"):
-            config.arch_compat_overrides()  # turns off attention backends the architecture cannot use
+            config.num_experts_per_token = params["num_experts_per_token"]  # read by ExLlamaV2MoEMLP.__init__
+        config.arch_compat_overrides()  # after the options: it only turns off backends the architecture cannot use
         return config
 
     @staticmethod

@@ -6,8 +6,12 @@ mirostat (v2) -> post-softmax temperature (temperature_last, or dynamic temperat
 Hearth's order is data (`sampler_priority`), so the native path is taken only when the active samplers
 already appear in an order ExLlamaV2 can reproduce; otherwise `unsupported` names what is in the way
 and the generation core runs Hearth's own pipeline on ExLlamaV2's logits. Nothing is dropped silently.
-DRY, XTC and Mirostat 2 run as ExLlamaV2 implements them (as llama.cpp's chain does for its path): same
-settings, its own code; XTC there spares newline and special tokens, Hearth's spares newline and EOS.
+DRY and Mirostat 2 run as ExLlamaV2 implements them (as llama.cpp's chain does for its path): same
+settings, its own code. XTC is left to Hearth: exllamav2 0.3.2's xtc_cpu (exllamav2_ext/cpp/sampling.cpp)
+tests `temp_probs[i + 1]` against the threshold and `i != min_prob` (an index against a probability), which
+is XTC only when the candidates reach it sorted by descending probability; after min_p/top_a (which only
+partition) or with no truncation they are in vocabulary order, and the last candidate reads one past the
+list. Its result would depend on array order, so the native path reports "xtc" instead of running it.
 
 This module never imports exllamav2: `settings_fields` returns plain attribute values, so the mapping
 is tested on every machine and the model only copies them onto a `Settings` object.
@@ -25,8 +29,8 @@ if TYPE_CHECKING:
 _STAGE: dict[str, float] = {
     "repetition_penalty": 0.0, "presence_penalty": 0.5, "frequency_penalty": 0.5, "dry": 1.0,
     "temperature": 2.0, "top_k": 3.0, "top_p": 3.1, "top_a": 3.2, "min_p": 3.3, "tfs": 3.4,
-    "typical_p": 3.5, "mirostat": 4.0, "dynamic_temperature": 5.0, "xtc": 6.0,
-}
+    "typical_p": 3.5, "mirostat": 4.0, "dynamic_temperature": 5.0,
+}  # no "xtc": see the module docstring
 _POST_TEMPERATURE = 5.0
 #: Applied even when decoding greedily (they can move the argmax).
 _GREEDY_STAGES = frozenset({"repetition_penalty", "presence_penalty", "frequency_penalty", "dry"})
@@ -41,7 +45,7 @@ def _ordered(stages: list[float]) -> bool:
 def temperature_last(params: SamplingParams) -> bool | None:
     """Where ExLlamaV2 must apply plain temperature for Hearth's order: False = before truncation,
     True = after it (post-softmax), None = neither reproduces the order."""
-    active = [n for n in params.active_samplers() if not params.greedy or n in _GREEDY_STAGES]
+    active = [n for n in params.active_samplers() if (not params.greedy or n in _GREEDY_STAGES) and n in _STAGE]
     for last in (False, True):
         stages = [_POST_TEMPERATURE if (n == "temperature" and last) else _STAGE[n] for n in active]
         if _ordered(stages):
@@ -69,7 +73,8 @@ def unsupported(params: SamplingParams) -> list[str]:
 
 
 def _range(last_n: int) -> int:
-    """Hearth uses 0 for 'the whole context'; ExLlamaV2 uses -1."""
+    """Hearth uses 0 for 'the whole context'; ExLlamaV2 uses -1 (0 there penalises nothing:
+    apply_rep_penalty_cpu in exllamav2_ext/cpp/sampling.cpp starts at seq_len - range)."""
     return -1 if last_n <= 0 else last_n
 
 
@@ -77,7 +82,9 @@ def settings_fields(params: SamplingParams, sequence_breakers: set[int]) -> dict
     """Every `ExLlamaV2Sampler.Settings` attribute Hearth controls (caller checked `unsupported`).
 
     All are set explicitly because ExLlamaV2's defaults are not neutral (temperature 0.8, top_k 50,
-    top_p 0.8, repetition penalty 1.025). Token bias is built by the model, which knows the logits width."""
+    top_p 0.8, repetition penalty 1.025). Token bias is built by the model, which knows the logits width.
+    Names and meanings are those of the `Settings` dataclass in exllamav2/generator/sampler.py (0.3.2): a
+    plain dataclass, so a misspelt name would be set without error and ignored."""
     active = set(params.active_samplers())
     greedy = params.greedy
     fields: dict[str, Any] = {
@@ -89,13 +96,14 @@ def settings_fields(params: SamplingParams, sequence_breakers: set[int]) -> dict
         "dry_multiplier": params.dry_multiplier if "dry" in active else 0.0,
         "dry_base": params.dry_base,
         "dry_allowed_length": params.dry_allowed_length,
-        "dry_range": max(params.dry_penalty_last_n, 0),
-        "dry_sequence_breakers": set(sequence_breakers),
+        "dry_range": max(params.dry_penalty_last_n, 0),  # 0 = unlimited in apply_dry
+        "dry_sequence_breakers": set(sequence_breakers),  # token ids; None would mean exllamav2's own defaults
         "smoothing_factor": 0.0, "skew": 0.0,
         "temperature": 1.0, "temperature_last": False, "min_temp": 0.0, "max_temp": 0.0, "temp_exponent": 1.0,
         "top_k": 0, "top_p": 1.0, "top_a": 0.0, "min_p": 0.0, "tfs": 0.0, "typical": 0.0,
+        # mirostat_mu None: sample() starts it at [0.0] per batch row, which mirostat_pre_cpu reads as 2 * tau
         "mirostat": False, "mirostat_tau": params.mirostat_tau, "mirostat_eta": params.mirostat_eta, "mirostat_mu": None,
-        "xtc_probability": 0.0, "xtc_threshold": params.xtc_threshold,
+        "xtc_probability": 0.0, "xtc_threshold": params.xtc_threshold,  # XTC never runs natively (`unsupported`)
         "cfg_scale": None, "token_bias": None,
     }
     if greedy:
@@ -116,6 +124,4 @@ def settings_fields(params: SamplingParams, sequence_breakers: set[int]) -> dict
             fields[exl_name] = getattr(params, hearth_name)
     if "mirostat" in active:
         fields["mirostat"] = True
-    if "xtc" in active:
-        fields["xtc_probability"] = params.xtc_probability
     return fields

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,16 @@ def test_scores_rank_exllamav2_above_transformers_only_for_quantized_folders(fol
     (bin_only / "config.json").write_text(json.dumps(LLAMA))
     (bin_only / "pytorch_model.bin").write_bytes(b"")
     assert ExLlamav2Loader.score(gguf) == ExLlamav2Loader.score(bin_only) == ExLlamav2HFLoader.score(gguf) == 0
+
+
+def test_gptq_other_than_4_bit_is_left_to_transformers(tmp_path: Path) -> None:
+    eight = make_folder(tmp_path, "m-gptq8", {"quant_method": "gptq", "bits": 8, "group_size": 128})
+    assert describe_quantization(eight) == "GPTQ 8-bit g128"
+    assert ExLlamav2Loader.score(eight) < TransformersLoader.score(eight)
+    with pytest.raises(LoaderError, match="ExLlamaV2 runs 4-bit GPTQ only, this folder is 8-bit"):
+        ExLlamav2Loader.validate(eight, ExLlamav2Loader.resolve_params({}))
+    old = make_folder(tmp_path, "m-gptq3-old", extra_files={"quantize_config.json": {"bits": 3, "group_size": 128}})
+    assert ExLlamav2Loader.score(old) < TransformersLoader.score(old)
 
 
 def test_both_loaders_are_registered(loaders: dict) -> None:
@@ -199,7 +210,8 @@ def test_temperature_goes_where_hearths_order_puts_it() -> None:
     ({"smoothing_factor": 0.3}, ["quadratic_sampling"]),
     ({"no_repeat_ngram_size": 3}, ["no_repeat_ngram"]),
     ({"mirostat_mode": 1}, ["mirostat_mode"]),
-    ({"mirostat_mode": 2, "xtc_probability": 0.5}, ["sampler_priority"]),
+    ({"mirostat_mode": 2, "dynamic_temperature": True, "dynatemp_low": 0.5, "dynatemp_high": 1.5}, ["sampler_priority"]),
+    ({"xtc_probability": 0.5, "min_p": 0.02}, ["xtc"]),  # exllamav2 0.3.2's xtc_cpu needs sorted candidates
     ({"temperature": 0.005}, ["temperature"]),
     ({"dry_multiplier": 0.8, "dry_penalty_last_n": 16}, ["dry_penalty_last_n"]),
     ({"repetition_penalty": 1.2, "logit_bias": {3: 2.0}}, ["logit_bias"]),
@@ -218,8 +230,9 @@ def test_supported_extras_map_through() -> None:
     fields = native.settings_fields(params, {1, 2})
     assert fields["mirostat"] is True and fields["mirostat_tau"] == 4.0
     assert fields["dry_multiplier"] == 0.8 and fields["dry_range"] == 0 and fields["dry_sequence_breakers"] == {1, 2}
-    xtc = native.settings_fields(SamplingParams(xtc_probability=0.5, xtc_threshold=0.2, min_p=0.02), set())
-    assert (xtc["xtc_probability"], xtc["xtc_threshold"], xtc["min_p"]) == (0.5, 0.2, 0.02)
+    xtc = SamplingParams(xtc_probability=0.5, xtc_threshold=0.2, min_p=0.02)
+    assert native.unsupported(xtc) == ["xtc"]  # Hearth's XTC runs on ExLlamaV2's logits instead
+    assert native.settings_fields(xtc, set())["xtc_probability"] == 0.0
 
 
 # -- the Model's cache bookkeeping, with a history-dependent stand-in forward ---------------------
@@ -289,6 +302,186 @@ def test_token_bias_covers_bans_and_eos_at_head_width() -> None:
     bias = model._token_bias(params, 40)
     assert bias.shape == (40,) and bias[3] == 1.5 and bias[4] == float("-inf") and bias[2] == float("-inf")
     assert model._token_bias(SamplingParams(), 40) is None
+
+
+# -- the load sequence and the native loop, against a stand-in with exllamav2 0.3.2's signatures ------
+
+SETTINGS_FIELDS_0_3_2 = frozenset({  # ExLlamaV2Sampler.Settings, exllamav2/generator/sampler.py
+    "token_repetition_penalty", "token_repetition_range", "token_repetition_decay", "token_frequency_penalty",
+    "token_presence_penalty", "temperature", "smoothing_factor", "min_temp", "max_temp", "temp_exponent", "top_k",
+    "top_p", "top_a", "min_p", "tfs", "typical", "skew", "temperature_last", "mirostat", "mirostat_tau",
+    "mirostat_eta", "mirostat_mu", "token_bias", "cfg_scale", "post_sampling_hooks", "dry_allowed_length",
+    "dry_base", "dry_multiplier", "dry_sequence_breakers", "dry_range", "dry_max_ngram", "ngram_trie",
+    "ngram_index", "ngram_history", "xtc_probability", "xtc_threshold", "xtc_ignore_tokens"})
+
+
+def fake_exllamav2(calls: list) -> tuple[types.ModuleType, types.ModuleType]:
+    """`exllamav2` and `exllamav2.generator` with the 0.3.2 signatures Hearth calls (a wrong keyword raises
+    TypeError) and the preconditions the real code asserts; every call is appended to `calls`."""
+
+    class ExLlamaV2Config:
+        def __init__(self, model_dir: str | None = None) -> None:
+            self.model_dir, self.scale_pos_emb, self.scale_alpha_value = model_dir, 1.0, 1.0
+            self.no_flash_attn, self.no_xformers, self.no_sdpa = False, True, False  # as with EXLLAMA_NO_XFORMERS set
+
+        def prepare(self, no_tensors: bool = False) -> None:
+            assert self.model_dir is not None
+            calls.append("prepare")
+            self.architecture, self.vocab_size, self.max_seq_len, self.original_max_seq_len = "LlamaForCausalLM", 64, 32768, 32768
+            self.num_experts_per_token = None
+            self.scale_pos_emb = 2.0  # config.json's rope_scaling {"type": "linear", "factor": 2.0}
+
+        def arch_compat_overrides(self, quiet: bool = False, warn_only: bool = False) -> None:
+            calls.append(("arch_compat_overrides", self.no_flash_attn, self.no_xformers, self.no_sdpa))
+
+    class ExLlamaV2:
+        def __init__(self, config: ExLlamaV2Config, lazy_load: bool = False, archparams: object = None) -> None:
+            self.config, self.loaded, self.tp_context = config, False, None
+            calls.append(("ExLlamaV2", config.max_seq_len))
+
+        def load(self, gpu_split: list[float] | None = None, lazy: bool = False, stats: bool = False,
+                 callback: object = None, callback_gen: object = None, progress: bool = False) -> None:
+            self.loaded = True
+            calls.append(("load", gpu_split))
+
+        def load_tp(self, gpu_split: list[float] | None = None, callback: object = None, callback_gen: object = None,
+                    progress: bool = False, expect_cache_tokens: int = 0, expect_cache_base: type | None = None) -> None:
+            self.loaded, self.tp_context = True, object()
+            calls.append(("load_tp", gpu_split, expect_cache_base.__name__ if expect_cache_base else None))
+
+        def load_autosplit(self, cache: Cache, reserve_vram: int | None = None, last_id_only: bool = False,
+                           callback: object = None, callback_gen: object = None, progress: bool = False) -> None:
+            assert cache.lazy, "load_autosplit needs a cache constructed with lazy = True"
+            self.loaded = True
+            calls.append(("load_autosplit", type(cache).__name__))
+
+        def unload(self) -> None:
+            calls.append("unload")
+
+    class Cache:
+        def __init__(self, model: ExLlamaV2, batch_size: int = 1, max_seq_len: int = -1, copy_from: object = None,
+                     lazy: bool = False, num_key_value_heads: int | None = None, fixed_device: int | None = None) -> None:
+            assert lazy or model.loaded, "a non-lazy cache allocates on the devices the loaded model maps"
+            self.lazy, self.current_seq_len = lazy, 0
+            calls.append((type(self).__name__, lazy))
+
+    module = types.ModuleType("exllamav2")
+    for name in ("ExLlamaV2Cache", "ExLlamaV2Cache_8bit", "ExLlamaV2Cache_Q8", "ExLlamaV2Cache_Q6", "ExLlamaV2Cache_Q4"):
+        setattr(module, name, type(name, (Cache,), {}))
+
+    class ExLlamaV2Cache_TP:  # noqa: N801 - exllamav2's name
+        def __init__(self, model: ExLlamaV2, base: type = module.ExLlamaV2Cache, batch_size: int = 1,
+                     max_seq_len: int = -1) -> None:
+            assert model.tp_context is not None, "Cannot create TP cache unless model is loaded with load_tp()"
+            self.current_seq_len = 0
+            calls.append(("ExLlamaV2Cache_TP", base.__name__))
+
+    class ExLlamaV2Tokenizer:
+        def __init__(self, config: ExLlamaV2Config, lazy_init: bool = True, force_json: bool = False,
+                     force_spm: bool = False) -> None:
+            calls.append("ExLlamaV2Tokenizer")
+
+    class _Settings:
+        def __setattr__(self, name: str, value: object) -> None:
+            assert name in SETTINGS_FIELDS_0_3_2, f"ExLlamaV2Sampler.Settings has no field {name}"
+            object.__setattr__(self, name, value)
+
+    class ExLlamaV2Sampler:
+        Settings = _Settings
+
+        @staticmethod
+        def sample(logits: torch.Tensor, settings: _Settings, sequence_ids: torch.Tensor, random: float,
+                   tokenizer: object, prefix_token: object = None, return_top_tokens: int = 0,
+                   blocked_tokens: object = None, filters: object = None, filter_prefer_eos: bool = False,
+                   sync: bool = False) -> tuple:
+            assert logits.dtype == torch.float and logits.shape[:2] == (1, 1) and logits.is_contiguous()
+            assert sequence_ids.dtype == torch.long and sequence_ids.shape[0] == 1 and 0 <= random < 1
+            bias = settings.token_bias
+            assert bias is None or (bias.dtype == torch.float and bias.shape == logits.shape[-1:])
+            if bias is not None:
+                logits += bias  # ext_c.fast_fadd_cpu, in place
+            calls.append(("sample", sequence_ids[0].tolist(), settings.top_k))
+            token = logits[0, 0].argmax().view(1, 1)
+            return token, None, None, torch.ones(1, 1), False
+
+    module.ExLlamaV2Config, module.ExLlamaV2, module.ExLlamaV2Cache_TP = ExLlamaV2Config, ExLlamaV2, ExLlamaV2Cache_TP
+    module.ExLlamaV2Tokenizer = ExLlamaV2Tokenizer
+    generator = types.ModuleType("exllamav2.generator")
+    generator.ExLlamaV2Sampler = ExLlamaV2Sampler
+    module.generator = generator
+    return module, generator
+
+
+@pytest.fixture
+def exl_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    import transformers
+
+    import loaders.exllamav2 as exl_module
+
+    calls: list = []
+    module, generator = fake_exllamav2(calls)
+    monkeypatch.setitem(sys.modules, "exllamav2", module)
+    monkeypatch.setitem(sys.modules, "exllamav2.generator", generator)
+    monkeypatch.setattr(exl_module, "backend_problem", lambda: "")
+    tokenizer = types.SimpleNamespace(eos_token_id=2, bos_token_id=None, bos_token=None, eos_token="</s>", chat_template=None)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *args, **kwargs: tokenizer)
+    return calls
+
+
+def test_load_drives_exllamav2_as_its_own_model_init_does(folders: dict[str, Path], exl_calls: list) -> None:
+    model = ExLlamav2Loader().load(folders["exl2"], ExLlamav2Loader.resolve_params({}))
+    config = model._model.config
+    # prepare() first, options next, arch_compat_overrides() last and before the model is built; neutral values
+    # keep what prepare() read (linear rope_scaling) and what __init__ read from EXLLAMA_NO_* variables
+    assert exl_calls == ["prepare", ("arch_compat_overrides", False, True, False), ("ExLlamaV2", 8192), ("load", None),
+                         ("ExLlamaV2Cache", False), "ExLlamaV2Tokenizer"]
+    assert (config.scale_pos_emb, config.scale_alpha_value, config.num_experts_per_token) == (2.0, 1.0, None)
+    assert model.info.context_length == 8192 and model.info.vocab_size == 64
+    assert model.info.extra["trained_context_length"] == 32768
+    model.unload()
+
+    exl_calls.clear()
+    params = {"max_seq_len": 4096, "compress_pos_emb": 4, "alpha_value": 2.5, "flash_attn": False, "no_sdpa": True,
+              "gpu_split": "20,7.5", "exl2_cache_type": "q4", "num_experts_per_token": 3}
+    config = ExLlamav2Loader().load(folders["exl2"], ExLlamav2Loader.resolve_params(params))._model.config
+    assert exl_calls[:5] == ["prepare", ("arch_compat_overrides", True, True, True), ("ExLlamaV2", 4096),
+                             ("load", [20.0, 7.5]), ("ExLlamaV2Cache_Q4", False)]
+    assert (config.scale_pos_emb, config.scale_alpha_value, config.num_experts_per_token) == (4.0, 2.5, 3)
+
+
+def test_autosplit_and_tensor_parallel_build_their_caches_as_exllamav2_requires(folders: dict[str, Path],
+                                                                               exl_calls: list) -> None:
+    model = ExLlamav2Loader().load(folders["exl2"], ExLlamav2Loader.resolve_params({"autosplit": True, "exl2_cache_type": "fp8"}))
+    assert exl_calls[3:5] == [("ExLlamaV2Cache_8bit", True), ("load_autosplit", "ExLlamaV2Cache_8bit")]
+    model._slot(1)  # CFG's second cache, once the model is placed: allocated at once
+    assert exl_calls[-1] == ("ExLlamaV2Cache_8bit", False)
+
+    exl_calls.clear()
+    model = ExLlamav2Loader().load(folders["exl2"], ExLlamav2Loader.resolve_params({"enable_tp": True, "exl2_cache_type": "q6"}))
+    assert exl_calls[3:5] == [("load_tp", None, "ExLlamaV2Cache_Q6"), ("ExLlamaV2Cache_TP", "ExLlamaV2Cache_Q6")]
+    model._slot(1)
+    assert exl_calls[-1] == ("ExLlamaV2Cache_TP", "ExLlamaV2Cache_Q6")
+
+
+def test_native_loop_calls_the_sampler_as_exllamav2_defines_it(exl_calls: list) -> None:
+    model, _, _ = make_model()
+    model._tokenizer = types.SimpleNamespace(bos_token_id=None, encode=lambda text, add_special_tokens: [ord(c) % 32 for c in text])
+    params = SamplingParams(do_sample=False, logit_bias={5: 30.0}, custom_token_bans=[9])
+    stream = model.native_generate([1, 4], params, seed=7)
+    got = [next(stream) for _ in range(3)]
+    ids, expected = [1, 4], []
+    for _ in range(3):
+        logits = reference_logits(ids)
+        logits[5] += 30.0
+        logits[9] = float("-inf")
+        expected.append(int(logits.argmax()))
+        ids.append(expected[-1])
+    assert got == expected == [5, 5, 5]
+    assert [c for c in exl_calls if c[0] == "sample"] == [("sample", ids[: 2 + i], 1) for i in range(3)]
+    # exllamav2's DRY with a range cannot start from a single token (apply_dry indexes an empty history)
+    dry = SamplingParams(dry_multiplier=0.8, dry_penalty_last_n=64)
+    assert native.unsupported(dry) == [] and model.native_generate([1], dry, seed=0) is None
+    assert model.native_generate([1, 4], dry, seed=0) is not None
 
 
 # -- on a GPU: a tiny random Llama converted to EXL2 by exllamav2 itself --------------------------
