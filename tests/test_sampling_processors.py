@@ -137,6 +137,23 @@ def test_typical_p_against_direct_computation():
     assert sorted(kept(TypicalP(0.6)(IDS, logits_for(P)))) == sorted(expected)
 
 
+def test_typical_p_partial_order_matches_a_full_sort():
+    """The topk search for the threshold (growing k) keeps exactly what a full sort would, flat or peaked."""
+    gen = torch.Generator().manual_seed(3)
+    for scale in (0.1, 1.0, 4.0):  # near-flat (the mass needs thousands of tokens) to peaked
+        scores = torch.randn(2, 5000, generator=gen) * scale
+        for mass in (0.3, 0.9, 0.99):
+            logp = torch.log_softmax(scores, dim=-1)
+            p = logp.exp()
+            distance = (-logp + (logp * p).sum(dim=-1, keepdim=True)).abs()
+            sorted_distance, order = torch.sort(distance, dim=-1)
+            last = (p.gather(-1, order).cumsum(dim=-1) < mass).sum(dim=-1, keepdim=True)
+            expected = distance <= sorted_distance.gather(-1, last)
+            sampler = TypicalP(mass)
+            sampler.first_k = 16  # force the growing search
+            assert torch.equal(sampler(IDS, scores) > float("-inf"), expected)
+
+
 def test_tail_free_cuts_where_curve_flattens():
     probs = [0.4, 0.3, 0.2, 0.05, 0.03, 0.02]
     d1 = [probs[i + 1] - probs[i] for i in range(5)]
@@ -144,6 +161,25 @@ def test_tail_free_cuts_where_curve_flattens():
     cdf = [sum(d2[: i + 1]) / sum(d2) for i in range(4)]
     keep_n = 1 + sum(1 for c in cdf if c <= 0.5)  # the first token plus those with cdf <= z
     assert kept(TailFree(0.5)(IDS, logits_for(probs))) == list(range(keep_n))
+
+
+def test_tail_free_over_survivors_matches_the_full_sort():
+    """After earlier truncation only the survivors are sorted; the cut must equal the whole-vocabulary one."""
+
+    def full_sort_keep(scores: torch.Tensor, z: float) -> torch.Tensor:  # the textbook computation
+        sorted_logits, order = torch.sort(scores, descending=True)
+        d2 = torch.softmax(sorted_logits, dim=-1).diff().diff().abs()
+        cdf = (d2 / d2.sum()).cumsum(dim=-1)
+        keep_sorted = torch.cat([torch.tensor([True]), cdf <= z, torch.tensor([False])])
+        return torch.zeros_like(keep_sorted).scatter(0, order, keep_sorted) & torch.isfinite(scores)
+
+    gen = torch.Generator().manual_seed(5)
+    for survivors in (2, 3, 40, 2998, 3000):  # 2998: exactly two removed tokens; 3000: none removed
+        scores = torch.randn(3000, generator=gen) * 2
+        scores[torch.randperm(3000, generator=gen)[survivors:]] = float("-inf")
+        for z in (0.5, 0.95):
+            out = TailFree(z)(IDS, scores.unsqueeze(0))[0]
+            assert torch.equal(out > float("-inf"), full_sort_keep(scores, z)), (survivors, z)
 
 
 def test_epsilon_cutoff_in_units_of_1e4():
