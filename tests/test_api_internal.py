@@ -56,6 +56,15 @@ def test_logits_raw_and_after_samplers(served: Served):
     assert math.isclose(sum(t["prob"] for t in sampled[:2]), 1, rel_tol=1e-4) and sampled[2]["prob"] == 0
 
 
+def test_logits_of_a_text_longer_than_the_context_is_a_clear_400(served: Served):
+    n_ctx = served.app.models.require().n_ctx
+    with served.client() as c:
+        response = c.post("/v1/internal/logits", json={"prompt": "word " * (2 * n_ctx)})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and f"context of {n_ctx}" in error["message"]
+
+
 def test_chat_prompt_reports_stops_and_length(served: Served):
     body = {"messages": [{"role": "user", "content": "Hi there"}], "mode": "chat", "user_name": "Ann"}
     with served.client() as c:

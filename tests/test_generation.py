@@ -82,6 +82,10 @@ def test_fit_context_keeps_bos():
     kept, dropped = fit_context(ids, n_ctx=16, truncation_length=0, max_new_tokens=6, bos=1)
     assert kept == [1] + list(range(21, 30)) and dropped == 11
     assert fit_context([5, 6], 16, 0, 4, 1) == ([5, 6], 0)
+    # a reply budget past half the context keeps the prompt (or its newest half) instead of nearly nothing
+    assert fit_context([1, 7, 8], 16, 0, 5000, 1) == ([1, 7, 8], 0)
+    kept, dropped = fit_context(ids, n_ctx=16, truncation_length=0, max_new_tokens=100, bos=1)
+    assert kept == [1] + list(range(23, 30)) and dropped == 13  # 8 tokens: half of 16
 
 
 def test_truncation_length_budget(manager: ModelManager, core: GenerationCore):

@@ -35,6 +35,10 @@ class GenerationError(HearthError):
     """A request that cannot be served as asked (bad combination of settings, prompt too long, ...)."""
 
 
+class ContextLengthError(GenerationError):
+    """A text that must be read whole (no truncation makes sense) is longer than the model's context."""
+
+
 class GenerationRequest(BaseModel):
     """Everything one generation needs. Validated once, here; the loop trusts it."""
 
@@ -102,9 +106,12 @@ Event = TextChunk | Finished
 
 
 def fit_context(ids: list[int], n_ctx: int, truncation_length: int, max_new_tokens: int, bos: int | None) -> tuple[list[int], int]:
-    """Drop the oldest prompt tokens so prompt + reply fit; a leading BOS is kept. Returns (ids, dropped)."""
+    """Drop the oldest prompt tokens so prompt + reply fit; a leading BOS is kept. Returns (ids, dropped).
+
+    The reply's budget never pushes the prompt below half the context: a huge max_new_tokens (a client's
+    "as long as it takes") keeps the prompt, and the reply then ends where the context does."""
     budget = min(truncation_length or n_ctx, n_ctx)
-    room = max(budget - max_new_tokens, 1)
+    room = max(budget - max_new_tokens, min(len(ids), budget // 2), 1)
     if len(ids) <= room:
         return ids, 0
     keep_bos = bos is not None and ids and ids[0] == bos
@@ -364,6 +371,9 @@ class GenerationCore:
         with self.models.lock:
             model = self.models.require()
             ids = model.tokenize(text, add_bos) or [model.bos_token_id or 0]
+            if len(ids) > model.n_ctx:  # truncating would describe another text's next token
+                raise ContextLengthError(f"the text is {len(ids)} tokens, more than the model's context of "
+                                         f"{model.n_ctx}: shorten it or load the model with a larger n_ctx")
             scores = model.logits(ids)
             if use_samplers:
                 sampler = build_sampler(sampling or SamplingParams(), vocab_size=model.vocab_size,

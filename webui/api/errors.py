@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from webui.generation import ContextLengthError
 from webui.loader_api import HearthError, ModelRuntimeError
 from webui.models import ModelNotFound, NoModelLoaded
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 _HEARTH_STATUS: tuple[tuple[type[HearthError], int, str], ...] = (
     (NoModelLoaded, 503, "model_not_loaded"),
     (ModelNotFound, 404, "model_not_found"),
+    (ContextLengthError, 400, "context_length_exceeded"),
     (ModelRuntimeError, 500, "model_error"),
     (HearthError, 400, "invalid_request"),
 )
