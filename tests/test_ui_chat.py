@@ -258,3 +258,21 @@ def test_past_chats_new_rename_delete_and_mode(page: Any, ui_server: UIServer) -
     page.wait_for_function(f'document.querySelectorAll("{BOT}").length == 3')
     # the reply re-rendered the tab from the states: the mode stuck in ctx.character
     assert page.is_checked("#chat-mode input[value='instruct']")
+
+
+@pytest.mark.browser
+def test_a_message_too_long_for_the_context_is_an_error_that_loses_nothing(page: Any, ui_server: UIServer) -> None:
+    open_chat_tab(page, ui_server)
+    n_ctx = ui_server.app.models.require().n_ctx
+    message = "word " * (2 * n_ctx)
+    send(page, message)
+    toast = page.locator(".toast-body.warning")
+    toast.wait_for()
+    assert "tokens" in toast.inner_text() and "truncation length" in toast.inner_text()
+    page.wait_for_function(f"document.querySelector('#chat-input textarea').value.length === {len(message.strip())}")
+    assert page.locator(USER).count() == 0 and page.locator(BOT).count() == 1  # the chat as it was
+    assert HistoryStore(ui_server.app.settings.user_data_dir).latest("Assistant") is None
+    send(page, "Hello again")  # and the chat goes on
+    page.wait_for_selector(f"{USER} >> text=Hello again")
+    wait_idle(ui_server)
+    assert [t.role for t in saved_chat(ui_server).turns] == ["assistant", "user", "assistant"]

@@ -9,6 +9,7 @@ building, sampling and saving all happen in the chat service and `webui.prompts.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -170,7 +171,15 @@ def build_chat_tab(ctx: UIContext) -> None:
             updates = session.service.stream_reply(
                 history, user_text, options, params, cancel, continue_last=continue_last
             )
-            for update in throttle(updates):
+            try:
+                first = next(updates)  # the prompt is planned here: a message that cannot fit fails now
+            except StopIteration:
+                return
+            except HearthError as exc:  # the message goes back to the input box, the chat stays as it was
+                gr.Warning(str(exc))  # a toast, not gr.Error: that would mark every output as failed
+                yield chat_messages(history), gr.skip(), user_text or gr.skip(), gr.skip()
+                return
+            for update in throttle(itertools.chain([first], updates)):
                 if not update.done:
                     yield chat_messages(update.history), gr.skip(), gr.skip(), gr.skip()
                     continue
