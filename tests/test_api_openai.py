@@ -81,6 +81,31 @@ def test_legacy_logprobs_shape(client: openai.OpenAI):
     assert logprobs.text_offset[0] == 0 and logprobs.text_offset[1] == len(logprobs.tokens[0])
 
 
+def test_echo_with_logprobs_scores_the_prompt_tokens(served: Served, client: openai.OpenAI):
+    import torch
+
+    result = client.completions.create(model="m", prompt=PROMPT, max_tokens=4, echo=True, logprobs=2, extra_body=GREEDY)
+    choice, model = result.choices[0], served.app.models.require()
+    ids = model.tokenize(PROMPT)  # BOS first: every prompt token has a context
+    n_prompt = len(ids) - 1
+    lp = choice.logprobs
+    assert choice.text.startswith(PROMPT) and len(lp.tokens) == n_prompt + 4
+    for i in (1, n_prompt):  # the first and last prompt token: log softmax of the logits before it
+        logits = served.app.core.worker.call(lambda i=i: model.logits(ids[:i]))
+        assert lp.token_logprobs[i - 1] == pytest.approx(float(torch.log_softmax(logits, -1)[ids[i]]), abs=1e-4)
+    assert all(1 <= len(top) <= 2 for top in lp.top_logprobs)
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[n_prompt] == len(PROMPT)
+
+    no_bos = ids[1:]  # token ids without BOS: the first one has nothing before it (null, as OpenAI)
+    body = {"prompt": no_bos, "max_tokens": 2, "echo": True, "logprobs": 1, **GREEDY}
+    with served.client() as c:
+        whole = c.post("/v1/completions", json=body).json()["choices"][0]["logprobs"]
+    assert whole["token_logprobs"][0] is None and whole["top_logprobs"][0] is None
+    assert len(whole["tokens"]) == len(no_bos) + 2 and all(v <= 0 for v in whole["token_logprobs"][1:])
+    first = json.loads(sse_events(served, "/v1/completions", body)[0])["choices"][0]  # the echo chunk
+    assert first["logprobs"]["tokens"] == whole["tokens"][: len(no_bos)]
+
+
 def test_stop_and_stopping_strings_are_merged(client: openai.OpenAI):
     full = client.completions.create(model="m", prompt=PROMPT, max_tokens=30, extra_body=GREEDY).choices[0].text
     cut = full[10:13]

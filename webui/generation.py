@@ -388,6 +388,27 @@ class GenerationCore:
                 for p, i in zip(top.values, top.indices, strict=True)
             ]
 
+    def prompt_logprobs(self, ids: Sequence[int], n: int = 1) -> list[TokenLogprob]:
+        """Log-probabilities of ids[1:], each given the ids before it, with the top `n` alternatives (for
+        an echoed prompt's logprobs). Reads the prompt one token at a time through the prefix cache, so
+        every backend can do it, and the cache then holds the prompt for the generation that follows."""
+        return self.worker.call(lambda: self._prompt_logprobs(list(ids), n))
+
+    def _prompt_logprobs(self, ids: list[int], n: int) -> list[TokenLogprob]:
+        with self.models.lock:
+            model = self.models.require()
+            if len(ids) > model.n_ctx:
+                raise ContextLengthError(f"the prompt is {len(ids)} tokens, more than the model's context of "
+                                         f"{model.n_ctx}: its logprobs cannot be computed")
+            entries = []
+            for i in range(1, len(ids)):
+                logprobs = torch.log_softmax(model.logits(ids[:i]).float(), dim=-1)
+                top = torch.topk(logprobs, min(n, logprobs.numel()))
+                alternatives = [(int(t), model.detokenize([int(t)]), float(v))
+                                for v, t in zip(top.values, top.indices, strict=True)]
+                entries.append(TokenLogprob(ids[i], model.detokenize([ids[i]]), float(logprobs[ids[i]]), alternatives))
+            return entries
+
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.models.require().tokenize(text, add_bos)
 

@@ -66,11 +66,23 @@ async def completions(body: CompletionRequest, request: Request, hearth: Hearth)
     logprobs = body.logprobs
     generation = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_COMPLETION_TOKENS,
                                     logprobs=0 if logprobs is None else max(logprobs, 1), **prompt)
-    echo = ""
+    echo, scored = "", None
     if body.echo:
         echo = prompt["prompt"] if "prompt" in prompt else await run_in_threadpool(model.detokenize, prompt["prompt_ids"])
-    renderer = CompletionRenderer(hearth.models.model_name or "", echo, logprobs)
+        if logprobs is not None:
+            scored = await run_in_threadpool(_prompt_logprobs, hearth, prompt, body.add_bos_token, max(logprobs, 1))
+    renderer = CompletionRenderer(hearth.models.model_name or "", echo, logprobs, prompt=scored)
     return await respond(request, lambda cancel, sink: hearth.core.start(generation, cancel, sink), renderer, body.stream)
+
+
+def _prompt_logprobs(hearth: Any, prompt: dict[str, Any], add_bos: bool, n: int) -> tuple[str | None, list[Any]]:
+    """An echoed prompt's logprobs: (text of its first token when nothing precedes it, the others')."""
+    model = hearth.models.require()
+    ids = list(prompt["prompt_ids"]) if "prompt_ids" in prompt else model.tokenize(prompt["prompt"], add_bos)
+    if not ids:
+        return None, []
+    first = None if ids[0] == model.bos_token_id else model.detokenize(ids[:1])
+    return first, hearth.core.prompt_logprobs(ids, n)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_streamed(ChatCompletionChunk))

@@ -42,10 +42,26 @@ def usage(done: Finished) -> Usage:
 
 
 class CompletionRenderer:
-    def __init__(self, model: str, echo: str = "", logprobs: int | None = None):
+    """Legacy completion shapes. With echo and logprobs, `prompt` = (text of a first prompt token that has
+    no context, or None after a BOS; the later prompt tokens' TokenLogprobs) leads the logprobs."""
+
+    def __init__(self, model: str, echo: str = "", logprobs: int | None = None,
+                 prompt: tuple[str | None, list[TokenLogprob]] | None = None):
         self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model
         self.echo, self.want_logprobs, self.top_n = echo, logprobs is not None, logprobs or 0
+        self._offset = 0
+        self._prompt = self._prompt_logprobs(*prompt) if prompt is not None and self.want_logprobs else None
         self._offset = len(echo)
+
+    def _prompt_logprobs(self, first: str | None, entries: list[TokenLogprob]) -> CompletionLogprobs:
+        out = CompletionLogprobs()
+        if first is not None:  # nothing before it: no probability, as OpenAI reports it
+            out.tokens.append(first)
+            out.token_logprobs.append(None)
+            out.top_logprobs.append(None)
+            out.text_offset.append(0)
+            self._offset = len(first)
+        return _joined(out, self._logprobs(entries))
 
     def _response(self, text: str, reason: str | None = None, logprobs: CompletionLogprobs | None = None,
                   used: Usage | None = None) -> CompletionResponse:
@@ -68,7 +84,7 @@ class CompletionRenderer:
         return out
 
     def head(self) -> list[CompletionResponse]:
-        return [self._response(self.echo)] if self.echo else []
+        return [self._response(self.echo, logprobs=self._prompt)] if self.echo else []
 
     def chunk(self, event: TextChunk) -> CompletionResponse:
         return self._response(event.text, logprobs=self._logprobs(event.logprobs))
@@ -78,7 +94,18 @@ class CompletionRenderer:
 
     def whole(self, chunks: list[TextChunk], done: Finished) -> CompletionResponse:
         logprobs = self._logprobs([lp for c in chunks for lp in c.logprobs])
+        if self._prompt is not None and logprobs is not None:
+            logprobs = _joined(self._prompt, logprobs)
         return self._response(self.echo + done.text, finish_reason(done), logprobs, usage(done))
+
+
+def _joined(first: CompletionLogprobs, second: CompletionLogprobs | None) -> CompletionLogprobs:
+    if second is None:
+        return first
+    return CompletionLogprobs(tokens=first.tokens + second.tokens,
+                              token_logprobs=first.token_logprobs + second.token_logprobs,
+                              top_logprobs=first.top_logprobs + second.top_logprobs,
+                              text_offset=first.text_offset + second.text_offset)
 
 
 def _token_bytes(text: str) -> list[int]:

@@ -112,8 +112,9 @@ class CompletionLogprobs(BaseModel):
     """The legacy completions shape, as SillyTavern reads it (`top_logprobs`: one {token: logprob} per token)."""
 
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    #: None for an echoed prompt's first token when nothing precedes it (no BOS), as OpenAI's.
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
 
 
