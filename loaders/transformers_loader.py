@@ -23,12 +23,14 @@ from webui.loader_api import (
     ModelRuntimeError,
     common_prefix_length,
 )
+from webui.memory import TRANSFORMERS_PREFILL_CHUNK
 from webui.plugins import hookimpl
 
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 #: Tokens fed per forward call while reading a prompt (llama.cpp's n_batch): activations scale with it, so a
-#: long prompt costs the memory of 512 tokens' activations, not of the whole context's.
-PREFILL_CHUNK = 512
+#: long prompt costs the memory of one chunk's activations, not of the whole context's. The memory
+#: estimate counts the same chunk, hence one constant.
+PREFILL_CHUNK = TRANSFORMERS_PREFILL_CHUNK
 
 
 def _cuda_available() -> bool:

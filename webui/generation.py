@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from webui.hf_path import SampledTokens, TokenSource
+from webui.hf_path import SampledTokens, TokenSource, logprob_entry
 from webui.loader_api import HearthError, Model
 from webui.model_worker import ModelWorker
 from webui.models import ModelManager
@@ -400,14 +400,7 @@ class GenerationCore:
             if len(ids) > model.n_ctx:
                 raise ContextLengthError(f"the prompt is {len(ids)} tokens, more than the model's context of "
                                          f"{model.n_ctx}: its logprobs cannot be computed")
-            entries = []
-            for i in range(1, len(ids)):
-                logprobs = torch.log_softmax(model.logits(ids[:i]).float(), dim=-1)
-                top = torch.topk(logprobs, min(n, logprobs.numel()))
-                alternatives = [(int(t), model.detokenize([int(t)]), float(v))
-                                for v, t in zip(top.values, top.indices, strict=True)]
-                entries.append(TokenLogprob(ids[i], model.detokenize([ids[i]]), float(logprobs[ids[i]]), alternatives))
-            return entries
+            return [logprob_entry(model, model.logits(ids[:i]), ids[i], n) for i in range(1, len(ids))]
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.models.require().tokenize(text, add_bos)

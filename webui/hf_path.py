@@ -37,7 +37,8 @@ def negative_ids(model: Model, request: GenerationRequest) -> list[int]:
     return ids
 
 
-def _logprob_entry(model: Model, raw: torch.Tensor, token: int, n: int) -> TokenLogprob:
+def logprob_entry(model: Model, raw: torch.Tensor, token: int, n: int) -> TokenLogprob:
+    """`token`'s log-probability under the raw logits `raw`, with the top `n` alternatives."""
     from webui.generation import TokenLogprob
 
     logprobs = torch.log_softmax(raw.float(), dim=-1)
@@ -79,7 +80,7 @@ class SampledTokens:
         if banned:
             scores = scores.index_fill(0, torch.tensor(banned), float("-inf"))  # raw may be the model's cache
         token = self._sampler.choose(self._seq[: len(current)].unsqueeze(0), scores.unsqueeze(0))
-        entry = _logprob_entry(model, raw, token, self._logprobs) if self._logprobs else None
+        entry = logprob_entry(model, raw, token, self._logprobs) if self._logprobs else None
         self._seq[len(current)] = token
         current.append(token)
         return token, entry
