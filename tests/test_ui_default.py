@@ -62,11 +62,21 @@ def test_prompt_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 # -- browser -----------------------------------------------------------------------------------------
+def carriage_return_ids(models_dir: Path) -> list[int]:
+    """Tokens holding a carriage return: a browser textarea turns it into a newline, so a text read back from
+    the page would no longer tokenize as the server's did (the Tokens-table check compares the two)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(models_dir / "tiny-llama")
+    return [i for i in range(len(tokenizer)) if "\r" in tokenizer.decode([i])]
+
+
 @pytest.fixture
 def ui_settings(ui_settings: Settings) -> Settings:
-    """Short outputs that never end at once (a random model may pick EOS first)."""
+    """Short outputs that never end at once (a random model may pick EOS first) and hold no carriage return."""
+    bans = carriage_return_ids(ui_settings.models_dir)
     (ui_settings.presets_dir / "UI test.yaml").write_text(
-        yaml.safe_dump({"ban_eos_token": True}), encoding="utf-8"
+        yaml.safe_dump({"ban_eos_token": True, "custom_token_bans": bans}), encoding="utf-8"
     )
     ui_settings.preset = "UI test"
     ui_settings.extra["generation"] = {"max_new_tokens": 32}
