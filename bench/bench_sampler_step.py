@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from webui.sampling import SamplingParams, build_sampler  # noqa: E402
+from webui.sampling.vocabulary import Vocabulary  # noqa: E402
 
 SETTINGS: dict[str, dict] = {
     "neutral (draw only)": {},
@@ -34,6 +35,15 @@ SETTINGS: dict[str, dict] = {
     "top_p 0.95 alone": {"top_p": 0.95},
     "DRY + XTC + min_p": {"dry_multiplier": 0.8, "xtc_probability": 0.5, "min_p": 0.02},
     "presence + frequency": {"presence_penalty": 0.3, "frequency_penalty": 0.2},
+    "(a) + presence + DRY + top_k": {
+        "min_p": 0.05,
+        "temperature": 0.8,
+        "repetition_penalty": 1.1,
+        "presence_penalty": 0.3,
+        "dry_multiplier": 0.8,
+        "top_k": 100,
+    },
+    "adaptive-p after min_p": {"min_p": 0.05, "adaptive_target": 0.3},
     "mirostat 2": {"mirostat_mode": 2},
     "typical_p + tfs": {"typical_p": 0.9, "tfs": 0.95},
     "dynatemp + quadratic": {
@@ -60,7 +70,7 @@ def bench(settings: dict, vocab: int, context: int, steps: int) -> float:
         vocab_size=vocab,
         eos_token_ids=[2],
         prompt_ids=ids[0, : context // 2].tolist(),
-        encode=lambda s: [ord(c) % vocab for c in s],
+        vocabulary=Vocabulary(vocab, lambda t: bytes([32 + t % 90]), lambda s: [ord(c) % vocab for c in s]),
     )
     for i in range(5):
         sampler.choose(ids, logits[i % 8])

@@ -121,8 +121,12 @@ class ExLlamav2Model(HFTokenized, Model):
         self.evaluated_tokens += len(ids) - prefix
         return state.logits
 
-    def unsupported_native(self, params: SamplingParams) -> list[str]:
-        return native.unsupported(params)
+    @property
+    def native_sampler(self) -> str | None:  # type: ignore[override]
+        return "ExLlamaV2" if self.prefer_native else None
+
+    def native_limits(self, params: SamplingParams) -> dict[str, str]:
+        return {name: "ExLlamaV2's sampler cannot reproduce it exactly" for name in native.unsupported(params)}
 
     def native_generate(self, ids: Sequence[int], params: SamplingParams, seed: int) -> Iterator[int] | None:
         if not self.prefer_native or self.unsupported_native(params):

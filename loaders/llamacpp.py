@@ -108,6 +108,9 @@ class LlamaCppModel(Model):
     def token_bytes(self, token_id: int) -> bytes:
         return self._llm.detokenize([token_id])
 
+    def token_text(self, token_id: int) -> bytes:
+        return self._llm.detokenize([token_id], special=True)
+
     def _slot(self, slot: int) -> LlamaSequence:
         if slot not in self._slots:
             from llama_cpp._internals import LlamaBatch, LlamaContext
@@ -126,14 +129,23 @@ class LlamaCppModel(Model):
         seq.sync(ids)
         return torch.from_numpy(seq.last_logits())
 
-    def unsupported_native(self, params: SamplingParams) -> list[str]:
-        return native.unsupported(params)
+    @property
+    def native_sampler(self) -> str | None:  # type: ignore[override]
+        return "llama.cpp" if self.prefer_native else None
+
+    def native_limits(self, params: SamplingParams) -> dict[str, str]:
+        return native.limits(params)
+
+    def native_chain(self, params: SamplingParams, seed: int, pick: bool = True) -> Any:
+        """llama.cpp's sampler chain for `params` (a `LlamaSampler`; the caller closes it)."""
+        return native.build_chain(params, model=self._llm._model, n_vocab=self._n_vocab, n_ctx=self.n_ctx,
+                                  eos_ids=self._eos, seed=seed, pick=pick)
 
     def native_generate(self, ids: Sequence[int], params: SamplingParams, seed: int) -> Iterator[int] | None:
         if not self.prefer_native or self.unsupported_native(params):
             return None
         grammar = self._grammar_sampler(params.grammar_string) if params.grammar_string else None
-        chain = native.build_chain(params, model=self._llm._model, n_vocab=self._n_vocab, eos_ids=self._eos, seed=seed)
+        chain = self.native_chain(params, seed)
         return self._native_loop(list(ids), chain, grammar, native.needs_history(params))
 
     def supports_grammar(self) -> bool:

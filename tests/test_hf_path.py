@@ -104,7 +104,8 @@ def test_native_chain_refuses_what_it_cannot_honour(manager: ModelManager):
     model = manager.load("tiny-llama.gguf")
     assert model.unsupported_native(SamplingParams(top_a=0.2, tfs=0.9, min_p=0.1)) == ["tfs", "top_a"]
     assert model.native_generate([1, 2], SamplingParams(top_a=0.2), seed=1) is None
-    assert model.unsupported_native(SamplingParams(min_p=0.1, dry_multiplier=0.8, xtc_probability=0.5)) == []
+    assert model.unsupported_native(SamplingParams(min_p=0.1, dry_multiplier=0.8, adaptive_target=0.4)) == []
+    assert model.unsupported_native(SamplingParams(min_p=0.1, xtc_probability=0.5)) == ["xtc"]  # spares EOS
 
 
 def test_top_tokens_raw_and_after_samplers(manager: ModelManager, core: GenerationCore):

@@ -94,7 +94,7 @@ def test_dry_stops_at_sequence_breakers():
     assert dry.penalties(np.array([10, 11, 99, 5, 10, 11])) == {}  # the follower is a breaker
 
 
-def naive_dry(tokens: list[int], multiplier: float, base: float, allowed: int, breakers: set[int]) -> dict:
+def naive_dry(tokens: list[int], multiplier: float, base: float, allowed: int, breakers: set[int], max_match: int) -> dict:
     """DRY written the slow, obvious way, as a reference for the vectorised one."""
     if len(tokens) < 2 or tokens[-1] in breakers:
         return {}
@@ -103,7 +103,7 @@ def naive_dry(tokens: list[int], multiplier: float, base: float, allowed: int, b
         if tokens[i] != tokens[-1] or tokens[i + 1] in breakers:
             continue
         length = 1
-        while length < DRY.MAX_MATCH and i - length >= 0:
+        while length < max_match and i - length >= 0:
             a, b = tokens[i - length], tokens[len(tokens) - 1 - length]
             if a != b or b in breakers:
                 break
@@ -120,7 +120,30 @@ def test_dry_matches_a_naive_reference_on_random_repetitive_text():
         phrase = [rng.randrange(6) for _ in range(rng.randrange(2, 8))]
         tokens = (phrase * rng.randrange(1, 5) + [rng.randrange(6) for _ in range(rng.randrange(0, 6))]) * 2
         tokens = tokens[: rng.randrange(2, len(tokens) + 1)]
-        assert dry.penalties(np.array(tokens)) == pytest.approx(naive_dry(tokens, 0.8, 1.75, 2, {0})), tokens
+        assert dry.penalties(np.array(tokens)) == pytest.approx(naive_dry(tokens, 0.8, 1.75, 2, {0}, dry.max_match)), tokens
+
+
+def test_dry_follows_a_match_until_its_penalty_is_decisive():
+    """Past the length where multiplier * base^(L - allowed) >= 1e4 a longer match changes nothing
+    (exp(-1e4) is 0): 0.8 * 1.75^16 < 1e4 <= 0.8 * 1.75^17, so matches are followed to length 2 + 17."""
+    dry = DRY(multiplier=0.8, base=1.75, allowed_length=2, breakers=[])
+    assert dry.max_match == 19
+    tokens = np.array(list(range(30)) + list(range(29)))
+    assert dry.penalties(tokens) == pytest.approx({29: 0.8 * 1.75**17})
+    assert DRY(multiplier=1.0, base=1.0, allowed_length=3, breakers=[]).max_match == 3  # base 1: no growth
+
+
+def test_dry_multi_token_breaker_ends_a_match_only_when_complete():
+    """Head 20 with tail (21,) is the breaker "20 21": a complete one bounds the match, a lone 20 does not,
+    and only a token that is a whole breaker on its own (30) is spared as a follower."""
+    dry = DRY(multiplier=1.0, base=2.0, allowed_length=2, breakers={20: frozenset({(21,)}), 30: frozenset({()})})
+    assert dry.penalties(np.array([5, 6, 7, 8, 5, 6, 7])) == {8: 2.0}
+    # "21 6 7" repeats, but the match may not reach back past the complete breaker "20 21": length 2.
+    assert dry.penalties(np.array([9, 21, 6, 7, 8, 20, 21, 6, 7])) == {8: 1.0}
+    assert DRY(1.0, 2.0, 2, breakers=[]).penalties(np.array([9, 21, 6, 7, 8, 20, 21, 6, 7])) == {8: 2.0}
+    assert dry.penalties(np.array([5, 20, 7, 8, 5, 20, 7])) == {8: 2.0}  # 20 alone breaks nothing
+    assert dry.penalties(np.array([5, 6, 30, 1, 5, 6])) == {}  # follower 30 is a breaker by itself
+    assert dry.penalties(np.array([5, 6, 20, 1, 5, 6])) == {20: 1.0}  # a head with a tail is penalised
 
 
 def test_xtc_removes_top_choices_but_the_least_likely_of_them():

@@ -24,7 +24,7 @@ def test_default_priority_is_text_generation_webuis():
     assert list(DEFAULT_SAMPLER_PRIORITY) == [
         "repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "temperature", "dynamic_temperature",
         "quadratic_sampling", "top_n_sigma", "top_k", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "tfs",
-        "top_a", "min_p", "mirostat", "xtc", "encoder_repetition_penalty", "no_repeat_ngram",
+        "top_a", "min_p", "adaptive_p", "mirostat", "xtc", "encoder_repetition_penalty", "no_repeat_ngram",
     ]  # fmt: skip
     assert SamplingParams().sampler_priority == list(DEFAULT_SAMPLER_PRIORITY)
 

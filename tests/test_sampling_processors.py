@@ -229,3 +229,29 @@ def test_processors_work_on_batches_and_leave_their_input_alone(processor):
     for row in range(3):
         assert torch.equal(out[row], processor(IDS, scores[row : row + 1])[0])
         assert torch.isfinite(out[row]).any()
+
+
+def test_top_k_after_a_cut_that_left_fewer_tokens_keeps_them_all():
+    """top_k 4 after a sampler left 2 tokens: its k-th value is -inf; both stay, nothing becomes NaN."""
+    scores = torch.tensor([[1.0, 0.5, INF, INF, INF]])
+    out = TopK(4)(None, scores)
+    assert out.tolist() == scores.tolist()
+    assert not torch.isnan(out).any()
+
+
+def test_adaptive_p_reshapes_around_the_adapted_target_and_steers_it():
+    """p = 0.5, 0.3, 0.2 with target 0.3 (decay 0.5, average starts at the target): d = |p - 0.3| / 0.3 and
+    logit = 5 - 10 d^2 / (1 + d) gives 2.3333, 5, 4.1667. Picking the 0.5 token moves the average to
+    (0.5 + 0.5 * 0.6) / (1 + 0.5 * 2) = 0.4, so the next target is 2 * 0.3 - 0.4 = 0.2."""
+    from webui.sampling.adaptive_p import AdaptiveP
+
+    scores = torch.log(torch.tensor([0.5, 0.3, 0.2, 0.0]))
+    picker = AdaptiveP(0.3, 0.5, torch.Generator().manual_seed(0))
+    assert picker.adapted_target == pytest.approx(0.3)
+    reshaped = picker.keep(scores)
+    assert reshaped[:3].tolist() == pytest.approx([5 - 10 * (2 / 3) ** 2 / (5 / 3), 5.0, 5 - 10 * (1 / 3) ** 2 / (4 / 3)], abs=1e-5)
+    assert reshaped[3] == INF  # removed tokens stay removed
+    picker.observe(0.5)
+    assert picker.adapted_target == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        AdaptiveP(0.3, 1.0, torch.Generator())

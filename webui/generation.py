@@ -278,7 +278,7 @@ class GenerationCore:
             vocab_size=model.vocab_size,
             eos_token_ids=model.eos_token_ids,
             prompt_ids=ids,
-            encode=lambda s: model.tokenize(s, add_bos=False),
+            vocabulary=model.vocabulary,
             extra_processors=extra,
         )
         source = self._token_source(model, ids, request, sampler, bool(extra))
@@ -378,7 +378,7 @@ class GenerationCore:
             if use_samplers:
                 sampler = build_sampler(sampling or SamplingParams(), vocab_size=model.vocab_size,
                                         eos_token_ids=model.eos_token_ids, prompt_ids=ids,
-                                        encode=lambda s: model.tokenize(s, add_bos=False))
+                                        vocabulary=model.vocabulary)
                 probs = sampler.probabilities(torch.tensor([ids]), scores[None].clone())
             else:
                 probs = torch.softmax(scores.float(), dim=-1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from webui.sampling import SamplingParams
+    from webui.sampling.vocabulary import Vocabulary
 
 
 class HearthError(Exception):
@@ -150,6 +152,17 @@ class Model(ABC):
         """The raw bytes of one token, for byte-exact streaming; default goes through detokenize."""
         return self.detokenize([token_id]).encode("utf-8")
 
+    def token_text(self, token_id: int) -> bytes:
+        """One token's bytes with a special token as its text (DRY looks for breakers in it)."""
+        return self.token_bytes(token_id)
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary:
+        """The tokens as the samplers see them, built on first use and kept with the model."""
+        from webui.sampling.vocabulary import Vocabulary
+
+        return Vocabulary(self.vocab_size, self.token_text, lambda text: self.tokenize(text, add_bos=False))
+
     @abstractmethod
     def logits(self, ids: Sequence[int], slot: int = 0) -> torch.Tensor:
         """Raw next-token logits (float32, shape [vocab]) after `ids`, reusing the cache for the
@@ -167,9 +180,21 @@ class Model(ABC):
         silently: return None instead."""
         return None
 
+    #: The backend's own sampler, by name ("llama.cpp"), when `native_generate` can run requests; None
+    #: when every request goes through Hearth's pipeline.
+    native_sampler: str | None = None
+
     def unsupported_native(self, params: SamplingParams) -> list[str]:
         """Names of the parameters in `params` the native path cannot honour ([] when it can)."""
-        return []
+        return list(self.native_limits(params))
+
+    def native_limits(self, params: SamplingParams) -> dict[str, str]:
+        """The settings in `params` the native path cannot honour, each with why ({} when it can)."""
+        return {}
+
+    def supports_grammar(self) -> bool:
+        """Whether `grammar_string` (GBNF) constrains this backend's native path."""
+        return False
 
     @abstractmethod
     def unload(self) -> None:

@@ -45,12 +45,15 @@ class Mirostat:
         return remove_below(scores, torch.topk(scores, k).values[-1:])
 
     def _zipf_k(self, scores: torch.Tensor) -> int:
-        n = int(torch.isfinite(scores).sum())
-        m = min(self.m, n - 1)
-        if m < 1:
+        """k from s estimated over the m - 1 ratios of the top m probabilities, N the vocabulary size
+        (as the mirostat paper's code and llama.cpp)."""
+        live = int(torch.isfinite(scores).sum())
+        n = scores.shape[-1]
+        pairs = min(self.m - 1, live - 1)
+        if pairs < 1:
             return 1
-        top = torch.topk(torch.softmax(scores.double(), dim=-1), m + 1).values
-        i = torch.arange(m, dtype=torch.float64)
+        top = torch.topk(torch.softmax(scores.double(), dim=-1), pairs + 1).values
+        i = torch.arange(pairs, dtype=torch.float64)
         t = torch.log((i + 2) / (i + 1))
         b = torch.log(top[:-1].clamp_min(1e-300) / top[1:].clamp_min(1e-300))
         s_hat = float((t * b).sum() / (t * t).sum())
@@ -63,6 +66,10 @@ class Mirostat:
     def choose(self, scores: torch.Tensor) -> int:
         kept = self.keep(scores)
         token = sample_from(kept, self.generator)
+        self.observe(kept, token)
+        return token
+
+    def observe(self, kept: torch.Tensor, token: int) -> None:
+        """Move mu by the surprise of `token` among the tokens `keep` left."""
         log_p = float(kept[token] - log_normalizer(kept))
         self.mu -= self.eta * (-log_p / math.log(2) - self.tau)
-        return token

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from webui.loader_api import HearthError
 
@@ -37,6 +37,7 @@ DEFAULT_SAMPLER_PRIORITY: tuple[str, ...] = (
     "tfs",
     "top_a",
     "min_p",
+    "adaptive_p",
     "mirostat",
     "xtc",
     "encoder_repetition_penalty",
@@ -59,10 +60,13 @@ GREEDY_SKIPS = frozenset(
         "tfs",
         "top_a",
         "min_p",
+        "adaptive_p",
         "mirostat",
         "xtc",
     }
 )
+#: Samplers that pick the token themselves: they close the chain, and only one may be on.
+PICKERS = ("mirostat", "adaptive_p")
 TokenId = Annotated[int, Field(ge=0)]
 
 
@@ -105,6 +109,15 @@ class SamplingParams(BaseModel):
     mirostat_mode: int = Field(0, ge=0, le=2)
     mirostat_tau: float = Field(5.0, ge=0, le=20)
     mirostat_eta: float = Field(0.1, ge=0, le=1)
+    adaptive_target: float = Field(
+        0.0, ge=-1, le=1,
+        description="adaptive-p: pick tokens whose probability is near this target, steered over time "
+        "(0 or negative = off; SillyTavern sends -0.01 for off, as llama.cpp).",
+    )
+    adaptive_decay: float = Field(
+        0.9, ge=0, le=0.99,
+        description="adaptive-p: how long its memory of picked probabilities is (about 1 / (1 - decay) tokens).",
+    )
     logit_bias: dict[TokenId, Annotated[float, Field(ge=-100, le=100)]] = Field(
         default_factory=dict, description="Token id -> bias added to its logit (OpenAI's range, -100..100)."
     )
@@ -172,6 +185,14 @@ class SamplingParams(BaseModel):
         # Samplers missing from a user's list keep their default relative place at the end.
         return names + [n for n in DEFAULT_SAMPLER_PRIORITY if n not in names]
 
+    @model_validator(mode="after")
+    def _one_picker(self) -> SamplingParams:
+        if self.mirostat_mode > 0 and self.adaptive_target > 0:
+            raise ValueError(
+                "mirostat_mode and adaptive_target both pick the token: turn one off (mirostat_mode 0 or adaptive_target 0)"
+            )
+        return self
+
     def non_neutral(self) -> dict[str, Any]:
         """The fields that differ from the defaults (what a preset file stores)."""
         neutral = SamplingParams()
@@ -201,6 +222,7 @@ class SamplingParams(BaseModel):
             "tfs": self.tfs < 1,
             "top_a": self.top_a > 0,
             "min_p": self.min_p > 0,
+            "adaptive_p": self.adaptive_target > 0,
             "mirostat": self.mirostat_mode > 0,
             "xtc": self.xtc_probability > 0,
             "encoder_repetition_penalty": self.encoder_repetition_penalty != 1,
@@ -212,8 +234,8 @@ class SamplingParams(BaseModel):
         """The samplers that will run, in the order they run.
 
         Order: `sampler_priority`; temperature_last moves temperature, dynamic_temperature and
-        quadratic_sampling to the end (as text-generation-webui), and mirostat, which picks the token,
-        always closes the chain, after them. Greedy decoding skips GREEDY_SKIPS. logit_bias (biases, bans)
+        quadratic_sampling to the end (as text-generation-webui), and mirostat or adaptive_p, which pick
+        the token, always close the chain, after them. Greedy decoding skips GREEDY_SKIPS. logit_bias (biases, bans)
         is not listed: it always runs first."""
         order = [
             n for n in self.sampler_priority if self.is_active(n) and not (self.greedy and n in GREEDY_SKIPS)
@@ -222,6 +244,7 @@ class SamplingParams(BaseModel):
             order = [n for n in order if n not in _TEMPERATURE_FAMILY] + [
                 n for n in order if n in _TEMPERATURE_FAMILY
             ]
-        if "mirostat" in order:
-            order = [n for n in order if n != "mirostat"] + ["mirostat"]
+        for picker in PICKERS:
+            if picker in order:
+                order = [n for n in order if n != picker] + [picker]
         return order

@@ -4,7 +4,8 @@ Order is data: `SamplingParams.active_samplers()` gives the names in order, and 
 processor here. Neutral settings add nothing, so the common case costs only the samplers in use.
 The chain is: logit_bias (biases and bans, always first), the active samplers in order, then the
 `extra_processors` (transformers' own LogitsProcessors or an extension's), then the pick: argmax when
-greedy, else mirostat when on, else a draw from the softmax with the Sampler's seeded generator.
+greedy, else the picking sampler when one is on (mirostat or adaptive_p), else a draw from the softmax
+with the Sampler's seeded generator.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from webui.sampling.adaptive_p import AdaptiveP
 from webui.sampling.bias import LogitBias
 from webui.sampling.dry import DRY
 from webui.sampling.mirostat import Mirostat
@@ -38,6 +40,7 @@ from webui.sampling.truncation import (
     TopP,
     TypicalP,
 )
+from webui.sampling.vocabulary import Vocabulary
 from webui.sampling.xtc import XTC
 
 Processor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
@@ -69,7 +72,8 @@ class Sampler:
     `processors` is the ordered list (each of ours has a `.name`; `names` lists them for debugging). Our
     processors never modify their input in place, and foreign ones (extensions', transformers') get a
     copy, so the caller's scores (possibly a model's cached logits) stay intact. Stateful parts
-    (mirostat's mu, the generator) belong to this object: build one Sampler per request."""
+    (the picker's state: mirostat's mu, adaptive-p's average; the generator) belong to this object:
+    build one Sampler per request."""
 
     def __init__(
         self,
@@ -77,18 +81,18 @@ class Sampler:
         generator: torch.Generator,
         seed: int,
         greedy: bool = False,
-        mirostat: Mirostat | None = None,
+        picker: Mirostat | AdaptiveP | None = None,
     ):
         self.processors = processors
         self.generator = generator
         self.seed = seed
         self.greedy = greedy
-        self.mirostat = mirostat
+        self.picker = picker
 
     @property
     def names(self) -> list[str]:
         names = [getattr(p, "name", type(p).__name__) for p in self.processors if not isinstance(p, _CopyScores)]
-        return names + (["mirostat"] if self.mirostat is not None else [])
+        return names + ([self.picker.name] if self.picker is not None else [])
 
     def __repr__(self) -> str:
         return f"Sampler(seed={self.seed}, greedy={self.greedy}, chain={self.names})"
@@ -106,20 +110,20 @@ class Sampler:
         scores = self.process(input_ids, scores)
         if self.greedy:
             return int(scores[0].argmax())
-        if self.mirostat is not None:
-            return self.mirostat.choose(scores[0])
+        if self.picker is not None:
+            return self.picker.choose(scores[0])
         return sample_from(scores[0], self.generator)
 
     def probabilities(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         """The distribution `choose` samples from (1-D), for the logits inspector ("after samplers").
-        Mirostat's state is not advanced; XTC, when on, flips its coin on the generator as in `choose`."""
+        The picker's state is not advanced; XTC, when on, flips its coin on the generator as in `choose`."""
         scores = self.process(input_ids, scores)[0].float()
         if self.greedy:
             probs = torch.zeros_like(scores)
             probs[scores.argmax()] = 1.0
             return probs
-        if self.mirostat is not None:
-            scores = self.mirostat.keep(scores)
+        if self.picker is not None:
+            scores = self.picker.keep(scores)
         return torch.softmax(scores, dim=-1)
 
 
@@ -129,13 +133,13 @@ def build_sampler(
     vocab_size: int,
     eos_token_ids: Iterable[int],
     prompt_ids: Sequence[int] = (),
-    encode: Encode | None = None,
+    vocabulary: Vocabulary | None = None,
     extra_processors: Sequence[Any] = (),
 ) -> Sampler:
-    """The Sampler for one generation: fresh mirostat state, a generator seeded from params.seed (a random
+    """The Sampler for one generation: a fresh picker state, a generator seeded from params.seed (a random
     seed when it is -1; the one used is `Sampler.seed`, so a reply can be replayed).
 
-    `encode` turns text into ids without special tokens (DRY's sequence breakers, XTC's newline);
+    `vocabulary` is the model's (DRY's sequence breakers, XTC's newline; without it, neither has any);
     `prompt_ids` feed the encoder repetition penalty. Settings that cannot work with this vocabulary
     (a biased or banned id outside it, dynatemp_low above dynatemp_high) raise SamplingError."""
     seed = params.seed if params.seed >= 0 else random.randrange(2**63)
@@ -154,19 +158,21 @@ def build_sampler(
         bias.update({t: float("-inf") for t in eos})
     if bias:
         processors.append(LogitBias(bias, vocab_size))
-    mirostat = None
+    picker: Mirostat | AdaptiveP | None = None
     for name in params.active_samplers():
         try:
             if name == "mirostat":
-                mirostat = Mirostat(params.mirostat_mode, params.mirostat_tau, params.mirostat_eta, generator)
+                picker = Mirostat(params.mirostat_mode, params.mirostat_tau, params.mirostat_eta, generator)
+            elif name == "adaptive_p":
+                picker = AdaptiveP(params.adaptive_target, params.adaptive_decay, generator)
             else:
-                processors.append(_make(name, params, generator, prompt_ids, encode, eos))
+                processors.append(_make(name, params, generator, prompt_ids, vocabulary, eos))
         except ValueError as exc:
             raise SamplingError(f"{name}: {exc}") from None
     if extra_processors:  # ours never write to their input; a foreign processor may: give it a copy
         processors.append(_CopyScores())
         processors.extend(extra_processors)
-    return Sampler(processors, generator, seed, params.greedy, mirostat)
+    return Sampler(processors, generator, seed, params.greedy, picker)
 
 
 class _CopyScores:
@@ -183,19 +189,15 @@ def _make(
     p: SamplingParams,
     generator: torch.Generator,
     prompt_ids: Sequence[int],
-    encode: Encode | None,
+    vocabulary: Vocabulary | None,
     eos: set[int],
 ) -> Processor:
     if name == "dry":
-        breakers = sequence_breaker_ids(p.dry_sequence_breakers, encode)
+        breakers = vocabulary.breakers(p.dry_sequence_breakers) if vocabulary is not None else {}
         return DRY(p.dry_multiplier, p.dry_base, p.dry_allowed_length, breakers, p.dry_penalty_last_n)
     if name == "xtc":
-        return XTC(
-            p.xtc_threshold,
-            p.xtc_probability,
-            generator,
-            protected=eos | sequence_breaker_ids(["\n"], encode),
-        )
+        newline = sequence_breaker_ids(["\n"], vocabulary.encode if vocabulary is not None else None)
+        return XTC(p.xtc_threshold, p.xtc_probability, generator, protected=eos | newline)
     makers: dict[str, Callable[[], Processor]] = {
         "repetition_penalty": lambda: RepetitionPenalty(p.repetition_penalty, p.repetition_penalty_range),
         "presence_penalty": lambda: PresenceFrequencyPenalty(

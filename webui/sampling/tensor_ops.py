@@ -22,7 +22,10 @@ def remove_below(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     max(threshold - score, 0) is 0 for kept tokens and becomes +inf when scaled past the float range,
     so subtracting it leaves kept scores exactly unchanged and turns the others into -inf (no NaN, as
     the gap of a kept token is exactly 0). Callers keep threshold <= the row maximum, so one token stays.
+    A threshold of -inf (top_k asking for more tokens than earlier samplers left) keeps every finite
+    score: it is raised to the lowest float first, as -inf - -inf would be NaN.
     """
+    threshold = torch.as_tensor(threshold, dtype=scores.dtype).clamp(min=torch.finfo(scores.dtype).min)
     gap = torch.sub(threshold, scores).clamp_(min=0)
     gap.mul_(_HUGE).mul_(_HUGE).mul_(_HUGE)
     return gap.neg_().add_(scores)
