@@ -141,6 +141,7 @@ ROUTES = {
     ("/v1/internal/model/load", "post"), ("/v1/internal/model/unload", "post"), ("/v1/internal/encode", "post"),
     ("/v1/internal/decode", "post"), ("/v1/internal/token-count", "post"), ("/v1/internal/logits", "post"),
     ("/v1/internal/chat-prompt", "post"), ("/v1/internal/stop-generation", "post"),
+    ("/v1/internal/samplers", "get"), ("/v1/internal/samplers", "post"),
 }
 
 

@@ -1,4 +1,5 @@
-"""text-generation-webui's /v1/internal routes: model management, tokens, logits, chat prompts, stop.
+"""text-generation-webui's /v1/internal routes: model management, tokens, logits, chat prompts, stop;
+and Hearth's own /v1/internal/samplers (where each sampler setting runs on the loaded model).
 
 SillyTavern connects with /v1/internal/model/info and counts tokens with /v1/internal/encode. Load and
 unload are guarded by the admin key (the API key when no admin key is set) instead of the API key.
@@ -27,10 +28,17 @@ from webui.api.schemas import (
     LogitsResponse,
     ModelInfoResponse,
     ModelNamesResponse,
+    SamplerRoutingRequest,
+    SamplerRoutingResponse,
+    SamplersResponse,
+    SettingRouteInfo,
     StopResponse,
     TokenCountResponse,
     TokenProbability,
 )
+from webui.sampling import SamplingParams
+from webui.sampling.routing import route
+from webui.sampling.routing_table import each_setting, processor_extensions, route_loaded
 
 router = APIRouter(prefix="/v1/internal", dependencies=[Depends(require_api_key)], tags=["Internal"])
 admin = APIRouter(prefix="/v1/internal", dependencies=[Depends(require_admin_key)], tags=["Internal (admin)"])
@@ -117,3 +125,26 @@ def chat_prompt_route(body: ChatFields, hearth: Hearth, chat: Chat) -> ChatPromp
 def stop_generation(hearth: Hearth) -> StopResponse:
     """Stop the running generation and every queued one."""
     return StopResponse(stopped=hearth.core.stop_all())
+
+
+@router.get("/samplers", response_model=SamplersResponse, responses=ERRORS)
+def samplers(hearth: Hearth) -> SamplersResponse:
+    """Every sampler setting on its own (a typical value): native, pipeline or unavailable on the loaded model."""
+    model = hearth.models.require()
+    base = route(model, SamplingParams())
+    table = each_setting(model, processors=bool(hearth.core.extra_processors))
+    return SamplersResponse(
+        model_name=hearth.models.model_name or "",
+        loader=base.loader,
+        native_sampler=base.native_sampler,
+        settings={name: SettingRouteInfo(**vars(one)) for name, one in table.items()},
+        extension_processors=processor_extensions(hearth),
+    )
+
+
+@router.post("/samplers", response_model=SamplerRoutingResponse, responses=ERRORS)
+def samplers_for(body: SamplerRoutingRequest, hearth: Hearth) -> SamplerRoutingResponse:
+    """Where a completion request with these sampler fields (and logprobs) would run."""
+    logprobs = 0 if body.logprobs is None or body.logprobs is False else max(int(body.logprobs), 1)
+    routing = route_loaded(hearth, sampling_from(body, hearth.settings.presets_dir), logprobs=logprobs)
+    return SamplerRoutingResponse(**routing.as_dict(), extension_processors=processor_extensions(hearth))

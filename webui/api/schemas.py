@@ -281,3 +281,48 @@ class ChatPromptResponse(BaseModel):
 class StopResponse(BaseModel):
     status: Literal["ok"] = "ok"
     stopped: int = Field(description="Generations signalled (running and queued).")
+
+
+class SamplerRoutingRequest(SamplerFields):  # type: ignore[misc, valid-type]
+    """The sampler fields of a completion request (same names, same presets), plus its logprobs."""
+
+    logprobs: bool | Annotated[int, Field(ge=0, le=50)] | None = Field(
+        None, description="As in a completion (an integer; 0 still asks for one) or a chat completion (true)."
+    )
+
+
+class SamplerRoutingResponse(BaseModel):
+    """Where a request with these settings runs on the loaded model."""
+
+    loader: str
+    native_sampler: str | None = Field(
+        description="The backend's own sampler, or null when the loader always uses Hearth's pipeline."
+    )
+    path: Literal["native", "pipeline"]
+    active: list[str] = Field(description="The settings that change anything, in the order they run.")
+    native: list[str] = Field(description="Active settings run by the backend's own sampler.")
+    pipeline: list[str] = Field(description="Active settings run by Hearth's sampler pipeline.")
+    forced_pipeline: dict[str, str] = Field(description="Setting -> why it sent the request to the pipeline.")
+    unavailable: dict[str, str] = Field(description="Setting -> why this loader cannot run it (refused).")
+    slower: bool = Field(description="The pipeline was forced on a backend that has a faster native sampler.")
+    extension_processors: list[str] = Field(
+        default_factory=list,
+        description="Enabled extensions that may add a logits processor to a request (that request then runs in the pipeline).",
+    )
+
+
+class SettingRouteInfo(BaseModel):
+    runs: Literal["native", "pipeline", "unavailable"]
+    reason: str | None = Field(description="Why it is not native (null when it is).")
+    slower: bool = Field(description="Pipeline on a backend that has a faster native sampler.")
+    example: dict[str, Any] = Field(description="The value(s) it was turned on with.")
+
+
+class SamplersResponse(BaseModel):
+    """Every setting on its own, on the loaded model."""
+
+    model_name: str
+    loader: str
+    native_sampler: str | None
+    settings: dict[str, SettingRouteInfo]
+    extension_processors: list[str] = Field(default_factory=list)

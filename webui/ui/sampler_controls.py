@@ -2,7 +2,8 @@
 
 Widgets are generated from `SamplingParams`' pydantic fields (type and ge/le bounds), so a sampler added
 to the model appears here without retyping; `GROUPS` only decides where it is shown ("Other" catches the
-rest). Any edit rebuilds ``ctx.params`` and validates it once, naming the field on error.
+rest). Any edit rebuilds ``ctx.params`` and validates it once, naming the field on error. Under the presets,
+a panel says where the current settings run on the loaded model (`sampler_routing_view`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic.fields import FieldInfo
 from webui.loader_api import HearthError
 from webui.sampling import SamplingParams, delete_preset, list_presets, load_preset, save_preset
 from webui.ui.context import GENERATION_DEFAULTS, UIContext, sampling_params
+from webui.ui.sampler_routing_view import build_routing_panel
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "Temperature": (
@@ -57,6 +59,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "XTC": ("xtc_threshold", "xtc_probability"),
     "Mirostat": ("mirostat_mode", "mirostat_tau", "mirostat_eta"),
+    "Adaptive-p": ("adaptive_target", "adaptive_decay"),
     "Guidance (CFG)": ("guidance_scale", "negative_prompt"),
     "Grammar and bans": (
         "grammar_string",
@@ -215,6 +218,7 @@ def build_generation_tab(ctx: UIContext) -> GenerationControls:
         preset_name = gr.Textbox(label="Save as", placeholder="preset name", scale=2, elem_id="preset-name")
         save = gr.Button("Save preset", scale=1, elem_id="preset-save")
         delete = gr.Button("Delete preset", scale=1, variant="stop", elem_id="preset-delete")
+    build_routing_panel(ctx)
     widgets: dict[str, gr.components.Component] = {}
     fields = SamplingParams.model_fields
     grouped = {n for names in GROUPS.values() for n in names}
