@@ -36,9 +36,20 @@ class Settings:
     listen_port: int = 7860
     api: bool = False
     api_port: int = 5000
-    api_key: str | None = None
+    #: One key or several (--api-key may be repeated); see `api_keys`, which adds those of api_key_file.
+    api_key: str | list[str] | None = None
+    api_key_file: Path | None = None
     admin_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
+    #: Web UI logins: "user:password" pairs separated by commas, and/or a file with one pair per line.
+    gradio_auth: str | None = None
+    gradio_auth_path: Path | None = None
+    #: Host names (besides the bound address and localhost) that requests may address (DNS rebinding guard).
+    allowed_hosts: list[str] = field(default_factory=list)
+    #: Serve on --listen without UI logins / API keys: the user accepts that anyone on the network can use it.
+    allow_unauthenticated: bool = False
+    #: Largest API request body, in MiB (larger: 413).
+    max_request_mb: int = 32
     extensions: list[str] = field(default_factory=list)
     preset: str | None = None
     no_browser_ui: bool = False
@@ -52,8 +63,27 @@ class Settings:
     def host(self) -> str:
         return "0.0.0.0" if self.listen else "127.0.0.1"
 
+    @property
+    def api_keys(self) -> list[str]:
+        """Every accepted API key: --api-key (once or repeated) and the lines of --api-key-file."""
+        keys = [self.api_key] if isinstance(self.api_key, str) else list(self.api_key or [])
+        if self.api_key_file is not None:
+            try:
+                lines = Path(self.api_key_file).read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigError(f"cannot read --api-key-file {self.api_key_file}: {exc}") from None
+            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return [key for key in keys if key]
 
-_PATH_FIELDS = {"models_dir", "user_data_dir", "presets_dir", "templates_dir", "settings_file"}
+    @property
+    def allow_remote_code(self) -> bool:
+        """Models may run their own Python code (trust_remote_code) only when Hearth was started with
+        --trust-remote-code, as in text-generation-webui."""
+        return bool(self.loader_args.get("trust_remote_code"))
+
+
+_PATH_FIELDS = {"models_dir", "user_data_dir", "presets_dir", "templates_dir", "settings_file", "api_key_file",
+                "gradio_auth_path"}
 
 
 def _flag(name: str) -> str:
@@ -90,12 +120,20 @@ def build_parser(loaders: dict[str, type[Loader]]) -> argparse.ArgumentParser:
     server.add_argument("--listen", action="store_true", help="Listen on all interfaces (0.0.0.0) instead of 127.0.0.1.")
     server.add_argument("--listen-port", type=int, help="Web UI port (default 7860).")
     server.add_argument("--no-browser-ui", action="store_true", help="Do not start the web UI (API only, with --api).")
+    server.add_argument("--gradio-auth", metavar="USER:PWD[,USER:PWD...]", help="Require a login for the web UI.")
+    server.add_argument("--gradio-auth-path", type=Path, metavar="FILE", help="Web UI logins from a file, one USER:PWD per line.")
+    server.add_argument("--allowed-hosts", nargs="*", metavar="NAME",
+                        help="Host names requests may address besides localhost and the bound address (e.g. my-server.lan).")
+    server.add_argument("--allow-unauthenticated", action="store_true",
+                        help="With --listen, serve the web UI without logins and the API without keys: anyone on the network can use (and load models on) it.")
 
     api = parser.add_argument_group("API")
     api.add_argument("--api", action="store_true", help="Start the OpenAI-compatible API.")
     api.add_argument("--api-port", type=int, help="API port (default 5000).")
-    api.add_argument("--api-key", help="Require 'Authorization: Bearer KEY' on every API request.")
-    api.add_argument("--admin-key", help="Key required to load/unload models through the API (default: --api-key).")
+    api.add_argument("--api-key", action="append", help="Require 'Authorization: Bearer KEY' on every API request (repeat for several keys).")
+    api.add_argument("--api-key-file", type=Path, metavar="FILE", help="API keys from a file, one per line.")
+    api.add_argument("--admin-key", help="Key required to load/unload models and change what is served (default: any API key).")
+    api.add_argument("--max-request-mb", type=int, help="Largest API request body in MiB (default 32; larger gets a 413).")
     api.add_argument("--cors-origins", nargs="*", help="Origins allowed by CORS (default: none).")
 
     ext = parser.add_argument_group("Extensions")
