@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from loaders import llamacpp_sampling as native
 from loaders.llamacpp_sequence import LlamaSequence
-from webui.loader_api import Loader, LoaderError, LoaderParam, Model, ModelInfo, ModelRuntimeError
+from webui.input_errors import InvalidGrammar, check_token_ids
+from webui.loader_api import Loader, LoaderError, LoaderParam, Model, ModelInfo
 from webui.memory import AUTO_GPU_LAYERS, MemoryEstimateError, auto_gpu_layers
 from webui.plugins import hookimpl
 
@@ -102,13 +103,18 @@ class LlamaCppModel(Model):
             ids = [bos, *ids]
         return ids
 
+    # llama.cpp aborts the process on an id outside its vocabulary: every id is checked first.
     def detokenize(self, ids: Sequence[int]) -> str:
-        return self._llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+        ids = list(ids)
+        check_token_ids(ids, self._n_vocab)
+        return self._llm.detokenize(ids).decode("utf-8", errors="replace")
 
     def token_bytes(self, token_id: int) -> bytes:
+        check_token_ids([token_id], self._n_vocab, "token_id")
         return self._llm.detokenize([token_id])
 
     def token_text(self, token_id: int) -> bytes:
+        check_token_ids([token_id], self._n_vocab, "token_id")
         return self._llm.detokenize([token_id], special=True)
 
     def _slot(self, slot: int) -> LlamaSequence:
@@ -155,7 +161,7 @@ class LlamaCppModel(Model):
         capi = self._capi
         sampler = capi.llama_sampler_init_grammar(self._llm._model.vocab, grammar.encode("utf-8"), b"root")
         if not sampler:
-            raise ModelRuntimeError("grammar_string is not a valid GBNF grammar with a 'root' rule")
+            raise InvalidGrammar("grammar_string is not a valid GBNF grammar with a 'root' rule", "grammar_string")
         return sampler
 
     def _native_loop(self, ids: list[int], chain: Any, grammar: Any, history: int) -> Iterator[int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from webui.loader_api import HearthError
 from webui.prompts import safe_files
 from webui.prompts.history import ChatHistory, HistoryError, HistoryStore, Turn
 
@@ -146,7 +147,7 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temp(
     assert store.load("Aria", history.chat_id) == history
 
 
-def test_hostile_names_never_escape_the_chats_folder(tmp_path: Path) -> None:
+def test_hostile_names_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
     root = tmp_path / "user_data"
     store = HistoryStore(root)
     for character, chat_id in [
@@ -156,11 +157,13 @@ def test_hostile_names_never_escape_the_chats_folder(tmp_path: Path) -> None:
         ("/abs", "\\x"),
     ]:
         history = ChatHistory(character, (Turn("user", "x"),), chat_id)
-        path = store.save(history)
-        assert (root / "chats") in path.parents
-        assert path.resolve().is_relative_to((root / "chats").resolve())
-        assert store.load(character, chat_id).turns == history.turns
-    renamed = store.rename("Aria", "../../etc/passwd", "../../../outside")
+        with pytest.raises(safe_files.UnsafeNameError, match="not allowed"):
+            store.save(history)
+        with pytest.raises(HearthError):
+            store.load(character, chat_id)
+    assert not tmp_path.joinpath("user_data").exists()
+    store.save(ChatHistory("Aria", (Turn("user", "x"),), "first"))
+    renamed = store.rename("Aria", "first", "../../../outside")  # a title: made into a plain file name
     assert (root / "chats" / "Aria" / f"{renamed.chat_id}.json").is_file()
     assert not any(p for p in tmp_path.rglob("*") if root not in p.parents and p != root)
 

@@ -16,6 +16,7 @@ from webui.model_settings import (
     settings_path,
 )
 from webui.models import ModelManager, ModelNotFound
+from webui.prompts.safe_files import UnsafeNameError
 
 GGUF = "tiny-llama.gguf"
 
@@ -75,5 +76,6 @@ def test_corrupt_files_are_reported(manager: ModelManager, tmp_path: Path, text:
 
 
 def test_names_stay_inside_the_folder(tmp_path: Path) -> None:
-    path = settings_path(tmp_path, "../../etc/passwd")
-    assert path.parent == tmp_path / "models"
+    with pytest.raises(UnsafeNameError):
+        settings_path(tmp_path, "../../etc/passwd")
+    assert settings_path(tmp_path, "mistral-7b.Q4_K_M.gguf").parent == tmp_path / "models"

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from webui.loader_api import HearthError
+from webui.prompts.safe_files import UnsafeNameError
 from webui.sampling import (
     SamplingError,
     SamplingParams,
@@ -67,15 +69,17 @@ def test_round_trip_writes_only_differences(tmp_path: Path):
         delete_preset(tmp_path, "Mine")
 
 
-def test_names_are_sanitised_into_the_folder(tmp_path: Path):
+def test_unsafe_names_are_refused_and_nothing_is_written(tmp_path: Path):
     inside = tmp_path / "presets"
-    path = save_preset(inside, "../../evil/name", SamplingParams(top_k=3))
-    assert path.parent == inside and "/" not in path.stem and ".." not in path.stem
-    assert not (tmp_path / "evil").exists()
-    with pytest.raises(SamplingError, match="no preset named"):
-        load_preset(inside, "../../etc/passwd")
+    for hostile in ("../../evil/name", "/etc/passwd", "a\\b", "x\x00y", ".hidden", "CON"):
+        with pytest.raises(UnsafeNameError, match="not allowed"):
+            save_preset(inside, hostile, SamplingParams(top_k=3))
+        with pytest.raises(HearthError):
+            load_preset(inside, hostile)
+    assert not inside.exists() and not (tmp_path / "evil").exists()
     with pytest.raises(SamplingError, match="needs a name"):
         save_preset(inside, " .. ", SamplingParams())
+    assert save_preset(inside, "Mon préréglage 1", SamplingParams(top_k=3)).name == "Mon préréglage 1.yaml"
 
 
 @pytest.mark.parametrize("content, message", [

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from webui.loader_api import HearthError
+from webui.prompts.safe_files import UnsafeNameError
 from webui.prompts.templates import (
     DEFAULT_TEMPLATE,
     MODEL_TEMPLATE_NAME,
@@ -141,8 +142,10 @@ def test_load_template_errors_and_safe_names(tmp_path: Path) -> None:
     (tmp_path / "secret.jinja").write_text("outside", encoding="utf-8")
     inner = tmp_path / "templates"
     inner.mkdir()
-    with pytest.raises(TemplateError, match="no instruction template named"):
+    with pytest.raises(UnsafeNameError, match="instruction template '../secret' is not allowed"):
         load_template(inner, "../secret")
+    with pytest.raises(TemplateError, match="no instruction template named"):
+        load_template(inner, "secret")
     assert load_template(tmp_path, "Mine") == "{{ 'x' }}"
 
 

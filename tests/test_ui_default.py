@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from webui.config import Settings
+from webui.prompts.safe_files import UnsafeNameError
 from webui.prompts_store import PromptStore, PromptStoreError
 
 if TYPE_CHECKING:
@@ -41,10 +42,10 @@ def test_prompt_store_round_trip_and_listing(tmp_path: Path) -> None:
 
 def test_prompt_names_cannot_leave_the_folder(tmp_path: Path) -> None:
     store = PromptStore.for_user_data(tmp_path)
-    saved_as = store.save("../../evil/name", "x")
-    assert (tmp_path / "prompts" / f"{saved_as}.txt").is_file()
-    assert not (tmp_path.parent / "evil").exists()
-    assert store.load("../../evil/name") == "x"  # the same untrusted name maps to the same safe file
+    with pytest.raises(UnsafeNameError, match="prompt name '../../evil/name' is not allowed"):
+        store.save("../../evil/name", "x")
+    assert not (tmp_path / "prompts").exists() and not (tmp_path.parent / "evil").exists()
+    assert store.load(store.save(" Ёлка 雪 ", "x")) == "x"  # spaces around a name are trimmed, unicode kept
 
 
 def test_prompt_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,10 +1,12 @@
-"""`python -m webui`: parse flags, build the App, launch the web UI (and the API with --api)."""
+"""`python -m webui`: parse flags, decide who may connect, build the App, launch the web UI (and the API
+with --api). Every start-up error is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+from webui.access import plan_access
 from webui.app import App
 from webui.config import parse_settings
 from webui.loader_api import HearthError
@@ -17,7 +19,7 @@ def check_startup(app: App) -> None:
     if settings.loader:
         app.models.get_loader(settings.loader)
     if settings.model:
-        app.models.resolve(settings.model)
+        app.models.resolve_path(settings.model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     loaders = collect_loaders(plugins)
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv, loaders)
+        access = plan_access(settings)  # before anything loads: refusing to listen openly is instant
         app = App.create(settings, plugins)
         check_startup(app)
         app.load_startup_model()
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from webui.server import serve
 
-    return serve(app)
+    return serve(app, access)
 
 
 if __name__ == "__main__":

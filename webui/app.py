@@ -13,6 +13,7 @@ from webui.generation import GenerationCore
 from webui.loader_api import Loader
 from webui.models import ModelManager
 from webui.plugins import collect_loaders, make_plugin_manager
+from webui.prompts.safe_files import remove_crash_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,10 @@ class App:
 
     @classmethod
     def create(cls, settings: Settings, plugins: pluggy.PluginManager | None = None) -> App:
+        remove_crash_leftovers(settings)
         plugins = plugins or make_plugin_manager()
         loaders = collect_loaders(plugins)
-        models = ModelManager(settings.models_dir, loaders)
+        models = ModelManager(settings.models_dir, loaders, allow_remote_code=settings.allow_remote_code)
         extensions = ExtensionManager(plugins, settings)  # enabled from Settings.extensions below
         app = cls(settings, plugins, loaders, models, GenerationCore(models, extensions), extensions)
         extensions.start(app)
@@ -40,7 +42,7 @@ class App:
         """Load --model with --loader and the loader flags given (errors propagate to the caller)."""
         if not self.settings.model:
             return
-        loader = self.settings.loader or self.models.choose_loader(self.models.resolve(self.settings.model).path)
+        loader = self.settings.loader or self.models.choose_loader(self.models.resolve_path(self.settings.model).path)
         known = {p.name for p in self.loaders[loader].params} if loader in self.loaders else set()
         params = {k: v for k, v in self.settings.loader_args.items() if k in known}
-        self.models.load(self.settings.model, loader, params)
+        self.models.load_path(self.settings.model, loader, params)  # the command line may name a path

@@ -117,15 +117,15 @@ def build_parser(loaders: dict[str, type[Loader]]) -> argparse.ArgumentParser:
     basic.add_argument("--preset", help="Sampler preset from presets/ to start with.")
 
     server = parser.add_argument_group("Web UI")
-    server.add_argument("--listen", action="store_true", help="Listen on all interfaces (0.0.0.0) instead of 127.0.0.1.")
+    server.add_argument("--listen", action="store_true", help="Listen on all interfaces (0.0.0.0) instead of 127.0.0.1. Needs --gradio-auth or --gradio-auth-path for the web UI and --api-key for the API (or --allow-unauthenticated).")
     server.add_argument("--listen-port", type=int, help="Web UI port (default 7860).")
     server.add_argument("--no-browser-ui", action="store_true", help="Do not start the web UI (API only, with --api).")
-    server.add_argument("--gradio-auth", metavar="USER:PWD[,USER:PWD...]", help="Require a login for the web UI.")
-    server.add_argument("--gradio-auth-path", type=Path, metavar="FILE", help="Web UI logins from a file, one USER:PWD per line.")
+    server.add_argument("--gradio-auth", metavar="USER:PWD[,USER:PWD...]", help="Require a login for the web UI: USER:PASSWORD pairs separated by commas.")
+    server.add_argument("--gradio-auth-path", type=Path, metavar="FILE", help="Web UI logins from a file, one USER:PASSWORD per line (the password may contain ':' and ','; lines starting with # are skipped).")
     server.add_argument("--allowed-hosts", nargs="*", metavar="NAME",
-                        help="Host names requests may address besides localhost and the bound address (e.g. my-server.lan).")
+                        help="Host names requests may address besides localhost and the bound address (with --listen also this machine's names and addresses), e.g. my-server.lan; '*' turns the check off (behind a reverse proxy that checks it). Other names get 403.")
     server.add_argument("--allow-unauthenticated", action="store_true",
-                        help="With --listen, serve the web UI without logins and the API without keys: anyone on the network can use (and load models on) it.")
+                        help="With --listen, serve the web UI without logins and the API without keys: anyone on the network can use (and load models on) it. Never saved to settings.yaml.")
 
     api = parser.add_argument_group("API")
     api.add_argument("--api", action="store_true", help="Start the OpenAI-compatible API.")

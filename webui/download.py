@@ -12,8 +12,6 @@ hidden `.NAME.incomplete/` folder and renamed at the end, so the model manager n
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
 import shutil
 import sys
 import threading
@@ -28,8 +26,8 @@ from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 
+from webui.checksums import already_complete, expected_digest, verify
 from webui.hub import (
-    ChecksumMismatch,
     DownloadCancelled,
     HubError,
     RemoteFile,
@@ -38,6 +36,7 @@ from webui.hub import (
     destination,
     hub_errors,
     list_repo,
+    local_path,
     resolve_endpoint,
     resolve_token,
     select_files,
@@ -81,7 +80,9 @@ def download(
 ) -> Path:
     """Fetch the selected files into models/ and return the model's path (a .gguf file or a folder).
 
-    Files already complete are skipped; partial ones are resumed. Raises a HubError subclass."""
+    Files already in place with the Hub's size and hash are skipped (re-hashed, never trusted by size);
+    partial ones are resumed; every file is checked against the Hub's sha256 or git blob id. Raises a
+    HubError subclass (`UnsafeRemotePath` for a name that would land outside models/, before any write)."""
     endpoint = resolve_endpoint(endpoint)
     listing = spec if isinstance(spec, RepoListing) else list_repo(spec, token=token, endpoint=endpoint)
     files = select_files(listing, select)
@@ -89,14 +90,12 @@ def download(
     target = destination(listing, files, models_dir)
     single = target.suffix.lower() == ".gguf"
     staging = models_dir if single else models_dir / f".{target.name}{PARTIAL_SUFFIX}"
-    todo = [
-        f
-        for f in files
-        if not (_complete(target if single else target / f.path, f) or _complete(staging / f.path, f))
-    ]
+    # every path is checked before anything is written: a hostile name fails the whole download up front
+    places = {f.path: (target, staging / f.name) if single else _places(target, staging, f) for f in files}
+    todo = [f for f in files if not any(already_complete(p, f) for p in places[f.path])]
     transfer = _Transfer(listing, endpoint, resolve_token(token), on_progress, cancel, todo)
     for index, file in enumerate(todo, 1):
-        transfer.fetch(file, index, staging / (file.name if single else file.path))
+        transfer.fetch(file, index, places[file.path][1])
     if not single and staging.exists():
         _merge_into(staging, target)
     return target
@@ -150,11 +149,7 @@ class _Transfer:
                     tqdm_class=_SilentBar,  # type: ignore[arg-type]
                 )
             tracker.finish()
-        expected = file.sha256 or (
-            meta.etag if meta.etag and re.fullmatch(r"[0-9a-f]{64}", meta.etag) else None
-        )
-        if expected:
-            _verify_sha256(part, expected, file.path)
+        verify(part, expected_digest(file, meta.etag), file.path)
         part.replace(target)
         self.overall_before += size
 
@@ -243,21 +238,9 @@ class _SilentBar:
         return None
 
 
-def _verify_sha256(path: Path, expected: str, name: str) -> None:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != expected.lower():
-        path.unlink()
-        raise ChecksumMismatch(
-            f"{name}: sha256 {digest.hexdigest()[:12]}… does not match the Hub's {expected[:12]}…; the bad file was deleted"
-        )
-
-
-def _complete(path: Path, file: RemoteFile) -> bool:
-    """A file already in place with the listed size was verified when it was renamed there."""
-    return path.is_file() and path.stat().st_size == file.size
+def _places(target: Path, staging: Path, file: RemoteFile) -> tuple[Path, Path]:
+    """A folder download's file: where it ends up, and where it is staged (both checked to stay inside)."""
+    return local_path(target, file.path), local_path(staging, file.path)
 
 
 def _merge_into(staging: Path, target: Path) -> None:

@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from webui.config import ROOT
+from webui.prompts.safe_files import path_inside
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Source:
 
 
 def _load_folder_extension(folder: Path, name: str) -> object:
-    directory = folder / name
+    directory = path_inside(folder, name, what="extension")  # names are discovered, but never trusted
     script = directory / "script.py"
     if folder.resolve() == EXTENSIONS_DIR.resolve():  # the shipped package: import it properly
         package = importlib.import_module(f"extensions.{name}")

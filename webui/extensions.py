@@ -87,7 +87,13 @@ class _GuardedProcessor:
     scores pass through unchanged, so the generation finishes."""
 
     def __init__(self, inner: Any, extension: str, manager: ExtensionManager):
-        self.inner, self.extension, self.manager, self.failed = inner, extension, manager, False
+        self.inner, self.extension, self.manager = inner, extension, manager
+        #: Set when it failed: what went wrong, for the client of this generation (the API reports it).
+        self.error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         if self.failed:
@@ -95,7 +101,8 @@ class _GuardedProcessor:
         try:
             return self.inner(input_ids, scores)
         except Exception as exc:  # noqa: BLE001 - isolation is the point
-            self.failed = True
+            self.error = f"extension {self.extension!r} failed in logits_processor and was disabled: " \
+                         f"{type(exc).__name__}: {exc}"
             self.manager.fail(self.extension, "logits_processor", exc)
             return scores
 
@@ -339,6 +346,11 @@ class ExtensionManager:
             if ok and result:
                 processors += [_GuardedProcessor(p, impl.plugin_name, self) for p in result]
         return processors
+
+    @staticmethod
+    def processor_failures(processors: Sequence[Any]) -> list[str]:
+        """What went wrong in those of `processors` (from `logits_processors`) that failed."""
+        return [p.error for p in processors if isinstance(p, _GuardedProcessor) and p.error]
 
     def custom_chat_prompt(self, user_input: str | None, history: ChatHistory, options: ChatOptions,
                            character: Character, state: dict[str, Any], build: PromptBuilder) -> ChatPrompt:

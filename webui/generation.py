@@ -100,6 +100,8 @@ class Finished:
     seed: int
     stop_string: str | None = None
     token_ids: list[int] = field(default_factory=list)
+    #: Extensions' logits processors that failed during this generation (it finished without them).
+    extension_errors: list[str] = field(default_factory=list)
 
 
 Event = TextChunk | Finished
@@ -283,8 +285,10 @@ class GenerationCore:
         )
         source = self._token_source(model, ids, request, sampler, bool(extra))
         for event in self._decode_stream(model, ids, request, source, sampler.seed, max_new, dropped, cancel):
-            if ext is not None and not is_chat and isinstance(event, Finished):  # extensions: output_modifier
-                event.text = ext.modify_output(event.text, state, False)
+            if ext is not None and isinstance(event, Finished):
+                event.extension_errors = ext.processor_failures(extra)
+                if not is_chat:  # extensions: output_modifier
+                    event.text = ext.modify_output(event.text, state, False)
             yield event
 
     def _token_source(self, model: Model, ids: list[int], request: GenerationRequest, sampler,

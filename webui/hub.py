@@ -29,6 +29,7 @@ from huggingface_hub.errors import (
 )
 
 from webui.loader_api import HearthError
+from webui.prompts.safe_files import UnsafeNameError, relative_path_inside
 
 try:  # huggingface_hub 2.x talks through httpx2, 1.x through httpx
     from httpx2 import TransportError
@@ -84,6 +85,10 @@ class ChecksumMismatch(HubError):
     """A downloaded file's sha256 differs from the Hub's; the file has been deleted."""
 
 
+class UnsafeRemotePath(HubError):
+    """A repo or file name from the Hub that would land outside the models folder; nothing was written."""
+
+
 class DownloadCancelled(HubError):
     """The caller's cancel event was set; partial files are kept so the next run resumes."""
 
@@ -115,11 +120,12 @@ class RepoRef:
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file of a repo at the listed commit; sha256 is known for LFS files only."""
+    """One file of a repo at the listed commit: sha256 for LFS files, the git blob id for the others."""
 
     path: str
     size: int
     sha256: str | None = None
+    blob_id: str | None = None
 
     @property
     def name(self) -> str:
@@ -199,7 +205,12 @@ def list_repo(spec: str | RepoRef, *, token: str | None = None, endpoint: str | 
             )
         tree = api.list_repo_tree(ref.repo_id, revision=commit, recursive=True)
         files = tuple(
-            RemoteFile(entry.path, entry.size, entry.lfs.sha256 if entry.lfs else None)
+            RemoteFile(
+                entry.path,
+                entry.size,
+                entry.lfs.sha256 if entry.lfs else None,
+                None if entry.lfs else entry.blob_id,
+            )
             for entry in tree
             if isinstance(entry, RepoFile)
         )
@@ -235,8 +246,16 @@ def select_files(listing: RepoListing, select: str | None = None) -> list[Remote
 def destination(listing: RepoListing, files: list[RemoteFile], models_dir: Path) -> Path:
     """A lone GGUF goes straight into models/; anything else into models/user_repo[_branch]/."""
     if len(files) == 1 and files[0].name.lower().endswith(".gguf"):
-        return models_dir / files[0].name
-    return models_dir / listing.repo.folder_name
+        return local_path(models_dir, files[0].name)
+    return local_path(models_dir, listing.repo.folder_name)
+
+
+def local_path(folder: Path, relative: str) -> Path:
+    """Where a name from the Hub lands under ``folder``; ``..``, absolute paths and the like are refused."""
+    try:
+        return relative_path_inside(folder, relative, "file name from the Hub")
+    except UnsafeNameError as exc:
+        raise UnsafeRemotePath(f"refusing to download: {exc}") from None
 
 
 @contextmanager

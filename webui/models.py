@@ -1,7 +1,9 @@
 """The model manager: what is in models/, which loader fits it, and the one loaded model.
 
 Load and unload take the generation core's queue lock, so a model is never swapped under a running
-generation.
+generation. Names from the UI and the API resolve only to entries of the models folder (`resolve`, `load`);
+only the command line may name a path elsewhere on disk (`resolve_path`, `load_path`). Models that run
+their own Python code (`trust_remote_code`) load only when Hearth was started with --trust-remote-code.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ class ModelNotFound(HearthError):
     """A model name that is not in the models folder."""
 
 
+class RemoteCodeNotAllowed(HearthError):
+    """A load asked for trust_remote_code, but Hearth was not started with --trust-remote-code."""
+
+
 class NoModelLoaded(HearthError):
     """A request that needs a model came while none is loaded."""
 
@@ -47,34 +53,44 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def discover_models(models_dir: Path) -> list[LocalModel]:
-    """GGUF files and model folders in `models_dir`, sorted by name (case-insensitive).
+def _as_model(entry: Path) -> LocalModel | None:
+    """`entry` of a models folder as a model, or None: hidden entries, partial downloads (*.incomplete) and
+    non-first GGUF shards are not models; a folder is one when it has a config.json or a GGUF inside."""
+    if entry.name.startswith(".") or entry.name.endswith(".incomplete"):
+        return None
+    if entry.is_file() and entry.suffix.lower() == ".gguf":
+        shard = _SHARD.search(entry.name)
+        if shard and int(shard.group(1)) != 1:
+            return None
+        return LocalModel(entry.name, entry, _size(entry))
+    if entry.is_dir() and ((entry / "config.json").is_file() or next(entry.glob("*.gguf"), None)):
+        return LocalModel(entry.name, entry, _size(entry))
+    return None
 
-    Hidden entries, partial downloads (*.incomplete) and non-first GGUF shards are skipped; a folder
-    counts when it has a config.json or a GGUF inside.
-    """
+
+def discover_models(models_dir: Path) -> list[LocalModel]:
+    """GGUF files and model folders in `models_dir`, sorted by name (case-insensitive)."""
     if not models_dir.is_dir():
         return []
-    found = []
-    for entry in models_dir.iterdir():
-        if entry.name.startswith(".") or entry.name.endswith(".incomplete"):
-            continue
-        if entry.is_file() and entry.suffix.lower() == ".gguf":
-            shard = _SHARD.search(entry.name)
-            if shard and int(shard.group(1)) != 1:
-                continue
-            found.append(LocalModel(entry.name, entry, _size(entry)))
-        elif entry.is_dir() and ((entry / "config.json").is_file() or next(entry.glob("*.gguf"), None)):
-            found.append(LocalModel(entry.name, entry, _size(entry)))
+    found = [model for entry in models_dir.iterdir() if (model := _as_model(entry)) is not None]
     return sorted(found, key=lambda m: m.name.lower())
+
+
+def is_plain_name(name: str) -> bool:
+    """A name that can only mean an entry of a folder: no separator or drive, not '', '.' or '..'."""
+    path = Path(name)
+    return name not in {"", ".", ".."} and not any(c in name for c in "\\\0") and path.name == name and not path.anchor
 
 
 class ModelManager:
     """Discovers local models, picks loaders, holds the loaded model."""
 
-    def __init__(self, models_dir: Path, loaders: dict[str, type[Loader]], lock: FifoLock | None = None):
+    def __init__(self, models_dir: Path, loaders: dict[str, type[Loader]], lock: FifoLock | None = None, *,
+                 allow_remote_code: bool = False):
         self.models_dir = models_dir
         self.loaders = loaders
+        #: `Settings.allow_remote_code`: trust_remote_code is refused unless Hearth was started with it.
+        self.allow_remote_code = allow_remote_code
         #: Held by the generation core while a request runs; load/unload wait for it.
         self.lock = lock or FifoLock()
         self.model: Model | None = None
@@ -87,15 +103,22 @@ class ModelManager:
         return discover_models(self.models_dir)
 
     def resolve(self, name: str) -> LocalModel:
-        """A model by its name in the models folder (or an absolute/relative path to one)."""
-        for model in self.list_models():
-            if model.name == name:
-                return model
+        """A model of the models folder by its name (as listed). Paths, '..' and anything not listed are
+        ModelNotFound: names from the UI and the API never leave the folder. Looks at one entry only."""
+        model = _as_model(self.models_dir / name) if is_plain_name(name) else None
+        if model is None:
+            available = ", ".join(m.name for m in self.list_models()) or f"none (put models in {self.models_dir})"
+            raise ModelNotFound(f"no model named {name!r} in the models folder. Available: {available}")
+        return model
+
+    def resolve_path(self, name: str) -> LocalModel:
+        """For the command line (--model) only: a name in the models folder, or a path to a model anywhere."""
+        if is_plain_name(name) and _as_model(self.models_dir / name) is not None:
+            return self.resolve(name)
         path = Path(name)
         if path.exists() and (path.suffix.lower() == ".gguf" or path.is_dir()):
             return LocalModel(path.name, path, _size(path))
-        available = ", ".join(m.name for m in self.list_models()) or f"none (put models in {self.models_dir})"
-        raise ModelNotFound(f"no model named {name!r}. Available: {available}")
+        return self.resolve(name)  # raises ModelNotFound listing what exists
 
     def loader_scores(self, path: Path) -> list[tuple[str, int]]:
         """Loaders that can load `path`, best first."""
@@ -119,14 +142,22 @@ class ModelManager:
         return self.loaders[name]
 
     def load(self, name: str, loader: str | None = None, params: dict[str, Any] | None = None) -> Model:
-        """Unload the current model and load `name`. Parameters are validated before anything is freed."""
-        local = self.resolve(name)
+        """Unload the current model and load `name` from the models folder (UI, API)."""
+        return self.load_local(self.resolve(name), loader, params)
+
+    def load_path(self, name: str, loader: str | None = None, params: dict[str, Any] | None = None) -> Model:
+        """`load` for the command line, which may name a path outside the models folder."""
+        return self.load_local(self.resolve_path(name), loader, params)
+
+    def load_local(self, local: LocalModel, loader: str | None = None, params: dict[str, Any] | None = None) -> Model:
+        """Load a resolved model. Parameters are validated before anything is freed."""
         loader_name = loader or self.choose_loader(local.path)
         cls = self.get_loader(loader_name)
         ok, hint = cls.available()
         if not ok:
             raise LoaderError(f"the {loader_name} loader is not installed here: {hint}")
         resolved = cls.resolve_params(params)
+        self.check_remote_code(resolved)
         cls.validate(local.path, resolved)
         with self.lock:
             self._unload_locked()
@@ -135,6 +166,14 @@ class ModelManager:
             self.model, self.model_name, self.loader_name, self.load_params = model, local.name, loader_name, resolved
             self._apply_torch_threads(model.torch_threads)
         return model
+
+    def check_remote_code(self, params: dict[str, Any]) -> None:
+        """RemoteCodeNotAllowed when resolved loader `params` ask for trust_remote_code without the flag."""
+        if params.get("trust_remote_code") and not self.allow_remote_code:
+            raise RemoteCodeNotAllowed(
+                "trust_remote_code runs the model's own Python code and is refused: start Hearth with "
+                "--trust-remote-code to allow it"
+            )
 
     def _apply_torch_threads(self, wanted: int | None) -> None:
         import torch

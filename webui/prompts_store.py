@@ -1,7 +1,7 @@
 """Saved prompts for the Default and Notebook tabs: ``user_data/prompts/<name>.txt``.
 
-Prompt names are typed by people, so they go through `safe_name` (no path escapes) and saves are atomic
-(a crash mid-save keeps the previous text). Plain .txt files so people can edit them outside Hearth.
+Prompt names are typed by people, so a name that is not one plain file name is refused (`path_inside`:
+no path escapes, nothing written) and saves are atomic (a crash mid-save keeps the previous text). Plain .txt files so people can edit them outside Hearth.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from webui.loader_api import HearthError
-from webui.prompts.safe_files import atomic_write_text, path_inside, safe_name
+from webui.prompts.safe_files import atomic_write_text, is_plain_name, path_inside
 
 SUFFIX = ".txt"
 
@@ -32,27 +32,28 @@ class PromptStore:
         """Saved prompt names, sorted case-insensitively (what the dropdown shows)."""
         if not self.folder.is_dir():
             return []
-        return sorted((p.stem for p in self.folder.glob(f"*{SUFFIX}") if p.is_file()), key=str.lower)
+        stems = (p.stem for p in self.folder.glob(f"*{SUFFIX}") if p.is_file())
+        return sorted((s for s in stems if is_plain_name(s)), key=str.lower)
 
     def save(self, name: str, text: str) -> str:
-        """Write the prompt atomically; returns the name it was saved under (made safe)."""
+        """Write the prompt atomically; returns the name it was saved under (surrounding spaces trimmed)."""
         if not name.strip():
             raise PromptStoreError("give the prompt a name before saving it")
-        path = path_inside(self.folder, name, SUFFIX)
+        path = path_inside(self.folder, name, SUFFIX, what="prompt name")
         atomic_write_text(path, text)
         return path.stem
 
     def load(self, name: str) -> str:
-        path = path_inside(self.folder, name, SUFFIX)
+        path = path_inside(self.folder, name, SUFFIX, what="prompt name")
         try:
             return path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise PromptStoreError(f"no saved prompt named {safe_name(name)!r}") from None
+            raise PromptStoreError(f"no saved prompt named {path.stem!r}") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise PromptStoreError(f"cannot read prompt {safe_name(name)!r}: {exc}") from exc
+            raise PromptStoreError(f"cannot read prompt {path.stem!r}: {exc}") from exc
 
     def delete(self, name: str) -> None:
-        path = path_inside(self.folder, name, SUFFIX)
+        path = path_inside(self.folder, name, SUFFIX, what="prompt name")
         if not path.is_file():
-            raise PromptStoreError(f"no saved prompt named {safe_name(name)!r}")
+            raise PromptStoreError(f"no saved prompt named {path.stem!r}")
         path.unlink()

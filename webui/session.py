@@ -181,11 +181,14 @@ class ChatService:
         """Generate the next reply (or continue the last one, or impersonate the user), streaming.
 
         With impersonate the history is left as it is and `text` is the user's message to edit.
-        The history is saved when the reply ends (including a stopped reply), never half-written."""
+        With `save`, a new user message is saved before the reply starts (a crash mid-reply keeps it), and
+        the history again when the reply ends (including a stopped reply), never half-written."""
         probe = request_from_settings(settings, prompt="")
         plan = self.plan_reply(history, user_input, options, probe, impersonate=impersonate, continue_last=continue_last)
         prompt, base, prefix = plan.prompt, plan.base, plan.prefix
         request = request_from_settings(settings, prompt=prompt.text, stop=[*probe.stop, *prompt.stop_strings])
+        if save and (user_input or "").strip() and not (impersonate or continue_last):
+            self.histories.save(base)  # the user's new message, before the reply starts
         text = ""
         for event in self.app.core.stream(request, cancel, is_chat=True):
             if isinstance(event, Finished):

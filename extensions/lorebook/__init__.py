@@ -15,7 +15,7 @@ from typing import Any
 
 from webui.extensions import add_context
 from webui.plugins import hookimpl
-from webui.prompts.safe_files import atomic_write_text, path_inside
+from webui.prompts.safe_files import atomic_write_text, path_inside, safe_name
 
 from .book import Entry, LorebookError, entries_from_data, load_book, render, select
 
@@ -49,7 +49,7 @@ def import_book(folder: Path, filename: str, data: bytes) -> tuple[Path, int]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LorebookError(f"{filename} is not JSON: {exc}") from None
     entries = entries_from_data(parsed)
-    path = path_inside(folder, Path(filename).stem, ".json")
+    path = path_inside(folder, safe_name(Path(filename).stem), ".json")
     atomic_write_text(path, json.dumps(parsed, ensure_ascii=False, indent=2))
     return path, len(entries)
 

@@ -13,8 +13,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from webui.api import internal, openai
+from webui.api.auth import Keys
 from webui.api.errors import install_error_handlers
+from webui.api.guard import RequestGuard
 from webui.app import App
+from webui.host_guard import AllowedHosts
 from webui.session import ChatService
 
 
@@ -26,15 +29,30 @@ def create_api(app: App) -> FastAPI:
     )
     api.state.hearth = app
     api.state.chat = ChatService(app)
+    api.state.keys = Keys.from_settings(app.settings)
     if app.settings.cors_origins:
         api.add_middleware(CORSMiddleware, allow_origins=list(app.settings.cors_origins), allow_methods=["*"],
                            allow_headers=["*"])
+    # Added last, so it runs first: foreign hosts, cross-site posts and oversized bodies never reach a route.
+    settings = app.settings
+    api.add_middleware(RequestGuard, hosts=AllowedHosts.for_server(settings.host, settings.allowed_hosts),  # type: ignore[arg-type]
+                       origins=list(settings.cors_origins), max_body_bytes=settings.max_request_mb << 20)
     install_error_handlers(api)
     api.include_router(openai.router)
     api.include_router(internal.router)
     api.include_router(internal.admin)
     api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
     return api
+
+
+_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+#: What the request guard (guard.py) answers before any route runs.
+_GUARD_RESPONSES = {
+    "403": {"description": "A Host or (on POST) an Origin this server does not serve; admin routes without a "
+                           "key on a --listen server; trust_remote_code without --trust-remote-code", **_ERROR},
+    "413": {"description": "The body is larger than --max-request-mb", **_ERROR},
+    "415": {"description": "The body is not application/json", **_ERROR},
+}
 
 
 def _openapi(api: FastAPI) -> dict[str, Any]:
@@ -45,8 +63,10 @@ def _openapi(api: FastAPI) -> dict[str, Any]:
     doc = get_openapi(title=api.title, version=api.version, summary=api.summary, routes=api.routes)
     components = doc.setdefault("components", {}).setdefault("schemas", {})
     for path in doc["paths"].values():
-        for operation in path.values():
-            operation.get("responses", {}).pop("422", None)
+        for method, operation in path.items():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            responses.update({k: v for k, v in _GUARD_RESPONSES.items() if method == "post" or k == "403"})
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     for model in openai.STREAMED_MODELS:

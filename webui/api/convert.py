@@ -88,6 +88,9 @@ def completion_prompt(body: CompletionRequest) -> dict[str, Any]:
 def chat_plan(service: ChatService, body: ChatFields, probe: GenerationRequest) -> ReplyPlan:
     """The reply a chat request asks for, planned by the same service and extension hooks as the Chat tab.
     `probe` is the request's settings (`generation_request` without a prompt yet)."""
+    if body.continue_ and body.messages[-1].role != "assistant":
+        raise APIError(400, "continue_: the last message must be the assistant's (the reply to continue), got "
+                            f"{body.messages[-1].role!r}", param="continue_", code="invalid_value")
     defaults = ChatOptions()
     options = ChatOptions(
         mode=body.mode,

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from webui.generation import ContextLengthError
+from webui.input_errors import InvalidInput
 from webui.loader_api import HearthError, ModelRuntimeError
-from webui.models import ModelNotFound, NoModelLoaded
+from webui.models import ModelNotFound, NoModelLoaded, RemoteCodeNotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 _HEARTH_STATUS: tuple[tuple[type[HearthError], int, str], ...] = (
     (NoModelLoaded, 503, "model_not_loaded"),
     (ModelNotFound, 404, "model_not_found"),
+    (RemoteCodeNotAllowed, 403, "remote_code_not_allowed"),
+    (InvalidInput, 400, "invalid_value"),
     (ContextLengthError, 400, "context_length_exceeded"),
     (ModelRuntimeError, 500, "model_error"),
     (HearthError, 400, "invalid_request"),
@@ -39,9 +42,9 @@ class APIError(Exception):
     """An error raised by a route with its HTTP status and OpenAI-style fields."""
 
     def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
         self.type = type or ("server_error" if status >= 500 else "invalid_request_error")
 
 
@@ -50,13 +53,14 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 
 
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error_body(error.message, error.type, error.param, error.code), status_code=error.status)
+    return JSONResponse(error_body(error.message, error.type, error.param, error.code), status_code=error.status,
+                        headers=error.headers)
 
 
 def from_hearth(exc: HearthError) -> APIError:
     for cls, status, code in _HEARTH_STATUS:
         if isinstance(exc, cls):
-            return APIError(status, str(exc), code=code)
+            return APIError(status, str(exc), param=getattr(exc, "param", None), code=code)
     raise AssertionError("HearthError is the last row")  # pragma: no cover
 
 

@@ -36,6 +36,7 @@ from webui.api.schemas import (
     TokenCountResponse,
     TokenProbability,
 )
+from webui.input_errors import check_token_ids
 from webui.sampling import SamplingParams
 from webui.sampling.routing import route
 from webui.sampling.routing_table import each_setting, processor_extensions, route_loaded
@@ -87,6 +88,7 @@ def encode(body: EncodeRequest, hearth: Hearth) -> EncodeResponse:
 
 @router.post("/decode", response_model=DecodeResponse, responses=ERRORS)
 def decode(body: DecodeRequest, hearth: Hearth) -> DecodeResponse:
+    check_token_ids(body.tokens, hearth.models.require().vocab_size, "tokens")
     return DecodeResponse(text=hearth.core.detokenize(body.tokens))
 
 

@@ -36,6 +36,7 @@ from webui.api.schemas import (
     ModelList,
 )
 from webui.api.streaming import respond
+from webui.input_errors import check_token_ids
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI-compatible"])
 
@@ -63,6 +64,7 @@ async def completions(body: CompletionRequest, request: Request, hearth: Hearth)
     """Text completion. Every sampler field is accepted by its text-generation-webui name."""
     model = hearth.models.require()
     prompt = completion_prompt(body)
+    check_token_ids(prompt.get("prompt_ids", ()), model.vocab_size, "prompt")  # before echo decodes them
     logprobs = body.logprobs
     generation = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_COMPLETION_TOKENS,
                                     logprobs=0 if logprobs is None else max(logprobs, 1), **prompt)

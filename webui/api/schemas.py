@@ -8,24 +8,47 @@ name with the same bounds, and a new sampler needs no change here.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from webui.prompts.chat import ChatMode
-from webui.sampling import SamplingParams
+from webui.sampling import DEFAULT_SAMPLER_PRIORITY, SamplingParams
 
 #: Sampler fields that SillyTavern (and text-generation-webui) may also send as one string.
 _STRING_FORMS = {"dry_sequence_breakers", "custom_token_bans", "banned_strings", "sampler_priority"}
 MAX_NEW_TOKENS = 1 << 20
 
 
+def _priority_schema() -> dict[str, Any]:
+    """What the server accepts for sampler_priority: a list of sampler names, or the names in one string
+    separated by commas or newlines (SillyTavern / text-generation-webui's UI)."""
+    names = "|".join(re.escape(n) for n in DEFAULT_SAMPLER_PRIORITY)
+    return {"anyOf": [
+        {"type": "array", "items": {"type": "string", "enum": list(DEFAULT_SAMPLER_PRIORITY)}},
+        {"type": "string", "pattern": rf"^[\s,]*(?:(?:{names})[ \t]*(?:[,\n][\s,]*|$))*$"},
+        {"type": "null"},
+    ]}
+
+
+#: The documented (OpenAPI) form of string-form fields whose accepted strings are narrower than "any".
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "sampler_priority": _priority_schema(),
+    "custom_token_bans": {"anyOf": [{"type": "array", "items": {"type": "integer", "minimum": 0}},
+                                    {"type": "string", "pattern": "^[0-9 ,]*$"}, {"type": "null"}]},
+}
+
+
 def _optional(name: str, info: FieldInfo) -> tuple[Any, Any]:
     annotation: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
     if name in _STRING_FORMS:
         annotation = annotation | str
-    return annotation | None, Field(None, description=info.description or f"Default: {info.get_default(call_default_factory=True)!r}.")
+    annotation = annotation | None
+    if name in _SCHEMAS:  # validated as before (SamplingParams names the bad value); documented exactly
+        annotation = Annotated[annotation, WithJsonSchema(_SCHEMAS[name])]
+    return annotation, Field(None, description=info.description or f"Default: {info.get_default(call_default_factory=True)!r}.")
 
 
 #: Every sampler setting, optional: None (or absent) keeps the preset's / neutral value.
@@ -65,11 +88,26 @@ class CompletionRequest(GenerationFields):
     max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate; default 16 (OpenAI).")
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content, as OpenAI's: text parts are read, other kinds (images) ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a part of type 'text' needs a 'text' string")
+        return self
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
 

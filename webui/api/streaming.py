@@ -129,12 +129,20 @@ async def collect(request: Request, pump: EventPump, renderer: Renderer) -> Base
         async for batch in pump.batches():
             for event in batch:
                 if isinstance(event, Finished):
+                    if event.extension_errors:
+                        raise extension_error(event)
                     return renderer.whole(chunks, event)
                 chunks.append(event)
     finally:
         pump.cancel.set()  # a no-op after Finished; stops the generation if this coroutine was cancelled
         watcher.cancel()
     raise APIError(500, "the generation ended without a final event")  # pragma: no cover
+
+
+def extension_error(done: Finished) -> APIError:
+    """An extension's logits processor failed: the reply was generated without it, so the client is told
+    (non-streaming: this error instead of the reply; streaming: an error event before [DONE])."""
+    return APIError(500, "; ".join(done.extension_errors), code="extension_error")
 
 
 def _sse(model: BaseModel) -> str:
@@ -146,6 +154,9 @@ def _render(batch: list[Event], renderer: Renderer) -> str:
     for event in batch:
         if isinstance(event, Finished):
             parts.append(_sse(renderer.tail(event)))
+            if event.extension_errors:
+                error = extension_error(event)
+                parts.append(f"data: {_json(error_body(error.message, error.type, error.param, error.code))}\n\n")
         elif event.text or event.logprobs:
             parts.append(_sse(renderer.chunk(event)))
     return "".join(parts)

@@ -2,7 +2,8 @@
 
 Cards arrive from the internet (PNG with a base64 JSON text chunk, or bare JSON), so everything here treats
 input as untrusted: a malformed card is a `CharacterError` with a message a person can act on, and a
-card's name never chooses where a file is written (see `safe_files.safe_name`).
+card's name never chooses where a file is written (see `safe_files.safe_name`). A card is checked for size,
+pixel count and text-chunk size before anything in it is decompressed (see `webui.prompts.png_card`).
 """
 
 from __future__ import annotations
@@ -10,26 +11,25 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import struct
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from webui.loader_api import HearthError
-from webui.prompts.safe_files import atomic_write_bytes, atomic_write_text, path_inside, safe_name
+from webui.prompts.png_card import PNG_SIGNATURE, CharacterError, check_picture, png_text_chunks
+from webui.prompts.safe_files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_name,
+    is_plain_name,
+    path_inside,
+    safe_name,
+)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DATA_SUFFIXES = (".yaml", ".yml", ".json")
 _PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _DEFAULT_FILE = Path(__file__).with_name("default_character.yaml")
-_MAX_CHUNK = 64 * 1024 * 1024
-
-
-class CharacterError(HearthError):
-    """A character file or card is missing, unreadable or malformed."""
 
 
 @dataclass(frozen=True)
@@ -117,40 +117,6 @@ def _text(data: dict[str, Any], key: str) -> str:
     return str(value)
 
 
-def png_text_chunks(data: bytes) -> dict[str, str]:
-    """Keyword -> text of a PNG's tEXt, zTXt and iTXt chunks, parsed without decoding the image."""
-    if not data.startswith(PNG_SIGNATURE):
-        raise CharacterError("not a PNG file (bad signature)")
-    chunks: dict[str, str] = {}
-    pos = len(PNG_SIGNATURE)
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        if length > _MAX_CHUNK or len(body) != length:
-            raise CharacterError("the PNG is truncated or corrupt")
-        pos += 12 + length
-        if kind == b"IEND":
-            break
-        try:
-            if kind == b"tEXt":
-                key, _, value = body.partition(b"\0")
-                chunks[key.decode("latin-1")] = value.decode("latin-1")
-            elif kind == b"zTXt":
-                key, _, rest = body.partition(b"\0")
-                chunks[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
-            elif kind == b"iTXt":
-                key, _, rest = body.partition(b"\0")
-                compressed, rest = rest[0], rest[2:]
-                _lang, _, rest = rest.partition(b"\0")
-                _translated, _, value = rest.partition(b"\0")
-                chunks[key.decode("latin-1")] = (zlib.decompress(value) if compressed else value).decode(
-                    "utf-8"
-                )
-        except (zlib.error, UnicodeDecodeError, IndexError) as exc:
-            raise CharacterError(f"the PNG text chunk {kind.decode('latin-1')} is corrupt: {exc}") from exc
-    return chunks
-
-
 def parse_png_card(data: bytes, fallback_name: str = "Character") -> Character:
     """A character from a Tavern/SillyTavern PNG card (``ccv3`` preferred over ``chara``); picture kept."""
     chunks = png_text_chunks(data)
@@ -169,6 +135,7 @@ def parse_character_file(data: bytes, filename: str) -> Character:
     """An uploaded character of any supported kind, recognised by content first, then by extension."""
     stem = safe_name(Path(filename).stem, "Character")
     if data.startswith(PNG_SIGNATURE):
+        check_picture(data, filename)
         return parse_png_card(data, stem)
     try:
         text = data.decode("utf-8-sig")
@@ -182,24 +149,32 @@ def parse_character_file(data: bytes, filename: str) -> Character:
 
 
 class CharacterStore:
-    """User characters as ``<name>.yaml`` plus an optional ``<name>.png`` in one folder."""
+    """User characters as ``<key>.yaml`` plus an optional ``<key>.png`` in one folder.
+
+    A character's *key* is its file name: what lists show, the UI keeps and chats are filed under. Saving
+    derives it from the display name (`key`), so a card named ``/somewhere/CARD`` is stored as
+    ``_somewhere_CARD``; looking a character up takes a key, and a key that is not a plain name is refused."""
 
     def __init__(self, user_data_dir: Path) -> None:
         self.folder = user_data_dir / "characters"
 
     def names(self) -> list[str]:
         """Saved character names, with the built-in Assistant first unless a user file overrides it."""
-        names = {p.stem for p in self.folder.glob("*") if p.suffix.lower() in _DATA_SUFFIXES}
+        names = {
+            p.stem
+            for p in self.folder.glob("*")
+            if p.suffix.lower() in _DATA_SUFFIXES and is_plain_name(p.stem)
+        }
         return ["Assistant", *sorted(names - {"Assistant"}, key=str.lower)]
 
     def load(self, name: str) -> Character:
         """Load by name; 'Assistant' falls back to the built-in persona when no user file exists."""
         for suffix in _DATA_SUFFIXES:
-            path = path_inside(self.folder, name, suffix)
+            path = path_inside(self.folder, name, suffix, what="character")
             if path.is_file():
                 character = parse_character_file(path.read_bytes(), path.name)
                 return self._with_picture(character, path)
-        if safe_name(name) == "Assistant":
+        if check_name(name, "character") == "Assistant":
             return default_character()
         raise CharacterError(f"no character named {name!r}")
 
@@ -210,9 +185,18 @@ class CharacterStore:
                 return replace(character, picture_path=picture)
         return character
 
+    @staticmethod
+    def key(name: str) -> str:
+        """The key (file name) a character with this display name is saved under."""
+        return safe_name(name, "Character")
+
     def save(self, character: Character) -> Path:
-        """Write the YAML (and the picture bytes, if any) atomically; returns the YAML path."""
-        path = path_inside(self.folder, character.name, ".yaml")
+        """Write the YAML (and the picture bytes, if any) atomically; returns the YAML path (its stem is the key).
+
+        The picture is checked for size first, so a refused picture leaves nothing written."""
+        path = path_inside(self.folder, self.key(character.name), ".yaml", what="character")
+        if character.picture:
+            check_picture(character.picture)
         text = yaml.safe_dump(character.to_dict(), allow_unicode=True, sort_keys=False, width=1000)
         atomic_write_text(path, text)
         if character.picture:
@@ -222,14 +206,13 @@ class CharacterStore:
     def import_file(self, data: bytes, filename: str) -> Character:
         """Parse an uploaded YAML/JSON/PNG character and save it; returns it as saved."""
         character = parse_character_file(data, filename)
-        self.save(character)
-        return self.load(character.name)
+        return self.load(self.save(character).stem)
 
     def delete(self, name: str) -> None:
         """Remove a character's data and picture files; a missing character is an error."""
         removed = False
         for suffix in (*_DATA_SUFFIXES, *_PICTURE_SUFFIXES):
-            path = path_inside(self.folder, name, suffix)
+            path = path_inside(self.folder, name, suffix, what="character")
             if path.is_file():
                 path.unlink()
                 removed = True

@@ -1,7 +1,8 @@
 """Chat histories: the turns of one conversation, and their files under ``user_data/chats/<character>/``.
 
 A history is plain data (role + content + metadata per turn) so the UI, the API and extensions can share
-it; saving is atomic so a crash mid-save never costs a conversation. Imports accept our own JSON and
+it; saving is atomic so a crash mid-save never costs a conversation. Character keys and chat ids are file
+names: one that is not a plain name is refused (`safe_files.UnsafeNameError`) before anything is written. Imports accept our own JSON and
 text-generation-webui's ``{"internal": [[user, bot], ...], "visible": ...}`` files.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.loader_api import HearthError
-from webui.prompts.safe_files import atomic_write_text, path_inside, safe_name
+from webui.prompts.safe_files import atomic_write_text, is_plain_name, path_inside, safe_name
 
 FORMAT = "hearth-chat"
 FORMAT_VERSION = 1
@@ -181,10 +182,10 @@ class HistoryStore:
         self.root = user_data_dir / "chats"
 
     def _folder(self, character: str) -> Path:
-        return path_inside(self.root, character)
+        return path_inside(self.root, character, what="character")
 
     def _path(self, character: str, chat_id: str) -> Path:
-        return path_inside(self._folder(character), chat_id, ".json")
+        return path_inside(self._folder(character), chat_id, ".json", what="chat")
 
     def save(self, history: ChatHistory) -> Path:
         """Atomically write the chat (a crash leaves the previous version); returns its path."""
@@ -209,6 +210,8 @@ class HistoryStore:
         folder = self._folder(character)
         summaries = []
         for path in folder.glob("*.json") if folder.is_dir() else ():
+            if not is_plain_name(path.stem):
+                continue
             try:
                 history = self.load(character, path.stem)
             except HistoryError:

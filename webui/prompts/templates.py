@@ -25,7 +25,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from webui.loader_api import HearthError
-from webui.prompts.safe_files import safe_name
+from webui.prompts.safe_files import path_inside
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ def list_templates(templates_dir: Path) -> list[str]:
 
 
 def load_template(templates_dir: Path, name: str) -> str:
-    """The text of one template; names come from users and API clients, so they are sanitised."""
-    path = templates_dir / (safe_name(name) + _TEMPLATE_SUFFIX)
+    """The text of one template; names come from users and API clients, so one that is not a plain name is refused."""
+    path = path_inside(templates_dir, name, _TEMPLATE_SUFFIX, what="instruction template")
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -1,8 +1,9 @@
 """Presets: presets/NAME.yaml, each holding only the values that differ from neutral.
 
 Storing only the differences keeps files short and readable, and lets a preset survive new samplers:
-a field added later starts neutral. Names come from people (the UI's "Save as" box), so they are
-sanitised into one plain file name inside the folder; writes are atomic (temp file + os.replace).
+a field added later starts neutral. Names come from people (the UI's "Save as" box) and API clients, so a
+name that is not one plain file name is refused before anything is read or written
+(`safe_files.UnsafeNameError`); writes are atomic (temp file + os.replace).
 """
 
 from __future__ import annotations
@@ -12,22 +13,20 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from webui.prompts.safe_files import atomic_write_text, path_inside
+from webui.prompts.safe_files import atomic_write_text, is_plain_name, path_inside
 from webui.sampling.params import SamplingError, SamplingParams
 
 
 def _path(presets_dir: Path, name: str) -> Path:
     if not str(name).strip(" ."):
         raise SamplingError("a preset needs a name")
-    try:
-        return path_inside(Path(presets_dir), name, ".yaml")
-    except ValueError as exc:
-        raise SamplingError(str(exc)) from None
+    return path_inside(Path(presets_dir), name, ".yaml", what="preset name")
 
 
 def list_presets(presets_dir: Path) -> list[str]:
     """Preset names (file stems), case-insensitively sorted; none when the folder does not exist."""
-    return sorted((p.stem for p in Path(presets_dir).glob("*.yaml")), key=str.lower)
+    stems = (p.stem for p in Path(presets_dir).glob("*.yaml"))
+    return sorted((s for s in stems if is_plain_name(s)), key=str.lower)
 
 
 def load_preset(presets_dir: Path, name: str) -> SamplingParams:

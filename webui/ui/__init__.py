@@ -14,7 +14,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gradio as gr
+from starlette.middleware import Middleware
 
+from webui.access import Login, ui_logins
+from webui.host_guard import AllowedHosts, HostGuard
 from webui.ui.context import UIContext, default_character_state, default_params
 
 if TYPE_CHECKING:
@@ -40,6 +43,8 @@ CSS = """
 .hearth-legend span { margin-right: 1em; font-size: 0.9em; }
 .hearth-legend i { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.3em; border-radius: 2px; }
 """
+
+LOGIN_MESSAGE = "Log in to Hearth (accounts from --gradio-auth / --gradio-auth-path)."
 
 #: Applies the saved light/dark choice on page load (Gradio reads the `dark` class on <body>).
 DARK_JS = "() => { document.body.classList.add('dark'); }"
@@ -96,21 +101,38 @@ def is_dark(app: App) -> bool:
     return str(app.settings.extra.get("theme", "light")).lower() == "dark"
 
 
-def _launch(app: App, blocks: gr.Blocks, **kwargs: object) -> tuple[object, str, str]:
+def _launch(
+    app: App, blocks: gr.Blocks, server_name: str, logins: list[Login], **kwargs: object
+) -> tuple[object, str, str]:
+    """Launch with Gradio's login when `logins` is not empty, behind the Host/Origin guard."""
     css, js = CSS, DARK_JS if is_dark(app) else ""
     if app.extensions is not None:
         css += "\n" + app.extensions.css()
         extra_js = app.extensions.js()
         if extra_js:  # Gradio runs one function on load: call ours, then the extensions' code
             js = f"() => {{ ({js or '() => {}'})(); {extra_js} }}"
+    hosts = AllowedHosts.for_server(server_name, app.settings.allowed_hosts)
     return blocks.queue(default_concurrency_limit=4).launch(
-        css=css, js=js or None, show_error=True, quiet=True, **kwargs
+        css=css,
+        js=js or None,
+        show_error=True,
+        quiet=True,
+        server_name=server_name,
+        auth=logins or None,
+        auth_message=LOGIN_MESSAGE if logins else None,
+        # Gradio's run history keeps every call (chats included) in the browser and adds unguarded
+        # routes that reach the Hugging Face hub; Hearth has its own chat history
+        run_history=False,
+        # Gradio hands app_kwargs to its FastAPI app: the guard runs before every Gradio route
+        app_kwargs={"middleware": [Middleware(HostGuard, hosts=hosts)]},
+        **kwargs,
     )
 
 
-def launch_ui(app: App) -> None:
-    """Serve the UI on --listen-port (blocks until interrupted)."""
-    _launch(app, build_ui(app), server_name=app.settings.host, server_port=app.settings.listen_port)
+def launch_ui(app: App, logins: list[Login] | None = None) -> None:
+    """Serve the UI on --listen-port (blocks until interrupted); `logins` from `webui.access.plan_access`."""
+    logins = ui_logins(app.settings) if logins is None else logins
+    _launch(app, build_ui(app), app.settings.host, logins, server_port=app.settings.listen_port)
 
 
 def free_port() -> int:
@@ -120,9 +142,10 @@ def free_port() -> int:
 
 
 def start_ui_for_tests(app: App) -> tuple[str, Callable[[], None]]:
-    """Start the UI in the background on a free local port; returns (url, close)."""
+    """Start the UI in the background on a free local port; returns (url, close). Logins and allowed
+    hosts come from `app.settings`, as in `launch_ui`."""
     blocks = build_ui(app)
     _, url, _ = _launch(
-        app, blocks, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True
+        app, blocks, "127.0.0.1", ui_logins(app.settings), server_port=free_port(), prevent_thread_lock=True
     )
     return url, blocks.close

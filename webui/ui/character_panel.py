@@ -1,7 +1,8 @@
 """The Character sub-tab: choose, edit, upload (YAML/JSON/PNG card), save and delete characters.
 
 Parsing and storage are `webui.prompts.characters.CharacterStore`; choosing a character sets
-``ctx.character["character"]`` (other keys of that state are kept: the Chat tab owns the mode).
+``ctx.character["character"]`` to its key, the file name (other keys of that state are kept: the Chat tab
+owns the mode). Uploads are size-checked before they are read.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import gradio as gr
 
 from webui.loader_api import HearthError
 from webui.prompts.characters import Character, CharacterStore
+from webui.prompts.png_card import check_upload_size
 from webui.ui.context import UIContext
 
 FIELDS = ("name", "context", "greeting", "user_name", "picture")
@@ -42,15 +44,13 @@ class CharacterPanel:
             return [gr.update(), *[gr.update()] * len(FIELDS), state]
         path = Path(file)
         try:
+            check_upload_size(path)
             character = self.store.import_file(path.read_bytes(), path.name)
         except HearthError as exc:
             raise gr.Error(f"{path.name}: {exc}") from None
+        key = self.store.key(character.name)  # the file name: what the list and the chats use
         gr.Info(f"Imported character {character.name}")
-        return [
-            self._choices(character.name),
-            *self.show(character.name),
-            {**state, "character": character.name},
-        ]
+        return [self._choices(key), *self.show(key), {**state, "character": key}]
 
     def save(
         self,
@@ -63,16 +63,16 @@ class CharacterPanel:
     ) -> list[Any]:
         if not name.strip():
             raise gr.Error("name: a character needs a name")
-        data = Path(picture).read_bytes() if picture else None
-        character = Character(
-            name.strip(), context, greeting, user_name=user_name.strip() or None, picture=data
-        )
         try:
-            self.store.save(character)
+            data = check_upload_size(Path(picture)).read_bytes() if picture else None
+            character = Character(
+                name.strip(), context, greeting, user_name=user_name.strip() or None, picture=data
+            )
+            key = self.store.save(character).stem
         except (HearthError, ValueError) as exc:
             raise gr.Error(f"character not saved: {exc}") from None
         gr.Info(f"Saved character {character.name}")
-        return [self._choices(character.name), {**state, "character": character.name}]
+        return [self._choices(key), {**state, "character": key}]
 
     def delete(self, name: str | None, state: dict[str, Any]) -> list[Any]:
         try:

@@ -3,7 +3,8 @@
 Every action ends by writing ``ctx.history`` (the open chat as a dict); one sync handler, run on page load
 and whenever ``ctx.character`` or ``ctx.history`` change (here or in the Parameters tab), renders the
 chatbot, the chat list, the picture and the mode from those two states. Streaming updates the chatbot
-directly and writes the history once, when the reply ends, so the sync does not run per token. Prompt
+directly and writes the history state once, when the reply ends, so the sync does not run per token; on disk
+the chat service saves the user's message before the reply starts and the reply when it ends or is stopped. Prompt
 building, sampling and saving all happen in the chat service and `webui.prompts.chat`.
 """
 

@@ -15,6 +15,7 @@ import gradio as gr
 
 from webui.loader_api import HearthError
 from webui.prompts.history import HistoryStore
+from webui.prompts.safe_files import path_inside, safe_name
 from webui.ui.context import UIContext, chat_history
 
 
@@ -67,7 +68,8 @@ class HistoryPanel:
         current = chat_history(history, _character(state))
         if current is None:
             raise gr.Error("there is no chat to download yet")
-        path = self.export_dir / f"{current.character}-{current.chat_id or 'chat'}.json"
+        name = safe_name(f"{current.character}-{current.chat_id or 'chat'}", "chat")  # a name, never a path
+        path = path_inside(self.export_dir, name, ".json")
         path.write_text(current.to_json(), encoding="utf-8")
         return str(path)
 

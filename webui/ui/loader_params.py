@@ -3,16 +3,21 @@
 Every loader gets its own group of widgets, built once; the Model tab shows the selected loader's group
 and hides the others. Handlers receive all widgets' values as one flat list and `LoaderPanels.values`
 picks the selected loader's part, so adding a loader plugin needs no UI change.
+
+A parameter can be *locked* (name -> reason): its widget is shown disabled at the loader's default with
+the reason beside it, saved values never fill it, and a request that sends another value is refused
+(`LoaderPanels.refusal`). The Model tab locks ``trust_remote_code`` unless Hearth was started with
+--trust-remote-code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
-from webui.loader_api import Loader, LoaderParam
+from webui.loader_api import HearthError, Loader, LoaderParam
 
 #: Int/float ranges with at most this many steps become sliders; wider ones (n_ctx up to 1M) a number box.
 MAX_SLIDER_STEPS = 2000
@@ -25,15 +30,18 @@ def use_slider(param: LoaderParam) -> bool:
     return (param.maximum - param.minimum) / step <= MAX_SLIDER_STEPS
 
 
-def widget_for(param: LoaderParam, value: Any = None, elem_prefix: str = "") -> gr.components.Component:
-    """One Gradio input for one declared parameter; `value` (else the default) is shown first."""
-    value = param.default if value is None else value
+def widget_for(
+    param: LoaderParam, value: Any = None, elem_prefix: str = "", locked: str | None = None
+) -> gr.components.Component:
+    """One Gradio input for one declared parameter; `value` (else the default) is shown first. A `locked`
+    parameter (the reason) is disabled at its default."""
+    value = param.default if value is None or locked else value
     common: dict[str, Any] = {
         "label": param.name,
-        "info": param.help,
+        "info": f"{param.help} Disabled: {locked}." if locked else param.help,
         "value": value,
         "elem_id": f"{elem_prefix}{param.name}" if elem_prefix else None,
-        "interactive": True,
+        "interactive": not locked,
     }
     if param.kind == "bool":
         return gr.Checkbox(**common)
@@ -53,12 +61,21 @@ def elem_prefix(loader_name: str) -> str:
     return "loader-" + "".join(c if c.isalnum() else "-" for c in loader_name.lower()) + "-"
 
 
+def _is_default(param: LoaderParam, value: Any) -> bool:
+    try:
+        return param.coerce(value) == param.default
+    except HearthError:  # not even a valid value: certainly not the default
+        return False
+
+
 @dataclass
 class LoaderPanels:
-    """Per loader: its group (shown only when selected) and its widgets in declaration order."""
+    """Per loader: its group (shown only when selected) and its widgets in declaration order; `locked`
+    maps a parameter name to why it cannot be changed here."""
 
     groups: dict[str, gr.Group]
     widgets: dict[str, list[tuple[LoaderParam, gr.components.Component]]]
+    locked: dict[str, str] = field(default_factory=dict)
 
     @property
     def inputs(self) -> list[gr.components.Component]:
@@ -74,6 +91,15 @@ class LoaderPanels:
             index += len(items)
         return {}
 
+    def refusal(self, loader: str, flat: tuple[Any, ...] | list[Any]) -> str | None:
+        """Why these values cannot be used (a locked parameter set away from its default), or None."""
+        chosen = self.values(loader, flat)
+        for param, _ in self.widgets.get(loader, []):
+            reason = self.locked.get(param.name)
+            if reason and param.name in chosen and not _is_default(param, chosen[param.name]):
+                return f"{param.name} is disabled: {reason}"
+        return None
+
     def visibility(self, loader: str) -> list[Any]:
         """Updates for the groups, in `groups` order: only `loader`'s is visible."""
         return [gr.update(visible=name == loader) for name in self.groups]
@@ -85,16 +111,21 @@ class LoaderPanels:
             for param, _ in items:
                 updates.append(
                     gr.update(value=params[param.name])
-                    if name == loader and param.name in params
+                    if name == loader and param.name in params and param.name not in self.locked
                     else gr.update()
                 )
         return updates
 
 
 def build_loader_panels(
-    loaders: dict[str, type[Loader]], selected: str | None, values: dict[str, Any] | None = None
+    loaders: dict[str, type[Loader]],
+    selected: str | None,
+    values: dict[str, Any] | None = None,
+    locked: dict[str, str] | None = None,
 ) -> LoaderPanels:
-    """Create the groups (inside the current Blocks context); `selected`'s is visible, showing `values`."""
+    """Create the groups (inside the current Blocks context); `selected`'s is visible, showing `values`;
+    `locked` parameters (name -> reason) are disabled at their defaults."""
+    locked = dict(locked or {})
     groups: dict[str, gr.Group] = {}
     widgets: dict[str, list[tuple[LoaderParam, gr.components.Component]]] = {}
     for name, cls in loaders.items():
@@ -102,6 +133,9 @@ def build_loader_panels(
             if cls.description:
                 gr.Markdown(cls.description)
             shown = (values or {}) if name == selected else {}
-            widgets[name] = [(p, widget_for(p, shown.get(p.name), elem_prefix(name))) for p in cls.params]
+            widgets[name] = [
+                (p, widget_for(p, shown.get(p.name), elem_prefix(name), locked.get(p.name)))
+                for p in cls.params
+            ]
         groups[name] = group
-    return LoaderPanels(groups, widgets)
+    return LoaderPanels(groups, widgets, locked)

@@ -4,6 +4,10 @@ load/unload, read the model info, save per-model settings, download new models.
 Loading, loader choice and per-model settings are `ModelManager` and `webui.model_settings`; the
 callbacks here only call them and render. A failed load raises before anything is unloaded (the manager
 validates first), so the previous model stays loaded and the status says so.
+
+``trust_remote_code`` is offered only when Hearth was started with --trust-remote-code: otherwise its box
+is disabled with the reason, a request that ticks it anyway is refused with a toast, and the model
+manager refuses it as well (downloading a repo's Python files is harmless; running them is not).
 """
 
 from __future__ import annotations
@@ -15,12 +19,20 @@ from typing import Any
 import gradio as gr
 
 from webui.app import App
+from webui.config import Settings
 from webui.loader_api import HearthError
 from webui.model_settings import ModelSettings, ModelSettingsError, save_settings, settings_for
 from webui.ui.context import UIContext
 from webui.ui.download_box import build_download_box
 from webui.ui.loader_params import LoaderPanels, build_loader_panels
 from webui.ui.memory_view import estimate_html
+
+REMOTE_CODE_REASON = "start Hearth with --trust-remote-code to allow models that run their own code"
+
+
+def locked_params(settings: Settings) -> dict[str, str]:
+    """Loader parameters the UI must not offer in this run (name -> reason)."""
+    return {} if settings.allow_remote_code else {"trust_remote_code": REMOTE_CODE_REASON}
 
 
 def _count(n: int | None) -> str:
@@ -128,6 +140,9 @@ class ModelTab:
         if not model:
             raise gr.Error("choose a model first")
         assert self.panels is not None
+        refused = self.panels.refusal(loader or "", values)
+        if refused:
+            raise gr.Error(f"{model} not loaded: {refused}.")
         try:
             self.app.models.load(model, loader or None, self.panels.values(loader or "", values))
         except HearthError as exc:
@@ -143,6 +158,9 @@ class ModelTab:
         if not model or not loader:
             raise gr.Error("choose a model and a loader first")
         assert self.panels is not None
+        refused = self.panels.refusal(loader, values)
+        if refused:
+            raise gr.Error(f"settings not saved: {refused}.")
         try:
             path = save_settings(
                 self.app.models, self.user_data, model, loader, self.panels.values(loader, values)
@@ -188,7 +206,10 @@ def build_model_tab(ctx: UIContext) -> None:
                     scale=2,
                 )
             tab.panels = panels = build_loader_panels(
-                app.loaders, initial.loader if initial else None, initial.params if initial else None
+                app.loaders,
+                initial.loader if initial else None,
+                initial.params if initial else None,
+                locked_params(app.settings),
             )
         with gr.Column(scale=2):
             with gr.Row():

@@ -22,8 +22,21 @@ from webui.ui import is_dark
 from webui.ui.context import UIContext
 from webui.ui.extensions_ui import build_extensions_settings
 
-#: Settings that describe this run or this machine rather than a preference worth saving.
-_NOT_SAVED = {"settings_file", "model", "loader", "extra", "loader_args", "api_key", "admin_key"}
+#: Settings that describe this run or this machine rather than a preference worth saving, secrets, and
+#: risks accepted for one run only (anyone who can click "save" must not make them permanent).
+_NOT_SAVED = {
+    "settings_file",
+    "model",
+    "loader",
+    "extra",
+    "loader_args",
+    "api_key",
+    "admin_key",
+    "gradio_auth",
+    "allow_unauthenticated",
+}
+#: Loader arguments that stay flags of the run: models running their own code need --trust-remote-code.
+_LOADER_ARGS_NOT_SAVED = {"trust_remote_code"}
 TOGGLE_JS = "(theme) => { document.body.classList.toggle('dark', theme === 'dark'); return theme; }"
 
 
@@ -38,8 +51,9 @@ def settings_document(
         if f.name in _NOT_SAVED or value == getattr(defaults, f.name):
             continue
         doc[f.name] = str(value) if isinstance(value, Path) else value
-    if settings.loader_args:
-        doc["loader_args"] = dict(settings.loader_args)
+    loader_args = {k: v for k, v in settings.loader_args.items() if k not in _LOADER_ARGS_NOT_SAVED}
+    if loader_args:
+        doc["loader_args"] = loader_args
     doc.update(
         {k: v for k, v in settings.extra.items() if k not in ("theme", "generation", "sampling", "chat")}
     )
