@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
     from webui.sampling import SamplingParams
 
-CACHE_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
+CACHE_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2}  # ggml_type ids
+QUANTIZED_CACHE = ("q8_0", "q4_0")  # llama.cpp quantizes the V cache only with flash attention
 MAX_DEFAULT_CTX = 8192
 AUTO_LAYERS = AUTO_GPU_LAYERS  # n_gpu_layers: as many as fit in the free VRAM
 
@@ -216,7 +217,9 @@ class LlamaCppLoader(Loader):
         LoaderParam("alpha_value", "float", 1.0, "NTK RoPE scaling: rope_freq_base = 10000 * alpha^(64/63).", 1.0, 64.0, step=0.05),
         LoaderParam("compress_pos_emb", "float", 1.0, "Linear RoPE scaling factor (context multiplier).", 1.0, 64.0),
         LoaderParam("flash_attn", "bool", False, "Flash attention (less KV memory traffic; needed for a quantized V cache)."),
-        LoaderParam("cache_type", "choice", "f16", "KV cache precision: q8_0/q4_0 halve/quarter its memory.", choices=tuple(CACHE_TYPES)),
+        LoaderParam("cache_type", "choice", "f16", "KV cache precision: q8_0/q4_0 halve/quarter its memory; f32 doubles it and "
+                    "scores as an f32 reference does (for evaluation; without flash_attn, which rounds to f16 on CPU).",
+                    choices=tuple(CACHE_TYPES)),
         LoaderParam("mmap", "bool", True, "Memory-map the file instead of reading it into RAM."),
         LoaderParam("mlock", "bool", False, "Lock the weights in RAM so the OS cannot swap them out."),
         LoaderParam("tensor_split", "str", "", "Share of the model per GPU, e.g. 60,40."),
@@ -259,7 +262,7 @@ class LlamaCppLoader(Loader):
 
     @classmethod
     def validate(cls, path: Path, params: dict[str, Any]) -> None:
-        if params["cache_type"] != "f16" and not params["flash_attn"]:
+        if params["cache_type"] in QUANTIZED_CACHE and not params["flash_attn"]:
             raise LoaderError(f"cache_type {params['cache_type']} needs flash_attn: llama.cpp quantizes the V cache only with flash attention")
         _tensor_split(params["tensor_split"])
 

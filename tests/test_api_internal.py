@@ -45,15 +45,21 @@ def test_encode_decode_token_count_round_trip(served: Served):
 def test_logits_raw_and_after_samplers(served: Served):
     raw = served.app.core.top_tokens(PROMPT, 5)
     with served.client() as c:
-        body = c.post("/v1/internal/logits", json={"prompt": PROMPT, "top_logits": 5}).json()
+        flat = c.post("/v1/internal/logits", json={"prompt": PROMPT, "top_logits": 5}).json()
+        body = c.post("/v1/internal/logits", json={"prompt": PROMPT, "top_logits": 5, "detailed": True}).json()
         assert [t["token_id"] for t in body["top_logits"]] == [t.token_id for t in raw]
         assert all(math.isclose(t["prob"], math.exp(t["logprob"])) for t in body["top_logits"])
         assert body["logits"][body["top_logits"][0]["token"]] == body["top_logits"][0]["prob"]
         sampled = c.post("/v1/internal/logits", json={"prompt": PROMPT, "top_logits": 5, "use_samplers": True,
-                                                        "top_k": 2, "rep_pen": 9}).json()["top_logits"]
+                                                        "top_k": 2, "rep_pen": 9, "detailed": True}).json()["top_logits"]
+        sampled_flat = c.post("/v1/internal/logits", json={"prompt": PROMPT, "top_logits": 5, "use_samplers": True,
+                                                             "top_k": 2}).json()
         assert_error(c.post("/v1/internal/logits", json={"prompt": PROMPT, "top_k": -1}), 400, "top_k")
+    # text-generation-webui's wire shape: one flat {token: probability} object, most likely first
+    assert flat == body["logits"] and list(flat) == list(dict.fromkeys(t.text for t in raw))
     assert [t["token_id"] for t in sampled[:2]] == [t.token_id for t in raw[:2]]
     assert math.isclose(sum(t["prob"] for t in sampled[:2]), 1, rel_tol=1e-4) and sampled[2]["prob"] == 0
+    assert list(sampled_flat.values())[:2] == [t["prob"] for t in sampled[:2]] and sampled_flat[sampled[2]["token"]] == 0
 
 
 def test_logits_of_a_text_longer_than_the_context_is_a_clear_400(served: Served):

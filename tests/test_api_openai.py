@@ -67,8 +67,8 @@ def test_token_id_prompt_and_echo(served: Served, client: openai.OpenAI):
     by_text = client.completions.create(model="m", prompt=PROMPT, max_tokens=8, extra_body=GREEDY)
     by_ids = client.completions.create(model="m", prompt=ids, max_tokens=8, echo=True, extra_body=GREEDY)
     assert by_ids.choices[0].text == PROMPT + by_text.choices[0].text
-    with pytest.raises(openai.BadRequestError, match="one prompt per request"):
-        client.completions.create(model="m", prompt=["a", "b"], max_tokens=4)
+    batch = client.completions.create(model="m", prompt=["a", PROMPT], max_tokens=8, extra_body=GREEDY)
+    assert [c.index for c in batch.choices] == [0, 1] and batch.choices[1].text == by_text.choices[0].text
 
 
 def test_legacy_logprobs_shape(client: openai.OpenAI):
@@ -168,8 +168,9 @@ def test_chat_modes_and_character_fields(served: Served):
     [
         ({"prompt": PROMPT, "temperature": "hot"}, "temperature"),
         ({"prompt": PROMPT, "top_p": 1.5}, "top_p"),
-        ({"prompt": PROMPT, "max_tokens": 0}, "max_tokens"),
-        ({"prompt": PROMPT, "n": 2}, "n"),
+        ({"prompt": PROMPT, "max_tokens": -1}, "max_tokens"),
+        ({"prompt": PROMPT, "n": 0}, "n"),
+        ({"prompt": [PROMPT] * 3, "n": 100}, "n"),
         ({"prompt": PROMPT, "logprobs": "yes"}, "logprobs"),
         ({"prompt": PROMPT, "sampler_priority": ["top_k", "warp_drive"]}, "sampler_priority"),
         ({"prompt": PROMPT, "dry_sequence_breakers": "[not json"}, "dry_sequence_breakers"),
@@ -255,7 +256,8 @@ def test_sillytavern_body_is_accepted_and_applied(served: Served):
         assert again["usage"]["completion_tokens"] <= 16
         greedy = sillytavern_body(PROMPT, temperature=0, dry_multiplier=0, repetition_penalty=1, min_p=0, top_k=0)
         plain = c.post("/v1/completions", json=greedy).json()["choices"][0]["text"]
-        first_token = c.post("/v1/internal/logits", json={"prompt": PROMPT}).json()["top_logits"][0]["token_id"]
+        logits = c.post("/v1/internal/logits", json={"prompt": PROMPT, "detailed": True}).json()
+        first_token = logits["top_logits"][0]["token_id"]
         banned = c.post("/v1/completions", json={**greedy, "custom_token_bans": f"{first_token}, 1"}).json()
         assert banned["choices"][0]["text"] != plain  # the comma-separated string was applied
 

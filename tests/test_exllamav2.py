@@ -168,7 +168,7 @@ def test_cli_offers_the_generated_flags(loaders: dict) -> None:
                  "--flash-attn", "--no-flash-attn", "--no-xformers", "--no-sdpa", "--num-experts-per-token"):
         assert flag in help_text
     assert "Loader parameters (ExLlamav2, ExLlamav2_HF)" in help_text
-    assert "--cache-type {f16,q8_0,q4_0}" in help_text  # llama.cpp's flag keeps its own choices
+    assert "--cache-type {f16,f32,q8_0,q4_0}" in help_text  # llama.cpp's flag keeps its own choices
     settings = parse_settings(["--exl2-cache-type", "q4", "--autosplit", "--alpha-value", "2.5"], loaders, None)
     assert settings.loader_args == {"exl2_cache_type": "q4", "autosplit": True, "alpha_value": 2.5}
 

@@ -189,7 +189,8 @@ def test_request_validation():
     with pytest.raises(ValueError, match="exactly one of prompt or prompt_ids"):
         GenerationRequest()
     with pytest.raises(ValueError, match="max_new_tokens"):
-        GenerationRequest(prompt="x", max_new_tokens=0)
+        GenerationRequest(prompt="x", max_new_tokens=-1)
+    assert GenerationRequest(prompt="x", max_new_tokens=0).max_new_tokens == 0  # read (and score) the prompt only
 
 
 def test_out_of_vocab_ids_are_a_clear_error(manager: ModelManager, core: GenerationCore):

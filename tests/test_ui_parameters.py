@@ -88,7 +88,7 @@ def test_controls_build_a_valid_request_and_name_bad_fields() -> None:
     with pytest.raises(gr.Error, match="logit_bias"):
         controls.params(*(values | {"logit_bias": "{oops"}).values())
     with pytest.raises(gr.Error, match="max_new_tokens"):
-        generation_request(params | {"max_new_tokens": 0}, "Hi")
+        generation_request(params | {"max_new_tokens": -1}, "Hi")
 
 
 def test_settings_document_keeps_preferences_not_run_state(tmp_path: Path) -> None:

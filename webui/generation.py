@@ -12,16 +12,17 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from webui.hf_path import SampledTokens, TokenSource, logprob_entry
+from webui.events import Event, Finished, PromptRead, TextChunk, TokenLogprob, Usage
+from webui.hf_path import SampledTokens, TokenSource
 from webui.loader_api import HearthError, Model
 from webui.model_worker import ModelWorker
 from webui.models import ModelManager
+from webui.prompt_scoring import added_tokens, prompt_entries
 from webui.sampling import SamplingParams, build_sampler
 from webui.textstream import BannedStringGuard, IncrementalDecoder, StopMatcher, token_index
 
@@ -46,13 +47,17 @@ class GenerationRequest(BaseModel):
 
     prompt: str | None = None
     prompt_ids: list[int] | None = None
-    max_new_tokens: int = Field(512, ge=1, le=1 << 20)
+    #: 0 reads (and, with prompt_logprobs, scores) the prompt only.
+    max_new_tokens: int = Field(512, ge=0, le=1 << 20)
     stop: list[str] = Field(default_factory=list)
     add_bos_token: bool = True
     #: Context budget for prompt + reply; 0 = the model's context. Longer prompts lose their oldest tokens.
     truncation_length: int = Field(0, ge=0)
     #: Report the top-N alternatives (with log-probabilities) of every generated token.
     logprobs: int = Field(0, ge=0, le=50)
+    #: Also score the prompt (an echo's logprobs) with the top-N alternatives; None = don't. A scored
+    #: prompt is never truncated: one longer than the context is an error.
+    prompt_logprobs: int | None = Field(None, ge=0, le=50)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 
     @model_validator(mode="after")
@@ -62,49 +67,6 @@ class GenerationRequest(BaseModel):
         return self
 
 
-@dataclass
-class TokenLogprob:
-    token_id: int
-    text: str
-    logprob: float
-    top: list[tuple[int, str, float]] = field(default_factory=list)
-
-
-@dataclass
-class TextChunk:
-    """Newly generated text (may be empty while a stop string is being ruled out)."""
-
-    text: str
-    token_ids: list[int]
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    truncated_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass
-class Finished:
-    """The last event. reason: 'stop' (EOS or a stop string), 'length' or 'cancelled'."""
-
-    reason: str
-    text: str
-    usage: Usage
-    seed: int
-    stop_string: str | None = None
-    token_ids: list[int] = field(default_factory=list)
-    #: Extensions' logits processors that failed during this generation (it finished without them).
-    extension_errors: list[str] = field(default_factory=list)
-
-
-Event = TextChunk | Finished
 
 
 def fit_context(ids: list[int], n_ctx: int, truncation_length: int, max_new_tokens: int, bos: int | None) -> tuple[list[int], int]:
@@ -122,6 +84,13 @@ def fit_context(ids: list[int], n_ctx: int, truncation_length: int, max_new_toke
     else:
         kept = ids[len(ids) - room :]
     return kept, len(ids) - len(kept)
+
+
+def _check_fits(ids: list[int], n_ctx: int, truncation_length: int) -> None:
+    budget = min(truncation_length or n_ctx, n_ctx)
+    if len(ids) > budget:
+        raise ContextLengthError(f"the prompt is {len(ids)} tokens, more than the context of {budget}: its logprobs "
+                                 "cannot be computed (shorten it, or load the model with a larger n_ctx)")
 
 
 def _replay(model: Model, ids: list[int], generated: list[int]) -> IncrementalDecoder:
@@ -164,7 +133,7 @@ class GenerationCore:
         events: queue.SimpleQueue = queue.SimpleQueue()
         with self._active_lock:
             self._active.add(cancel)
-        self.worker.submit(lambda: self._job(request, cancel, is_chat, events.put))
+        self.worker.submit(lambda: self._job([request], cancel, is_chat, events.put))
         finished = False
         try:
             while True:
@@ -189,28 +158,41 @@ class GenerationCore:
         The events are those of `stream` (TextChunks, then one Finished), or the exception that ended it.
         `sink` must be quick and must not raise (an asyncio server hands the events to its loop). This
         saves `stream`'s relay thread hop per token; setting `cancel` stops the generation."""
+        self.start_many([request], cancel, sink, is_chat=is_chat)
+
+    def start_many(self, requests: Sequence[GenerationRequest], cancel: threading.Event,
+                   sink: Callable[[Event | BaseException], None], *, is_chat: bool = False) -> None:
+        """`start` for several generations queued as one job (an API request's prompts): they run one after
+        another, in order, with no other request between them. Each one's events end with its Finished, so
+        the k-th Finished closes the k-th request; once `cancel` is set the rest finish 'cancelled' at once.
+        An exception ends the whole job."""
         with self._active_lock:
             self._active.add(cancel)
 
         def job() -> None:
             try:
-                self._job(request, cancel, is_chat, sink)
+                self._job(list(requests), cancel, is_chat, sink)
             finally:
                 with self._active_lock:
                     self._active.discard(cancel)
 
         self.worker.submit(job)
 
-    def _job(self, request: GenerationRequest, cancel: threading.Event, is_chat: bool,
+    def _job(self, requests: list[GenerationRequest], cancel: threading.Event, is_chat: bool,
              sink: Callable[[Event | BaseException], None]) -> None:
-        """One generation, on the worker thread, holding the model lock; events go to `sink`."""
+        """Generations in order, on the worker thread, holding the model lock; events go to `sink`."""
         try:
             if cancel.is_set() or not self.models.lock.acquire(cancel):
-                sink(Finished("cancelled", "", Usage(0, 0), seed=-1))
+                for _ in requests:
+                    sink(Finished("cancelled", "", Usage(0, 0), seed=-1))
                 return
             try:
-                for event in self._run(self.models.require(), request, cancel, is_chat):
-                    sink(event)
+                for request in requests:
+                    if cancel.is_set():
+                        sink(Finished("cancelled", "", Usage(0, 0), seed=-1))
+                        continue
+                    for event in self._run(self.models.require(), request, cancel, is_chat):
+                        sink(event)
             finally:
                 self.models.lock.release()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
@@ -262,6 +244,7 @@ class GenerationCore:
                 request = request.model_copy(update={"prompt": ext.modify_input(request.prompt, state, False)})
         # -- end extensions ----------------------------------------------------------------------------
         ids = list(request.prompt_ids) if request.prompt_ids is not None else model.tokenize(request.prompt or "", request.add_bos_token)
+        added = added_tokens(model, request.prompt, ids) if request.prompt_logprobs is not None and request.prompt is not None else 0
         if ext is not None:  # extensions: tokenizer_modifier
             ids = ext.modify_tokens(state, request.prompt or "", ids)
         if not ids:
@@ -269,7 +252,12 @@ class GenerationCore:
         bad = [t for t in ids if not 0 <= t < model.vocab_size]
         if bad:
             raise GenerationError(f"prompt_ids contain ids outside the vocabulary (0..{model.vocab_size - 1}): {bad[:5]}")
-        ids, dropped = fit_context(ids, model.n_ctx, request.truncation_length, request.max_new_tokens, model.bos_token_id)
+        if request.prompt_logprobs is not None:  # scored, never shortened: that would describe another text
+            _check_fits(ids, model.n_ctx, request.truncation_length)
+            dropped = 0
+            yield PromptRead(prompt_entries(model, ids, added, max(request.prompt_logprobs, 1), request.prompt is not None))
+        else:
+            ids, dropped = fit_context(ids, model.n_ctx, request.truncation_length, request.max_new_tokens, model.bos_token_id)
         if dropped:
             log.info("prompt truncated: dropped the oldest %d tokens to fit the context", dropped)
         max_new = min(request.max_new_tokens, model.n_ctx - len(ids))
@@ -318,14 +306,14 @@ class GenerationCore:
         reported = 0  # generated[:reported] went out in chunks
         reason, rollbacks = "length", 0
         text_parts: list[str] = []
+        ended: tuple[int, TokenLogprob | None] | None = None  # the EOS that ended the reply
         try:
             for token, logprob in source if max_new > 0 else ():
                 if cancel.is_set():
                     reason = "cancelled"
                     break
                 if token in eos:
-                    generated.append(token)
-                    reason = "stop"
+                    ended, reason = (token, logprob), "stop"
                     break
                 generated.append(token)
                 offsets.append(len(decoder.text))
@@ -361,6 +349,9 @@ class GenerationCore:
             if tail or reported < len(generated):
                 text_parts.append(tail)
                 yield TextChunk(tail, generated[reported:])
+        if ended is not None:  # a generated token like any other (counted, scored), but with no text
+            generated.append(ended[0])
+            yield TextChunk("", [ended[0]], [ended[1]] if ended[1] else [])
         usage = Usage(len(ids), len(generated), dropped)
         yield Finished(reason, "".join(text_parts), usage, seed, stops.stopped_by, generated)
 
@@ -391,20 +382,6 @@ class GenerationCore:
                 TokenLogprob(int(i), model.detokenize([int(i)]), float(torch.log(p)) if p > 0 else float("-inf"))
                 for p, i in zip(top.values, top.indices, strict=True)
             ]
-
-    def prompt_logprobs(self, ids: Sequence[int], n: int = 1) -> list[TokenLogprob]:
-        """Log-probabilities of ids[1:], each given the ids before it, with the top `n` alternatives (for
-        an echoed prompt's logprobs). Reads the prompt one token at a time through the prefix cache, so
-        every backend can do it, and the cache then holds the prompt for the generation that follows."""
-        return self.worker.call(lambda: self._prompt_logprobs(list(ids), n))
-
-    def _prompt_logprobs(self, ids: list[int], n: int) -> list[TokenLogprob]:
-        with self.models.lock:
-            model = self.models.require()
-            if len(ids) > model.n_ctx:
-                raise ContextLengthError(f"the prompt is {len(ids)} tokens, more than the model's context of "
-                                         f"{model.n_ctx}: its logprobs cannot be computed")
-            return [logprob_entry(model, model.logits(ids[:i]), ids[i], n) for i in range(1, len(ids))]
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.models.require().tokenize(text, add_bos)

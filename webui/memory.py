@@ -7,7 +7,7 @@ the JSON header of each safetensors file (8-byte length, then the header).
 
 Estimate = weights + KV cache + overhead. Weights are exact (bytes of the tensors). The KV cache is
 exact for a plain llama.cpp cache: 2 (K and V) * n_layers * n_ctx * n_kv_heads * head_dim * bytes per
-value (f16 2, q8_0 34/32, q4_0 18/32); sliding-window models use less. The overhead (`compute_buffer_bytes`)
+value (f16 2, f32 4, q8_0 34/32, q4_0 18/32); sliding-window models use less. The overhead (`compute_buffer_bytes`)
 is an approximation of llama.cpp's compute buffer, see there; for Transformers it is the activations of one
 forward over a prompt chunk (`transformers_activation_bytes`).
 """
@@ -25,7 +25,7 @@ from webui.loader_api import HearthError
 
 GiB = 1 << 30
 MiB = 1 << 20
-KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # per cached value, ggml block sizes
+KV_BYTES = {"f16": 2.0, "f32": 4.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # per cached value, ggml block sizes
 TORCH_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 SAFETENSORS_BYTES = {
     "F64": 8,

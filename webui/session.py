@@ -36,6 +36,9 @@ class ChatOptions:
     instruction_template: str | None = None  # None: detected from the loaded model
     chat_instruct_command: str = DEFAULT_CHAT_INSTRUCT_COMMAND
     system_message: str | None = None
+    #: False: no character's context unless one is named, so an instruct prompt is the model's own template
+    #: of the messages (the API's instruct mode); True: the built-in Assistant when none is named.
+    default_persona: bool = True
 
 
 @dataclass
@@ -62,9 +65,11 @@ class ReplyPlan:
     impersonate: bool = False
     continue_last: bool = False
 
-    def reply(self, generated: str) -> str:
-        """The reply text for what the model generated (before the output modifier)."""
-        return self.prefix + generated if self.continue_last else (self.prefix + generated).strip()
+    def reply(self, generated: str, trim: bool = True) -> str:
+        """The reply text for what the model generated (before the output modifier); `trim` strips the
+        whitespace around a new reply for display (the API returns it as generated)."""
+        reply = self.prefix + generated
+        return reply.strip() if trim and not self.continue_last else reply
 
 
 def request_from_settings(settings: dict[str, Any], **overrides: Any) -> GenerationRequest:
@@ -96,13 +101,19 @@ class ChatService:
     def character(self, name: str | None) -> Character:
         return self.characters.load(name) if name else default_character()
 
+    def character_for(self, options: ChatOptions) -> Character:
+        """The named character, else the built-in Assistant, or with `default_persona` off a bare name."""
+        if options.character or options.default_persona:
+            return self.character(options.character)
+        return Character("Assistant")
+
     # -- prompts ----------------------------------------------------------------------------------
     def build_prompt(self, history: ChatHistory, user_input: str | None, options: ChatOptions, *,
                      max_new_tokens: int, truncation_length: int = 0, impersonate: bool = False,
                      continue_last: bool = False) -> ChatPrompt:
         build = self.prompt_builder(max_new_tokens=max_new_tokens, truncation_length=truncation_length,
                                     impersonate=impersonate, continue_last=continue_last)
-        character = self.character(options.character)
+        character = self.character_for(options)
         ext = self.app.extensions
         if ext is None:
             return build(user_input, history, options, character)
@@ -142,7 +153,7 @@ class ChatService:
         ext, visible, bias, state = self.app.extensions, None, "", {}
         if ext is not None:
             state = ext.state(is_chat=True, request=probe, options=options, history=history, user_input=user_input,
-                              character=self.character(options.character), build_prompt=self.prompt_builder(**sizes))
+                              character=self.character_for(options), build_prompt=self.prompt_builder(**sizes))
             if user_input and not impersonate and not continue_last:
                 user_input, visible = ext.modify_chat_input(user_input, user_input, state)
                 user_input = ext.modify_input(user_input, state, True)
@@ -161,15 +172,20 @@ class ChatService:
     def plan_reply_to_messages(self, messages: Sequence[dict[str, Any]], options: ChatOptions,
                                probe: GenerationRequest, *, continue_last: bool = False) -> ReplyPlan:
         """`plan_reply` for OpenAI-style messages (system / user / assistant): the last user message is the
-        new input; with `continue_last` a final assistant message is continued instead of answered."""
+        new input; with `continue_last` a final assistant message is continued instead of answered.
+        In instruct mode without a named character the messages are all there is: the prompt is what the
+        model's template makes of them (its own default system text included), nothing of a persona."""
         history, user_input, system = messages_to_history(messages, options.character or "Assistant")
         if system is not None and options.system_message is None:
             options = replace(options, system_message=system)
+        if options.mode == "instruct" and not options.character:
+            options = replace(options, default_persona=False)
         return self.plan_reply(history, user_input, options, probe, continue_last=continue_last)
 
-    def finish_reply(self, plan: ReplyPlan, generated: str) -> str:
-        """The final reply text: prefix + generated, through the extensions' output modifier."""
-        reply = plan.reply(generated)
+    def finish_reply(self, plan: ReplyPlan, generated: str, trim: bool = True) -> str:
+        """The final reply text: prefix + generated (`trim`: without surrounding whitespace, for the Chat
+        tab), through the extensions' output modifier."""
+        reply = plan.reply(generated, trim)
         ext = self.app.extensions
         if ext is not None and not plan.impersonate:  # extensions: output_modifier
             reply = ext.modify_output(reply, plan.state, True)
@@ -215,7 +231,7 @@ class ChatService:
             last = history.turns[-1]
             return history.with_turns(history.turns[:-1]), last.content
         shown = {"visible": visible.strip()} if visible and visible.strip() != text else {}
-        return (history.with_turn("user", text, **shown) if text else history), ""
+        return (history.with_turn("user", user_input or "", **shown) if text else history), ""
 
 
 def messages_to_history(messages: Sequence[dict[str, Any]], character: str) -> tuple[ChatHistory, str | None, str | None]:

@@ -13,7 +13,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from webui.api.errors import APIError, from_validation
-from webui.api.schemas import SAMPLER_FIELD_NAMES, ChatFields, CompletionRequest, GenerationFields
+from webui.api.schemas import (
+    MAX_CHOICES,
+    SAMPLER_FIELD_NAMES,
+    ChatFields,
+    CompletionRequest,
+    GenerationFields,
+)
 from webui.generation import GenerationRequest
 from webui.sampling import SamplingParams, load_preset
 from webui.session import ChatOptions, ChatService, ReplyPlan
@@ -58,10 +64,11 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def generation_request(body: GenerationFields, presets_dir: Path, *, default_max: int, logprobs: int = 0,
-                       extra_stop: Iterable[str] = (), **prompt: Any) -> GenerationRequest:
+                       prompt_logprobs: int | None = None, extra_stop: Iterable[str] = (), **prompt: Any) -> GenerationRequest:
     """`prompt` is prompt=text or prompt_ids=[...]."""
     data = {
         **prompt,
+        "prompt_logprobs": prompt_logprobs,
         "max_new_tokens": max_new_tokens(body, default_max),
         "stop": _unique([*_strings(body.stop), *_strings(body.stopping_strings), *extra_stop]),
         "add_bos_token": body.add_bos_token,
@@ -72,17 +79,36 @@ def generation_request(body: GenerationFields, presets_dir: Path, *, default_max
     return validated(GenerationRequest, data)
 
 
-def completion_prompt(body: CompletionRequest) -> dict[str, Any]:
-    """{'prompt': text} or {'prompt_ids': ids} from OpenAI's four prompt forms (one prompt only)."""
+def completion_prompts(body: CompletionRequest) -> list[dict[str, Any]]:
+    """[{'prompt': text} or {'prompt_ids': ids}, ...] from OpenAI's four prompt forms: one text, one list of
+    token ids, or a list of either (a batch: one choice each, in order)."""
     prompt = body.prompt
     if isinstance(prompt, str):
-        return {"prompt": prompt}
-    if prompt and all(isinstance(t, int) for t in prompt):
-        return {"prompt_ids": list(prompt)}
-    if len(prompt) != 1:
-        raise APIError(400, f"prompt: one prompt per request is supported, got {len(prompt)}", param="prompt")
-    only = prompt[0]
-    return {"prompt": only} if isinstance(only, str) else {"prompt_ids": list(only)}
+        return [{"prompt": prompt}]
+    if not prompt:
+        raise APIError(400, "prompt: give a text, a list of token ids, or a list of those (got an empty list)",
+                       param="prompt", code="invalid_value")
+    if all(isinstance(t, int) for t in prompt):
+        return [{"prompt_ids": list(prompt)}]
+    if len(prompt) * body.n > MAX_CHOICES:
+        raise APIError(400, f"n: {len(prompt)} prompts x n={body.n} is more than {MAX_CHOICES} choices in one request",
+                       param="n", code="invalid_value")
+    return [{"prompt": one} if isinstance(one, str) else {"prompt_ids": list(one)} for one in prompt]
+
+
+def completion_requests(body: CompletionRequest, prompts: list[dict[str, Any]], presets_dir: Path) -> list[GenerationRequest]:
+    """One request per choice: each prompt `n` times (choice index = prompt * n + sample, as OpenAI's).
+    A fixed seed gives sample j the seed + j, so sample 0 is what n=1 gives and the others differ."""
+    logprobs = body.logprobs
+    scored = max(logprobs, 1) if body.echo and logprobs is not None else None
+    requests = []
+    for prompt in prompts:
+        base = generation_request(body, presets_dir, default_max=DEFAULT_COMPLETION_TOKENS,
+                                  logprobs=0 if logprobs is None else max(logprobs, 1), prompt_logprobs=scored, **prompt)
+        requests += [base if j == 0 or base.sampling.seed < 0 else
+                     base.model_copy(update={"sampling": base.sampling.model_copy(update={"seed": (base.sampling.seed + j) % 2**63})})
+                     for j in range(body.n)]
+    return requests
 
 
 def chat_plan(service: ChatService, body: ChatFields, probe: GenerationRequest) -> ReplyPlan:

@@ -24,6 +24,7 @@ from webui.api.schemas import (
     EncodeRequest,
     EncodeResponse,
     LoadModelRequest,
+    LogitsDetailedResponse,
     LogitsRequest,
     LogitsResponse,
     ModelInfoResponse,
@@ -97,20 +98,17 @@ def token_count(body: EncodeRequest, hearth: Hearth) -> TokenCountResponse:
     return TokenCountResponse(length=len(hearth.core.tokenize(body.text, body.add_bos_token)))
 
 
-@router.post("/logits", response_model=LogitsResponse, responses=ERRORS)
-def logits(body: LogitsRequest, hearth: Hearth) -> LogitsResponse:
-    """The most likely next tokens after `prompt`, raw or after the samplers (waits its turn in the queue)."""
+@router.post("/logits", response_model=LogitsResponse | LogitsDetailedResponse, responses=ERRORS)
+def logits(body: LogitsRequest, hearth: Hearth) -> LogitsResponse | LogitsDetailedResponse:
+    """The most likely next tokens after `prompt`, raw or after the samplers (waits its turn in the queue):
+    text-generation-webui's flat {token: probability}, or with `detailed` also ids and log-probabilities."""
     sampling = sampling_from(body, hearth.settings.presets_dir)
     top = hearth.core.top_tokens(body.prompt, body.top_logits, body.use_samplers, sampling, body.add_bos_token)
-    items = [TokenProbability(token_id=t.token_id, token=t.text, prob=_prob(t.logprob), logprob=t.logprob) for t in top]
-    as_dict: dict[str, float] = {}
+    items = [TokenProbability(token_id=t.token_id, token=t.text, prob=math.exp(t.logprob), logprob=t.logprob) for t in top]
+    flat: dict[str, float] = {}
     for item in items:
-        as_dict.setdefault(item.token, item.prob)
-    return LogitsResponse(logits=as_dict, top_logits=items)
-
-
-def _prob(logprob: float) -> float:
-    return math.exp(logprob)
+        flat.setdefault(item.token, item.prob)
+    return LogitsDetailedResponse(logits=flat, top_logits=items) if body.detailed else LogitsResponse(flat)
 
 
 @router.post("/chat-prompt", response_model=ChatPromptResponse, responses=ERRORS)

@@ -16,9 +16,9 @@ from pydantic import BaseModel
 from webui.api.auth import require_api_key
 from webui.api.convert import (
     DEFAULT_CHAT_TOKENS,
-    DEFAULT_COMPLETION_TOKENS,
     chat_plan,
-    completion_prompt,
+    completion_prompts,
+    completion_requests,
     generation_request,
     with_chat_prompt,
 )
@@ -61,42 +61,37 @@ def _streamed(chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=_streamed(CompletionResponse))
 async def completions(body: CompletionRequest, request: Request, hearth: Hearth) -> Any:
-    """Text completion. Every sampler field is accepted by its text-generation-webui name."""
+    """Text completion: one choice per prompt (a list of prompts is a batch) and per sample (`n`), run one
+    after another in order. Every sampler field is accepted by its text-generation-webui name."""
     model = hearth.models.require()
-    prompt = completion_prompt(body)
-    check_token_ids(prompt.get("prompt_ids", ()), model.vocab_size, "prompt")  # before echo decodes them
-    logprobs = body.logprobs
-    generation = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_COMPLETION_TOKENS,
-                                    logprobs=0 if logprobs is None else max(logprobs, 1), **prompt)
-    echo, scored = "", None
-    if body.echo:
-        echo = prompt["prompt"] if "prompt" in prompt else await run_in_threadpool(model.detokenize, prompt["prompt_ids"])
-        if logprobs is not None:
-            scored = await run_in_threadpool(_prompt_logprobs, hearth, prompt, body.add_bos_token, max(logprobs, 1))
-    renderer = CompletionRenderer(hearth.models.model_name or "", echo, logprobs, prompt=scored)
-    return await respond(request, lambda cancel, sink: hearth.core.start(generation, cancel, sink), renderer, body.stream)
+    prompts = completion_prompts(body)
+    for prompt in prompts:  # before echo decodes them
+        check_token_ids(prompt.get("prompt_ids", ()), model.vocab_size, "prompt")
+    generations = completion_requests(body, prompts, hearth.settings.presets_dir)
+    echoes = await run_in_threadpool(_echoes, model, prompts) if body.echo else [""] * len(prompts)
+    renderer = CompletionRenderer(hearth.models.model_name or "", [e for e in echoes for _ in range(body.n)],
+                                  body.logprobs, n=body.n)
+    return await respond(request, lambda cancel, sink: hearth.core.start_many(generations, cancel, sink), renderer,
+                         body.stream, expected=len(generations))
 
 
-def _prompt_logprobs(hearth: Any, prompt: dict[str, Any], add_bos: bool, n: int) -> tuple[str | None, list[Any]]:
-    """An echoed prompt's logprobs: (text of its first token when nothing precedes it, the others')."""
-    model = hearth.models.require()
-    ids = list(prompt["prompt_ids"]) if "prompt_ids" in prompt else model.tokenize(prompt["prompt"], add_bos)
-    if not ids:
-        return None, []
-    first = None if ids[0] == model.bos_token_id else model.detokenize(ids[:1])
-    return first, hearth.core.prompt_logprobs(ids, n)
+def _echoes(model: Any, prompts: list[dict[str, Any]]) -> list[str]:
+    """Each prompt as echoed: the text as sent, or token ids decoded (special tokens skipped)."""
+    return [p["prompt"] if "prompt" in p else model.detokenize(p["prompt_ids"]) for p in prompts]
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_streamed(ChatCompletionChunk))
 async def chat_completions(body: ChatCompletionRequest, request: Request, hearth: Hearth, chat: Chat) -> Any:
-    """Chat completion. mode=instruct (default) uses the model's template; chat modes use a character."""
+    """Chat completion. mode=instruct (default): the messages through the model's template, nothing added;
+    chat modes use a character."""
     hearth.models.require()
     top = (body.top_logprobs or 0) if body.logprobs else None
     probe = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_CHAT_TOKENS,
                                logprobs=0 if top is None else max(top, 1), prompt="")
     plan = await run_in_threadpool(chat_plan, chat, body, probe)  # the Chat tab's extension hooks included
     generation = with_chat_prompt(probe, plan)
-    renderer = ChatRenderer(hearth.models.model_name or "", top, plan=plan, finish=chat.finish_reply)
+    renderer = ChatRenderer(hearth.models.model_name or "", top, plan=plan,  # the reply as generated: untrimmed
+                            finish=lambda plan, text: chat.finish_reply(plan, text, trim=False))
     return await respond(request, lambda cancel, sink: hearth.core.start(generation, cancel, sink, is_chat=True),
                          renderer, body.stream)
 

@@ -25,7 +25,7 @@ from webui.api.schemas import (
     TopLogprob,
     Usage,
 )
-from webui.generation import Finished, TextChunk, TokenLogprob
+from webui.events import Event, Finished, PromptRead, TextChunk, TokenLogprob
 
 if TYPE_CHECKING:
     from webui.session import ReplyPlan
@@ -41,67 +41,106 @@ def usage(done: Finished) -> Usage:
                  total_tokens=done.usage.total_tokens)
 
 
+def per_choice(events: list[Event]) -> list[list[Event]]:
+    """Events of choices run one after another, split after each Finished."""
+    groups: list[list[Event]] = [[]]
+    for event in events:
+        groups[-1].append(event)
+        if isinstance(event, Finished):
+            groups.append([])
+    return groups[:-1]
+
+
+class _Choice:
+    """One choice of a completion: its echoed prompt and where its next token starts in its text."""
+
+    def __init__(self, index: int, echo: str):
+        self.index, self.echo, self.offset, self.started = index, echo, 0, False
+
+
 class CompletionRenderer:
-    """Legacy completion shapes. With echo and logprobs, `prompt` = (text of a first prompt token that has
-    no context, or None after a BOS; the later prompt tokens' TokenLogprobs) leads the logprobs."""
+    """Legacy completion shapes for choices run one after another (choice k ends with the k-th Finished).
 
-    def __init__(self, model: str, echo: str = "", logprobs: int | None = None,
-                 prompt: tuple[str | None, list[TokenLogprob]] | None = None):
+    `echoes[k]` is choice k's echoed prompt ("" without echo); a PromptRead (echo with logprobs) leads its
+    logprobs. `n` samples per prompt: usage counts each prompt's tokens once and every choice's completion,
+    as OpenAI and vLLM do; streamed, the last choice's final chunk carries it."""
+
+    def __init__(self, model: str, echoes: list[str], logprobs: int | None = None, n: int = 1):
         self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model
-        self.echo, self.want_logprobs, self.top_n = echo, logprobs is not None, logprobs or 0
-        self._offset = 0
-        self._prompt = self._prompt_logprobs(*prompt) if prompt is not None and self.want_logprobs else None
-        self._offset = len(echo)
+        self.want_logprobs, self.top_n, self.n = logprobs is not None, logprobs or 0, n
+        self._choices = [_Choice(i, echo) for i, echo in enumerate(echoes)]
+        self._done = 0
+        self._usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
-    def _prompt_logprobs(self, first: str | None, entries: list[TokenLogprob]) -> CompletionLogprobs:
-        out = CompletionLogprobs()
-        if first is not None:  # nothing before it: no probability, as OpenAI reports it
-            out.tokens.append(first)
-            out.token_logprobs.append(None)
-            out.top_logprobs.append(None)
-            out.text_offset.append(0)
-            self._offset = len(first)
-        return _joined(out, self._logprobs(entries))
+    def _response(self, choice: _Choice, text: str, reason: str | None = None,
+                  logprobs: CompletionLogprobs | None = None, used: Usage | None = None) -> CompletionResponse:
+        item = CompletionChoice(index=choice.index, text=text, finish_reason=reason, logprobs=logprobs)  # type: ignore[arg-type]
+        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[item], usage=used)
 
-    def _response(self, text: str, reason: str | None = None, logprobs: CompletionLogprobs | None = None,
-                  used: Usage | None = None) -> CompletionResponse:
-        choice = CompletionChoice(text=text, finish_reason=reason, logprobs=logprobs)  # type: ignore[arg-type]
-        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice], usage=used)
-
-    def _logprobs(self, items: list[TokenLogprob]) -> CompletionLogprobs | None:
+    def _logprobs(self, choice: _Choice, items: list[TokenLogprob]) -> CompletionLogprobs | None:
         if not self.want_logprobs:
             return None
         out = CompletionLogprobs()
         for item in items:
             out.tokens.append(item.text)
             out.token_logprobs.append(item.logprob)
-            top: dict[str, float] = {}
-            for _, text, logprob in item.top[: self.top_n]:
-                top.setdefault(text, logprob)
+            top: dict[str, float] | None = None
+            if item.logprob is not None:  # a first prompt token has nothing to be scored against
+                top = {}
+                for _, text, logprob in item.top[: self.top_n]:
+                    top.setdefault(text, logprob)
             out.top_logprobs.append(top)
-            out.text_offset.append(self._offset)
-            self._offset += len(item.text)
+            out.text_offset.append(choice.offset)
+            choice.offset += len(item.text)
         return out
 
-    def head(self) -> list[CompletionResponse]:
-        return [self._response(self.echo, logprobs=self._prompt)] if self.echo else []
+    def _begin(self, choice: _Choice, prompt: PromptRead | None) -> CompletionLogprobs | None:
+        """The echo's logprobs; generated tokens then start where the echoed text ends."""
+        choice.started = True
+        logprobs = self._logprobs(choice, prompt.logprobs) if prompt is not None else None
+        choice.offset = len(choice.echo)
+        return logprobs
 
-    def chunk(self, event: TextChunk) -> CompletionResponse:
-        return self._response(event.text, logprobs=self._logprobs(event.logprobs))
+    def _count(self, done: Finished) -> None:
+        if self._done % self.n == 0:
+            self._usage.prompt_tokens += done.usage.prompt_tokens
+        self._usage.completion_tokens += done.usage.completion_tokens
+        self._usage.total_tokens = self._usage.prompt_tokens + self._usage.completion_tokens
+        self._done += 1
 
-    def tail(self, done: Finished) -> CompletionResponse:
-        return self._response("", finish_reason(done), used=usage(done))
+    def stream(self, event: Event) -> list[CompletionResponse]:
+        """The chunks one event streams as: a choice's echo first, its final chunk last."""
+        choice, out = self._choices[self._done], []
+        if not choice.started:
+            prompt = event if isinstance(event, PromptRead) else None
+            logprobs = self._begin(choice, prompt)
+            if choice.echo or logprobs is not None:
+                out.append(self._response(choice, choice.echo, logprobs=logprobs))
+        if isinstance(event, Finished):
+            self._count(event)
+            last = self._done == len(self._choices)
+            out.append(self._response(choice, "", finish_reason(event), used=self._usage if last else None))
+        elif isinstance(event, TextChunk) and (event.text or event.logprobs):
+            out.append(self._response(choice, event.text, logprobs=self._logprobs(choice, event.logprobs)))
+        return out
 
-    def whole(self, chunks: list[TextChunk], done: Finished) -> CompletionResponse:
-        logprobs = self._logprobs([lp for c in chunks for lp in c.logprobs])
-        if self._prompt is not None and logprobs is not None:
-            logprobs = _joined(self._prompt, logprobs)
-        return self._response(self.echo + done.text, finish_reason(done), logprobs, usage(done))
+    def whole(self, events: list[Event]) -> CompletionResponse:
+        items = []
+        for choice, group in zip(self._choices, per_choice(events), strict=False):
+            done = group[-1]
+            assert isinstance(done, Finished)
+            prompt = next((e for e in group if isinstance(e, PromptRead)), None)
+            logprobs = _joined(self._begin(choice, prompt),
+                               self._logprobs(choice, [lp for e in group if isinstance(e, TextChunk) for lp in e.logprobs]))
+            self._count(done)
+            items.append(CompletionChoice(index=choice.index, text=choice.echo + done.text,
+                                          finish_reason=finish_reason(done), logprobs=logprobs))  # type: ignore[arg-type]
+        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=items, usage=self._usage)
 
 
-def _joined(first: CompletionLogprobs, second: CompletionLogprobs | None) -> CompletionLogprobs:
-    if second is None:
-        return first
+def _joined(first: CompletionLogprobs | None, second: CompletionLogprobs | None) -> CompletionLogprobs | None:
+    if first is None or second is None:
+        return first or second
     return CompletionLogprobs(tokens=first.tokens + second.tokens,
                               token_logprobs=first.token_logprobs + second.token_logprobs,
                               top_logprobs=first.top_logprobs + second.top_logprobs,
@@ -125,6 +164,7 @@ class ChatRenderer:
         self.top_n = top_logprobs
         self.plan, self.finish = plan, finish
         self.prefix = plan.prefix if plan is not None and not plan.continue_last else ""
+        self._started = False
 
     def _content(self, generated: str) -> str:
         if self.plan is None or self.finish is None:
@@ -150,18 +190,24 @@ class ChatRenderer:
         choice = ChatChunkChoice(delta=delta, finish_reason=reason, logprobs=logprobs)  # type: ignore[arg-type]
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice], usage=used)
 
-    def head(self) -> list[ChatCompletionChunk]:
-        head = [self._chunk(ChatDelta(role="assistant", content=""))]
-        return head + ([self._chunk(ChatDelta(content=self.prefix))] if self.prefix else [])
+    def stream(self, event: Event) -> list[ChatCompletionChunk]:
+        """The chunks one event streams as; the first event is preceded by the role (and prefix) chunks."""
+        out = []
+        if not self._started:
+            self._started = True
+            out.append(self._chunk(ChatDelta(role="assistant", content="")))
+            if self.prefix:
+                out.append(self._chunk(ChatDelta(content=self.prefix)))
+        if isinstance(event, Finished):
+            out.append(self._chunk(ChatDelta(), finish_reason(event), used=usage(event)))
+        elif isinstance(event, TextChunk) and (event.text or event.logprobs):
+            out.append(self._chunk(ChatDelta(content=event.text), logprobs=self._logprobs(event.logprobs)))
+        return out
 
-    def chunk(self, event: TextChunk) -> ChatCompletionChunk:
-        return self._chunk(ChatDelta(content=event.text), logprobs=self._logprobs(event.logprobs))
-
-    def tail(self, done: Finished) -> ChatCompletionChunk:
-        return self._chunk(ChatDelta(), finish_reason(done), used=usage(done))
-
-    def whole(self, chunks: list[TextChunk], done: Finished) -> ChatCompletionResponse:
-        logprobs = self._logprobs([lp for c in chunks for lp in c.logprobs])
+    def whole(self, events: list[Event]) -> ChatCompletionResponse:
+        done = events[-1]
+        assert isinstance(done, Finished)
+        logprobs = self._logprobs([lp for e in events if isinstance(e, TextChunk) for lp in e.logprobs])
         choice = ChatChoice(message=AssistantMessage(content=self._content(done.text)), finish_reason=finish_reason(done),  # type: ignore[arg-type]
                             logprobs=logprobs)
         return ChatCompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice],

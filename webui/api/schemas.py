@@ -11,7 +11,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from webui.prompts.chat import ChatMode
@@ -79,13 +88,21 @@ class GenerationFields(SamplerFields):  # type: ignore[misc, valid-type]
     )
 
 
+#: Most choices one completion request may ask for (prompts x n).
+MAX_CHOICES = 256
+
+
 class CompletionRequest(GenerationFields):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
-        description="Text, or token ids; a list may hold only one prompt."
+        description="Text, or token ids, or a list of several of either (one choice each, in order)."
     )
-    echo: bool = Field(False, description="Prefix the reply with the prompt.")
+    echo: bool = Field(False, description="Prefix the reply with the prompt (with logprobs: one entry per prompt token sent).")
     logprobs: int | None = Field(None, ge=0, le=50, description="Report the top-N alternatives of each token (legacy shape).")
-    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate; default 16 (OpenAI).")
+    max_tokens: int | None = Field(
+        None, ge=0, le=MAX_NEW_TOKENS, description="Tokens to generate; default 16 (OpenAI). 0 with echo scores the prompt only."
+    )
+    max_new_tokens: int | None = Field(None, ge=0, le=MAX_NEW_TOKENS, description="text-generation-webui's name for max_tokens.")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="Choices per prompt (choice index = prompt * n + sample).")
 
 
 class ContentPart(BaseModel):
@@ -157,6 +174,7 @@ class CompletionLogprobs(BaseModel):
 
 
 class CompletionChoice(BaseModel):
+    #: Choice order: prompt * n + sample.
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length"] | None = None
@@ -295,17 +313,26 @@ class LogitsRequest(SamplerFields):  # type: ignore[misc, valid-type]
     top_logits: int = Field(50, ge=1, le=1000, description="How many of the most likely next tokens to return.")
     use_samplers: bool = Field(False, description="Probabilities after the sampler fields given, instead of raw.")
     add_bos_token: bool = True
+    detailed: bool = Field(False, description="Answer with Hearth's LogitsDetailedResponse (token ids, log-probabilities) "
+                           "instead of text-generation-webui's flat {token: probability}.")
 
 
 class TokenProbability(BaseModel):
     token_id: int
     token: str
     prob: float
-    logprob: float
+    logprob: float | None = Field(description="null where prob is 0 (a sampler removed the token).")
 
 
-class LogitsResponse(BaseModel):
-    logits: dict[str, float] = Field(description="{token text: probability}, as text-generation-webui returns it.")
+class LogitsResponse(RootModel[dict[str, float]]):
+    """text-generation-webui's answer: {token text: probability}, most likely first; of tokens with equal
+    text the likelier one."""
+
+
+class LogitsDetailedResponse(BaseModel):
+    """The answer with `detailed: true`."""
+
+    logits: dict[str, float] = Field(description="{token text: probability}: the plain answer.")
     top_logits: list[TokenProbability] = Field(description="The same, as a list (tokens with equal text stay apart).")
 
 

@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from webui.api.errors import APIError, error_body, from_hearth
-from webui.generation import Event, Finished, TextChunk
+from webui.events import Event, Finished
 from webui.loader_api import HearthError
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,11 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class Renderer(Protocol):
     """Turns core events into one endpoint's OpenAI shapes."""
 
-    def head(self) -> list[BaseModel]: ...
-    def chunk(self, event: TextChunk) -> BaseModel: ...
-    def tail(self, done: Finished) -> BaseModel: ...
-    def whole(self, chunks: list[TextChunk], done: Finished) -> BaseModel: ...
+    def stream(self, event: Event) -> list[BaseModel]:
+        """The chunks (none, one or several) that `event` streams as, in order."""
+
+    def whole(self, events: list[Event]) -> BaseModel:
+        """The non-streamed response: every event of the request, each choice's ending in its Finished."""
 
 
 Sink = Callable[[object], None]
@@ -51,13 +52,15 @@ Sink = Callable[[object], None]
 
 class EventPump:
     """`start(cancel, sink)` begins a generation whose events arrive through `sink` on another thread;
-    `batches()` yields them, in order, on the event loop as they arrive.
+    `batches()` yields them, in order, on the event loop as they arrive, until the `expected`-th Finished
+    (one per generation the request started).
 
     The sink wakes the event loop only when the consumer is waiting: while it is busy writing, new
     events just pile up and go out together (one wake-up per batch, not per token)."""
 
-    def __init__(self, start: Callable[[threading.Event, Sink], None]):
+    def __init__(self, start: Callable[[threading.Event, Sink], None], expected: int = 1):
         self.cancel = threading.Event()
+        self._expected = expected
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._items: list[object] = []
@@ -86,7 +89,8 @@ class EventPump:
             await self._wakeup.wait()
 
     async def batches(self) -> AsyncIterator[list[Event]]:
-        """Batches of events ending with the one holding Finished; the generation's exception is raised."""
+        """Batches of events ending with the one holding the last Finished; a generation's exception is raised."""
+        finished = 0
         while True:
             events: list[Event] = []
             for item in await self._take():
@@ -96,8 +100,10 @@ class EventPump:
                     raise item
                 events.append(item)  # type: ignore[arg-type]
                 if isinstance(item, Finished):
-                    yield events
-                    return
+                    finished += 1
+                    if finished == self._expected:
+                        yield events
+                        return
             yield events
 
 
@@ -124,19 +130,19 @@ async def _until_first(request: Request, pump: EventPump, batches: AsyncIterator
 async def collect(request: Request, pump: EventPump, renderer: Renderer) -> BaseModel:
     """The whole reply as one response (non-streaming)."""
     watcher = asyncio.create_task(_watch_disconnect(request, pump.cancel))
-    chunks: list[TextChunk] = []
+    events: list[Event] = []
     try:
         async for batch in pump.batches():
-            for event in batch:
-                if isinstance(event, Finished):
-                    if event.extension_errors:
-                        raise extension_error(event)
-                    return renderer.whole(chunks, event)
-                chunks.append(event)
+            events.extend(batch)
     finally:
         pump.cancel.set()  # a no-op after Finished; stops the generation if this coroutine was cancelled
         watcher.cancel()
-    raise APIError(500, "the generation ended without a final event")  # pragma: no cover
+    for event in events:
+        if isinstance(event, Finished) and event.extension_errors:
+            raise extension_error(event)
+    if not events or not isinstance(events[-1], Finished):
+        raise APIError(500, "the generation ended without a final event")  # pragma: no cover
+    return renderer.whole(events)
 
 
 def extension_error(done: Finished) -> APIError:
@@ -152,20 +158,17 @@ def _sse(model: BaseModel) -> str:
 def _render(batch: list[Event], renderer: Renderer) -> str:
     parts = []
     for event in batch:
-        if isinstance(event, Finished):
-            parts.append(_sse(renderer.tail(event)))
-            if event.extension_errors:
-                error = extension_error(event)
-                parts.append(f"data: {_json(error_body(error.message, error.type, error.param, error.code))}\n\n")
-        elif event.text or event.logprobs:
-            parts.append(_sse(renderer.chunk(event)))
+        parts += [_sse(model) for model in renderer.stream(event)]
+        if isinstance(event, Finished) and event.extension_errors:
+            error = extension_error(event)
+            parts.append(f"data: {_json(error_body(error.message, error.type, error.param, error.code))}\n\n")
     return "".join(parts)
 
 
 async def _sse_body(first: list[Event], batches: AsyncIterator[list[Event]], renderer: Renderer,
                     cancel: threading.Event) -> AsyncIterator[str]:
     try:
-        yield "".join(_sse(m) for m in renderer.head()) + _render(first, renderer)
+        yield _render(first, renderer)
         loop = asyncio.get_running_loop()
         written = loop.time()
         async for batch in batches:
@@ -203,7 +206,8 @@ async def stream(request: Request, pump: EventPump, renderer: Renderer) -> Strea
 
 
 async def respond(request: Request, start: Callable[[threading.Event, Sink], None], renderer: Renderer,
-                  streaming: bool) -> BaseModel | StreamingResponse:
-    """Run a generation started by `start(cancel, sink)` (see `GenerationCore.start`) as the reply."""
-    pump = EventPump(start)
+                  streaming: bool, expected: int = 1) -> BaseModel | StreamingResponse:
+    """Run the generations started by `start(cancel, sink)` (see `GenerationCore.start_many`; `expected` of
+    them, one after another) as the reply."""
+    pump = EventPump(start, expected)
     return await (stream(request, pump, renderer) if streaming else collect(request, pump, renderer))

@@ -114,8 +114,8 @@ def build_chat_prompt(
     if impersonate and continue_last:
         raise ValueError("impersonate and continue_last cannot be combined")
     turns = list(history.turns)
-    text = (user_input or "").strip()
-    partial = text if impersonate else ""
+    text = user_input if user_input and user_input.strip() else ""  # as given: instruct renders it verbatim
+    partial = text.strip() if impersonate else ""
     if continue_last:
         if not turns or turns[-1].role != "assistant":
             raise HistoryError("there is no reply to continue")
