@@ -262,6 +262,9 @@ class LlamaCppLoader(Loader):
 
     @classmethod
     def validate(cls, path: Path, params: dict[str, Any]) -> None:
+        gguf_path = find_gguf(path)
+        if gguf_path is not None:  # a corrupt file is refused before the working model is unloaded
+            cls._check_gguf(gguf_path)
         if params["cache_type"] in QUANTIZED_CACHE and not params["flash_attn"]:
             raise LoaderError(f"cache_type {params['cache_type']} needs flash_attn: llama.cpp quantizes the V cache only with flash attention")
         _tensor_split(params["tensor_split"])

@@ -94,3 +94,36 @@ def test_load_and_unload(served: Served):
 def test_stop_generation_with_nothing_running(served: Served):
     with served.client() as c:
         assert c.post("/v1/internal/stop-generation").json() == {"status": "ok", "stopped": 0}
+
+
+def test_a_refused_load_keeps_the_model(served: Served):
+    """Issue 13: a loader that cannot load the model is refused before the loaded model is freed."""
+    with served.client() as c:
+        hf_with_llamacpp = c.post("/v1/internal/model/load", json={"model_name": "tiny-llama", "loader": "llama.cpp"})
+        gguf_with_transformers = c.post("/v1/internal/model/load",
+                                        json={"model_name": "tiny-llama.gguf", "args": {"loader": "Transformers"}})
+        info = c.get("/v1/internal/model/info").json()
+        tokens = c.post("/v1/internal/token-count", json={"text": PROMPT})
+    assert "llama.cpp loader cannot load tiny-llama" in assert_error(hf_with_llamacpp, 400)["message"]
+    assert "Transformers loader cannot load tiny-llama.gguf" in assert_error(gguf_with_transformers, 400)["message"]
+    assert (info["model_name"], info["loader"]) == ("tiny-llama.gguf", "llama.cpp")
+    assert tokens.status_code == 200 and tokens.json()["length"] > 0
+
+
+def test_a_load_failing_after_the_unload_reports_no_model(served: Served, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """When loading fails after the old model was freed, the error says so and model/info tells the truth:
+    text-generation-webui's 'None' (modules/shared.py, modules/api/models.py), with no loader and no info."""
+    (tmp_path / "truncated.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\0" * 10)
+    models = served.app.models
+    original = models.models_dir
+    monkeypatch.setattr(models, "models_dir", tmp_path)
+    try:
+        with served.client() as c:
+            failed = c.post("/v1/internal/model/load", json={"model_name": "truncated.gguf"})
+            info = c.get("/v1/internal/model/info").json()
+    finally:
+        monkeypatch.setattr(models, "models_dir", original)
+        models.load("tiny-llama.gguf")  # the module's other tests need it
+    assert "the previous model was unloaded (tiny-llama.gguf)" in assert_error(failed, 400)["message"]
+    assert info == {"model_name": "None", "loader": None, "lora_names": [], "info": None}

@@ -18,6 +18,7 @@ from webui.prompts.chat import (
     send_dummy_message,
     send_dummy_reply,
     substitute_names,
+    user_name_for,
 )
 from webui.prompts.history import ChatHistory, HistoryError, Turn
 from webui.prompts.templates import load_template
@@ -208,3 +209,13 @@ def test_history_operations() -> None:
     with pytest.raises(HistoryError):
         replace_last_reply(send_dummy_message(history, "x"), "y")
     assert history.turns[-1].content == "Arr, hello."  # operations never mutate their input
+
+
+def test_the_cards_user_name_is_used_unless_one_is_given() -> None:
+    peter = Character("Aria", context="{{char}} meets {{user}}.", greeting="Ahoy, {{user}}!", user_name="Peter")
+    history = ChatHistory.new("Aria").with_turn("user", "Hi")
+    prompt = build(history, "Who am I?", character=peter, user_name=None)
+    assert prompt.text.startswith("Aria meets Peter.") and "Peter: Who am I?\nAria:" in prompt.text
+    assert "\nPeter:" in prompt.stop_strings
+    assert "Bob: Who am I?" in build(history, "Who am I?", character=peter, user_name="Bob").text
+    assert user_name_for(None, peter) == "Peter" and user_name_for(" ", ARIA) == "You"

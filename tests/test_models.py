@@ -100,3 +100,29 @@ def test_auto_gpu_layers_without_a_gpu_is_zero(manager: ModelManager, models_dir
     assert auto_gpu_layers(models_dir / "tiny-llama.gguf", {"n_ctx": 512, "cache_type": "f16", "flash_attn": False}) == 0
     model = manager.load("tiny-llama.gguf", params={"n_gpu_layers": AUTO_LAYERS})
     assert model.tokenize("hi")
+
+
+def test_a_loader_that_cannot_load_the_file_is_refused_before_unloading(manager: ModelManager):
+    """Issue 13: Transformers for a GGUF (or llama.cpp for an HF folder) used to unload the working model
+    first and fail afterwards."""
+    manager.load("tiny-llama.gguf", params={"n_ctx": 256})
+    with pytest.raises(LoaderError, match=r"Transformers loader cannot load tiny-llama\.gguf .*HF folders.*llama\.cpp"):
+        manager.load("tiny-llama.gguf", loader="Transformers")
+    with pytest.raises(LoaderError, match=r"llama\.cpp loader cannot load tiny-llama .*GGUF.*Transformers"):
+        manager.load("tiny-llama", loader="llama.cpp")
+    assert (manager.model_name, manager.loader_name, manager.load_params["n_ctx"]) == ("tiny-llama.gguf", "llama.cpp", 256)
+    model = manager.require()  # still loaded and usable
+    assert model.logits(model.tokenize("Hello")).shape == (model.vocab_size,)
+
+
+def test_a_load_that_fails_after_unloading_says_so_and_leaves_no_model(models_dir: Path, tmp_path: Path, loaders: dict):
+    (tmp_path / "tiny-llama.gguf").symlink_to(models_dir / "tiny-llama.gguf")
+    (tmp_path / "truncated.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\0" * 10)  # passes every check
+    manager = ModelManager(tmp_path, loaders)
+    manager.load("tiny-llama.gguf")
+    with pytest.raises(LoaderError, match=r"truncated\.gguf.*; the previous model was unloaded \(tiny-llama\.gguf\)"):
+        manager.load("truncated.gguf")
+    assert (manager.model, manager.model_name, manager.loader_name, manager.load_params) == (None, None, None, {})
+    with pytest.raises(LoaderError, match="could not load truncated.gguf") as without:  # nothing was loaded
+        manager.load("truncated.gguf")
+    assert "previous model" not in str(without.value)

@@ -13,9 +13,11 @@ import pytest
 
 from webui.generation import GenerationCore, GenerationRequest, TokenLogprob
 from webui.models import ModelManager
+from webui.ui.markup import literal_markdown
 from webui.ui.streaming import CancelBoard, stream_text, throttle
 from webui.ui.textviews import (
     EMPTY_PROBABILITIES,
+    TextViews,
     logits_rows,
     piece_label,
     probability_color,
@@ -149,3 +151,23 @@ def test_stream_steps_on_any_thread_and_closing_it_cancels(core: GenerationCore)
     assert not core.busy  # the model is free again: the next request runs at once
     done = core.generate(GenerationRequest(prompt="Once upon", max_new_tokens=2))
     assert done.usage.completion_tokens == 2
+
+
+def test_markdown_view_shows_raw_html_literally_and_keeps_formatting() -> None:
+    """The Markdown view's value: tags and entities escaped outside code, code left to the renderer."""
+    markdown, rendered = TextViews.rendered(
+        "<think>plan</think> **Answer**: a<b then b>a\n\n`std::vector<int>` and std::vector<int> v; &lt;\n\n"
+        "```cpp\nstd::vector<int> v; // <b>\n```\n"
+    )
+    assert markdown == (
+        "&lt;think>plan&lt;/think> **Answer**: a&lt;b then b>a\n\n"
+        "`std::vector<int>` and std::vector&lt;int> v; &amp;lt;\n\n"
+        "```cpp\nstd::vector<int> v; // <b>\n```\n"
+    )
+    assert "&lt;think&gt;plan&lt;/think&gt;" in rendered and "std::vector&lt;int&gt; v;" in rendered
+
+
+def test_literal_markdown_leaves_indented_code_and_list_items_apart() -> None:
+    assert literal_markdown("text\n\n    <kept> in code\n") == "text\n\n    <kept> in code\n"
+    assert literal_markdown("- item\n\n    <i>more</i>\n") == "- item\n\n    &lt;i>more&lt;/i>\n"
+    assert literal_markdown("AT&T > 2 < 3") == "AT&T > 2 < 3"  # nothing that could become markup

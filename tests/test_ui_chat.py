@@ -190,11 +190,10 @@ def test_hand_written_turns_render_markdown_and_make_the_screenshot(page: Any, u
     page.wait_for_selector(f"{BOT} pre code")
     page.wait_for_selector(f"{BOT} strong >> text=slicing")
     assert [t.role for t in saved_chat(ui_server).turns] == ["assistant", "user", "assistant"]
-    page.click("#chat-copy-last")
-    page.wait_for_function(
-        "document.querySelector('#chat-input textarea').value.startsWith('Use **slicing**')"
-    )
-    page.fill("#chat-input textarea", "")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.click("#chat-copy-last")  # to the clipboard, not into the input box
+    page.wait_for_function("navigator.clipboard.readText().then(t => t.startsWith('Use **slicing**'))")
+    assert page.input_value("#chat-input textarea") == ""
     path = ui_server.shots / "chat.png"
     page.screenshot(path=str(path))
     if os.environ.get("HEARTH_UPDATE_SCREENSHOTS"):
@@ -276,3 +275,46 @@ def test_a_message_too_long_for_the_context_is_an_error_that_loses_nothing(page:
     page.wait_for_selector(f"{USER} >> text=Hello again")
     wait_idle(ui_server)
     assert [t.role for t in saved_chat(ui_server).turns] == ["assistant", "user", "assistant"]
+
+
+# -- issue 13: the card's user name, Stop before the first token, the saved-chats list ------------------
+def test_the_cards_user_name_reaches_the_greeting_and_the_prompt(ui_app: Any) -> None:
+    service = ChatService(ui_app)
+    service.characters.save(Character("Cap", "{{char}} sails with {{user}}.", "Ahoy, {{user}}!", user_name="Peter"))
+    options = ChatOptions(character="Cap")  # nobody typed a name: the card's is used
+    chat = ChatSession(service).new_chat(options)
+    assert chat.turns[0].content == "Ahoy, Peter!"
+    ui_app.models.load("tiny-llama.gguf")
+    prompt = service.build_prompt(chat, "Who am I?", options, max_new_tokens=16)
+    assert "Cap sails with Peter." in prompt.text and "Peter: Who am I?" in prompt.text
+    assert "Ann: Who am I?" in service.build_prompt(chat, "Who am I?", ChatOptions("chat", "Cap", "Ann"), max_new_tokens=16).text
+
+
+def test_stop_before_the_first_token_leaves_no_empty_reply(ui_app: Any) -> None:
+    import threading
+
+    service = ChatService(ui_app)
+    ui_app.models.load("tiny-llama.gguf")
+    history = ChatHistory.new("Assistant", "Hi!")
+    stopped = threading.Event()
+    stopped.set()
+    updates = list(service.stream_reply(history, "hello", ChatOptions(), {"max_new_tokens": 8}, stopped))
+    assert updates[-1].finish_reason == "cancelled"
+    assert [t.role for t in updates[-1].history.turns] == ["assistant", "user"]
+    assert [t.role for t in service.histories.latest("Assistant").turns] == ["assistant", "user"]
+
+
+def test_saved_chats_panel_lists_chats_with_turn_counts(ui_app: Any) -> None:
+    from webui.ui.history_panel import HistoryPanel
+
+    store = HistoryStore(ui_app.settings.user_data_dir)
+    chat = ChatHistory.new("Assistant", "Hi!").with_turn("user", "saved question")
+    store.save(chat)
+    update = HistoryPanel(store, Path(ui_app.settings.user_data_dir)).choices({"character": None})
+    assert update["value"] == chat.chat_id
+    assert update["choices"][0][1] == chat.chat_id and "2 turns" in update["choices"][0][0]
+
+
+def test_chat_messages_show_raw_html_as_text() -> None:
+    history = ChatHistory.new("Assistant").with_turn("assistant", "a<b then b>a and `<b>` in code")
+    assert chat_messages(history)[0]["content"] == "a&lt;b then b>a and `<b>` in code"

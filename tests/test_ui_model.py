@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -16,6 +17,7 @@ from webui.loader_api import LoaderParam
 from webui.memory import GiB, MemoryEstimate, kv_cache_bytes, read_gguf
 from webui.ui.loader_params import build_loader_panels, elem_prefix, use_slider, widget_for
 from webui.ui.memory_view import memory_html
+from webui.ui.model_tab import ModelTab, info_markdown
 
 if TYPE_CHECKING:
     from tests.ui_harness import UIServer
@@ -82,6 +84,26 @@ def test_memory_html_scales_and_says_whether_it_fits() -> None:
     assert 'style="width:25.00%"' in fits  # 1 GiB of weights on a 4 GiB scale
     tight = memory_html(est, {"ram_available": GiB, "vram_free": 0})
     assert "does not fit" in tight and 'style="width:50.00%"' in tight  # the bar scales to the total
+
+
+def test_info_shows_the_loaded_and_the_trained_context(manager: Any) -> None:
+    """Issue 13: llama.cpp reports the loaded context as context_length; the trained one is the GGUF's."""
+    manager.load(GGUF, params={"n_ctx": 512})
+    assert "Context length:** 512 (trained: 1024)" in info_markdown(SimpleNamespace(models=manager))
+    manager.load("tiny-llama")  # Transformers: the context it runs with is the trained one
+    assert "Context length:** 1024 (trained: 1024)" in info_markdown(SimpleNamespace(models=manager))
+
+
+def test_memory_estimate_says_when_the_loader_cannot_load_the_file(manager: Any, loaders: dict) -> None:
+    with gr.Blocks():
+        panels = build_loader_panels(loaders, "Transformers")
+    tab = ModelTab(SimpleNamespace(models=manager), panels)
+    values = [w.value for w in panels.inputs]
+    refused = tab.memory(GGUF, "Transformers", *values)
+    assert "This loader cannot load this file" in refused and "fits" not in refused
+    assert "llama.cpp" in refused  # names the loaders that can
+    assert "Estimated memory" in tab.memory(GGUF, "llama.cpp", *values)
+    assert "cannot load" in tab.memory("tiny-llama", "llama.cpp", *values)
 
 
 # -- in the browser --------------------------------------------------------------------------------------
@@ -202,3 +224,70 @@ def test_download_box_lists_quants_and_downloads_the_pick(
         hub.stop()
     assert sorted(p.name for p in models.iterdir()) == ["tiny.Q8_0.gguf"]
     assert hub.served == ["tiny.Q8_0.gguf"]
+
+
+def wait_input(page: Any, elem_id: str, value: str) -> None:
+    page.wait_for_function(
+        f"document.querySelector('#{elem_id} input')?.value === {value!r}"
+    )
+
+
+@pytest.mark.browser
+def test_a_loader_that_cannot_load_the_file_keeps_the_model(page: Any, ui_server: UIServer) -> None:
+    """Issue 13: with the GGUF loaded, Transformers + Load used to unload it and fail afterwards."""
+    app = ui_server.app
+    app.models.load(GGUF, params={"n_ctx": 256})
+    page.reload()
+    page.wait_for_selector("button[role='tab']")
+    open_model_tab(page)
+    wait_input(page, "model-dropdown", GGUF)
+    pick(page, "loader-dropdown", "Transformers")
+    page.wait_for_function(
+        "document.querySelector('#memory-estimate')?.textContent.includes('This loader cannot load this file')"
+    )
+    assert "fits" not in page.locator("#memory-estimate").inner_text()
+    page.locator("#model-load").click()
+    toast = page.locator(".toast-body.error")
+    toast.wait_for()
+    text = toast.inner_text()
+    assert "Transformers loader cannot load" in text and f"{GGUF} is still loaded" in text
+    ui_server.shot(page, "wrong-loader")
+    assert (app.models.model_name, app.models.loader_name) == (GGUF, "llama.cpp")
+    assert app.models.require().tokenize("Hello")
+    page.wait_for_function(f"document.querySelector('#model-status').textContent.includes('{GGUF}')")
+    assert "llama.cpp" in page.locator("#model-status").inner_text()
+
+
+@pytest.mark.browser
+def test_model_tab_shows_what_is_loaded_and_the_current_list(
+    page: Any, ui_server: UIServer, models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: a load made elsewhere (the API, another tab) and a model added to models/ show up on a
+    page load, with the parameters the model was loaded with, not the start-up values."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in (GGUF, "tiny-llama"):
+        (folder / name).symlink_to(models_dir / name)
+    app = ui_server.app
+    monkeypatch.setattr(app.models, "models_dir", folder)
+    app.models.load(GGUF, params={"n_ctx": 512})  # as /v1/internal/model/load does
+    page.reload()
+    page.wait_for_selector("button[role='tab']")
+    open_model_tab(page)
+    prefix = elem_prefix("llama.cpp")
+    wait_input(page, "model-dropdown", GGUF)
+    wait_input(page, "loader-dropdown", "llama.cpp")
+    page.wait_for_function(f"document.querySelector('#{prefix}n_ctx input')?.value === '512'")
+    assert GGUF in page.locator("#model-status").inner_text()
+    assert "512 (trained: 1024)" in page.locator("#model-info").inner_text()
+    ui_server.shot(page, "loaded-elsewhere")
+
+    (folder / "added.gguf").symlink_to(models_dir / GGUF)  # a new file, then a tab switch: no restart
+    app.models.unload()
+    page.get_by_role("tab", name="Chat").click()
+    open_model_tab(page)
+    page.wait_for_function("document.querySelector('#model-status').textContent.includes('No model loaded')")
+    assert page.locator("#model-info").inner_text().strip() == ""
+    assert page.locator(f"#{prefix}n_ctx input").input_value() == "512"  # the form is kept
+    page.locator("#model-dropdown input").click()
+    page.get_by_role("option", name="added.gguf", exact=True).wait_for()

@@ -4,6 +4,11 @@ Load and unload take the generation core's queue lock, so a model is never swapp
 generation. Names from the UI and the API resolve only to entries of the models folder (`resolve`, `load`);
 only the command line may name a path elsewhere on disk (`resolve_path`, `load_path`). Models that run
 their own Python code (`trust_remote_code`) load only when Hearth was started with --trust-remote-code.
+
+A load runs every check that can fail (the loader fits the file, is installed, the parameters are valid,
+remote code is allowed) before the loaded model is freed, so a refused load keeps the working model. A
+load that fails after that point says that the previous model was unloaded; the manager's state is then
+"no model", never a stale name.
 """
 
 from __future__ import annotations
@@ -141,6 +146,17 @@ class ModelManager:
             raise LoaderError(f"unknown loader {name!r}. Available: {', '.join(self.loaders)}")
         return self.loaders[name]
 
+    def loader_refusal(self, path: Path, loader: str) -> str | None:
+        """Why `loader` cannot load `path` at all (its `score` is 0), naming what it loads and the loaders
+        that can; None when it can try."""
+        cls = self.get_loader(loader)
+        if cls.score(path) > 0:
+            return None
+        able = [name for name, _ in self.loader_scores(path)]
+        expects = f" ({cls.description.rstrip('.')})" if cls.description else ""
+        hint = f"; loaders that can: {', '.join(able)}" if able else "; no installed loader recognises it"
+        return f"the {loader} loader cannot load {path.name}{expects}{hint}"
+
     def load(self, name: str, loader: str | None = None, params: dict[str, Any] | None = None) -> Model:
         """Unload the current model and load `name` from the models folder (UI, API)."""
         return self.load_local(self.resolve(name), loader, params)
@@ -150,9 +166,12 @@ class ModelManager:
         return self.load_local(self.resolve_path(name), loader, params)
 
     def load_local(self, local: LocalModel, loader: str | None = None, params: dict[str, Any] | None = None) -> Model:
-        """Load a resolved model. Parameters are validated before anything is freed."""
+        """Load a resolved model. Every check that can fail runs before anything is freed."""
         loader_name = loader or self.choose_loader(local.path)
         cls = self.get_loader(loader_name)
+        refused = self.loader_refusal(local.path, loader_name)
+        if refused:
+            raise LoaderError(refused)
         ok, hint = cls.available()
         if not ok:
             raise LoaderError(f"the {loader_name} loader is not installed here: {hint}")
@@ -160,9 +179,17 @@ class ModelManager:
         self.check_remote_code(resolved)
         cls.validate(local.path, resolved)
         with self.lock:
+            previous = self.model_name
             self._unload_locked()
             log.info("loading %s with %s", local.name, loader_name)
-            model = cls().load(local.path, resolved)
+            try:
+                model = cls().load(local.path, resolved)
+            except Exception as exc:
+                if previous is None:
+                    raise
+                if not isinstance(exc, HearthError):
+                    log.exception("loading %s with %s failed", local.name, loader_name)
+                raise LoaderError(f"{str(exc).rstrip('.')}; the previous model was unloaded ({previous}), no model is loaded now") from exc
             self.model, self.model_name, self.loader_name, self.load_params = model, local.name, loader_name, resolved
             self._apply_torch_threads(model.torch_threads)
         return model

@@ -32,7 +32,7 @@ class ChatOptions:
 
     mode: ChatMode = "chat"
     character: str | None = None  # None: the built-in Assistant
-    user_name: str = "You"
+    user_name: str | None = None  # None: the character's own "your name", else "You"
     instruction_template: str | None = None  # None: detected from the loaded model
     chat_instruct_command: str = DEFAULT_CHAT_INSTRUCT_COMMAND
     system_message: str | None = None
@@ -198,7 +198,8 @@ class ChatService:
 
         With impersonate the history is left as it is and `text` is the user's message to edit.
         With `save`, a new user message is saved before the reply starts (a crash mid-reply keeps it), and
-        the history again when the reply ends (including a stopped reply), never half-written."""
+        the history again when the reply ends (including a stopped reply), never half-written. A reply
+        stopped before any text leaves no assistant turn."""
         probe = request_from_settings(settings, prompt="")
         plan = self.plan_reply(history, user_input, options, probe, impersonate=impersonate, continue_last=continue_last)
         prompt, base, prefix = plan.prompt, plan.base, plan.prefix
@@ -209,7 +210,8 @@ class ChatService:
         for event in self.app.core.stream(request, cancel, is_chat=True):
             if isinstance(event, Finished):
                 reply = self.finish_reply(plan, text)
-                final = base if impersonate else base.with_turn("assistant", reply)
+                stopped_empty = event.reason == "cancelled" and not reply.strip()  # Stop before any text
+                final = base if impersonate or stopped_empty else base.with_turn("assistant", reply)
                 if save and not impersonate:
                     self.histories.save(final)
                 yield ChatUpdate(final, reply, True, prompt.dropped_turns, event.reason, event)

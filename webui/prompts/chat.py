@@ -43,6 +43,11 @@ class ChatPrompt:
     dropped_turns: int = 0
 
 
+def user_name_for(user_name: str | None, character: Character) -> str:
+    """The name the user goes by: the one given, else the character card's "your name", else "You"."""
+    return (user_name or "").strip() or (character.user_name or "").strip() or "You"
+
+
 def substitute_names(text: str, user_name: str, bot_name: str) -> str:
     """Replace the card macros ``{{char}}``, ``{{user}}``, ``<BOT>``, ``<USER>`` (any case)."""
 
@@ -90,7 +95,7 @@ def build_chat_prompt(
     *,
     mode: ChatMode,
     character: Character,
-    user_name: str,
+    user_name: str | None,
     template_text: str,
     count_tokens: Callable[[str], int],
     max_prompt_tokens: int,
@@ -106,6 +111,7 @@ def build_chat_prompt(
 
     ``user_input`` is the new user message; with ``impersonate`` it is text the user has started, which
     the model continues. ``continue_last`` extends the last assistant turn instead of starting a new one.
+    ``user_name`` None or empty: the character card's "your name", else "You" (see `user_name_for`).
     ``system_message`` overrides the character context as the instruct system prompt (instruct modes).
     ``max_prompt_tokens`` is truncation_length - max_new_tokens; oldest exchanges drop until it fits.
     """
@@ -124,7 +130,7 @@ def build_chat_prompt(
     request = _Request(
         mode,
         character,
-        user_name or character.user_name or "You",
+        user_name_for(user_name, character),
         template_text,
         template_name,
         bos_token,

@@ -41,6 +41,7 @@ CSS = """
 .hearth-membar .w { background: #4f7cff; } .hearth-membar .kv { background: #f0a030; }
 .hearth-membar .o { background: #9a6bd8; } .hearth-membar .over { background: #e04848; }
 .hearth-legend span { margin-right: 1em; font-size: 0.9em; }
+.hearth-keys { font-size: 0.8em; opacity: 0.7; }
 .hearth-legend i { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.3em; border-radius: 2px; }
 """
 
@@ -48,6 +49,36 @@ LOGIN_MESSAGE = "Log in to Hearth (accounts from --gradio-auth / --gradio-auth-p
 
 #: Applies the saved light/dark choice on page load (Gradio reads the `dark` class on <body>).
 DARK_JS = "() => { document.body.classList.add('dark'); }"
+
+#: Keyboard shortcuts (listed under each input box). Gradio's own textbox handling makes Enter send in the
+#: one-line Chat input (Shift+Enter is a newline there) but Shift+Enter *submit* in multi-line boxes; this
+#: capture-phase listener runs first: Shift+Enter in the Default/Notebook boxes only types a newline (typed
+#: here, keeping the undo history, since Gradio's handler is kept from seeing the key),
+#: Ctrl+Enter generates there (regenerates in Chat), and Esc presses the visible tab's Stop button.
+KEYS_JS = """() => {
+  const ctrlEnter = {"chat-input": "#chat-regenerate", "default-prompt": "#default-generate",
+                     "notebook-text": "#notebook-generate"};
+  const visible = (el) => el && el.offsetParent !== null;
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") {
+      for (const stop of document.querySelectorAll("#chat-stop, #default-stop, #notebook-stop")) {
+        if (visible(stop)) stop.click();
+      }
+      return;
+    }
+    const box = e.key === "Enter" && e.target.closest && e.target.closest("#chat-input, #default-prompt, #notebook-text");
+    if (!box) return;
+    if (e.ctrlKey || e.metaKey) {
+      e.preventDefault();
+      e.stopPropagation();
+      document.querySelector(ctrlEnter[box.id])?.click();
+    } else if (e.shiftKey && box.id !== "chat-input") {
+      e.preventDefault();
+      e.stopPropagation();
+      document.execCommand("insertText", false, "\\n");
+    }
+  }, true);
+}"""
 
 
 def _tab_builder(module: str, name: str) -> Callable[[UIContext], None] | None:
@@ -105,16 +136,17 @@ def _launch(
     app: App, blocks: gr.Blocks, server_name: str, logins: list[Login], **kwargs: object
 ) -> tuple[object, str, str]:
     """Launch with Gradio's login when `logins` is not empty, behind the Host/Origin guard."""
-    css, js = CSS, DARK_JS if is_dark(app) else ""
+    css, extra_js = CSS, ""
     if app.extensions is not None:
         css += "\n" + app.extensions.css()
         extra_js = app.extensions.js()
-        if extra_js:  # Gradio runs one function on load: call ours, then the extensions' code
-            js = f"() => {{ ({js or '() => {}'})(); {extra_js} }}"
+    # Gradio runs one function on load: ours (keys, theme), then the extensions' code
+    dark = f"({DARK_JS})();" if is_dark(app) else ""
+    js = f"() => {{ ({KEYS_JS})(); {dark} {extra_js} }}"
     hosts = AllowedHosts.for_server(server_name, app.settings.allowed_hosts)
     return blocks.queue(default_concurrency_limit=4).launch(
         css=css,
-        js=js or None,
+        js=js,
         show_error=True,
         quiet=True,
         server_name=server_name,

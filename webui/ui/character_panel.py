@@ -34,7 +34,15 @@ class CharacterPanel:
         return [character.name, character.context, character.greeting, character.user_name or "", picture]
 
     def select(self, name: str | None, state: dict[str, Any]) -> list[Any]:
-        return [*self.show(name), {**state, "character": name or "Assistant"}]
+        return self._chosen(name or "Assistant", state)
+
+    def _chosen(self, key: str, state: dict[str, Any]) -> list[Any]:
+        """Field values and the new ``ctx.character`` for a chosen character: a card that names the user
+        clears the name typed before (the card's is used); otherwise the typed name stays."""
+        values = self.show(key)
+        user_name = None if values[3] else state.get("user_name")
+        values[3] = values[3] or user_name or ""
+        return [*values, {**state, "character": key, "user_name": user_name}]
 
     def _choices(self, value: str | None) -> Any:
         return gr.update(choices=self.store.names(), value=value)
@@ -50,7 +58,7 @@ class CharacterPanel:
             raise gr.Error(f"{path.name}: {exc}") from None
         key = self.store.key(character.name)  # the file name: what the list and the chats use
         gr.Info(f"Imported character {character.name}")
-        return [self._choices(key), *self.show(key), {**state, "character": key}]
+        return [self._choices(key), *self._chosen(key, state)]
 
     def save(
         self,
@@ -80,7 +88,7 @@ class CharacterPanel:
         except (HearthError, ValueError) as exc:
             raise gr.Error(str(exc)) from None
         gr.Info(f"Deleted character {name}")
-        return [self._choices("Assistant"), *self.show("Assistant"), {**state, "character": "Assistant"}]
+        return [self._choices("Assistant"), *self._chosen("Assistant", state)]
 
 
 def build_character_tab(ctx: UIContext) -> None:
@@ -101,7 +109,8 @@ def build_character_tab(ctx: UIContext) -> None:
             greeting = gr.Textbox(label="Greeting", value=first[2], lines=3, elem_id="character-greeting")
             user_name = gr.Textbox(
                 label="Your name",
-                value=first[3] or ctx.character.value.get("user_name", ""),
+                value=ctx.character.value.get("user_name") or first[3],
+                placeholder="You",
                 elem_id="character-user-name",
             )
         with gr.Column(scale=1):
@@ -118,7 +127,7 @@ def build_character_tab(ctx: UIContext) -> None:
     save.click(panel.save, [*fields, ctx.character], [select, ctx.character])
     delete.click(panel.delete, [select, ctx.character], [select, *fields, ctx.character])
     user_name.input(
-        lambda text, state: {**state, "user_name": text.strip() or "You"},
+        lambda text, state: {**state, "user_name": text.strip() or None},
         [user_name, ctx.character],
         ctx.character,
         show_progress="hidden",

@@ -18,22 +18,29 @@ import gradio as gr
 
 from webui.loader_api import HearthError
 from webui.prompts import chat as chat_ops
-from webui.prompts.chat import CHAT_MODES, substitute_names
+from webui.prompts.chat import CHAT_MODES, substitute_names, user_name_for
 from webui.prompts.history import ChatHistory, HistoryError
 from webui.session import ChatOptions, ChatService
 from webui.ui.context import UIContext, chat_history, chat_options
+from webui.ui.markup import literal_markdown
 from webui.ui.streaming import CancelBoard, throttle, toasts
 
+#: The shortcuts (see `webui.ui.KEYS_JS`), shown under the input box.
+CHAT_KEYS = "Enter: send · Shift+Enter: new line · Ctrl+Enter: regenerate · Esc: stop"
 COPY_JS = "(text) => { if (text && navigator.clipboard) { navigator.clipboard.writeText(text); } }"
 
 
 def chat_messages(history: ChatHistory | None) -> list[dict[str, str]]:
-    """The chatbot's value: one message dict per turn (markdown and code are rendered by the chatbot).
+    """The chatbot's value: one message dict per turn (markdown and code are rendered by the chatbot; raw
+    HTML is shown as text, see `literal_markdown`).
 
     A turn an extension rewrote for the model is shown as the person typed it (``metadata["visible"]``)."""
     if history is None:
         return []
-    return [{"role": t.role, "content": str(t.metadata.get("visible") or t.content)} for t in history.turns]
+    return [
+        {"role": t.role, "content": literal_markdown(str(t.metadata.get("visible") or t.content))}
+        for t in history.turns
+    ]
 
 
 def dropped_notice(dropped_turns: int) -> str:
@@ -55,7 +62,8 @@ class ChatSession:
     def new_chat(self, options: ChatOptions) -> ChatHistory:
         """A fresh chat opening with the character's greeting (names substituted)."""
         character = self.service.character(options.character)
-        greeting = substitute_names(character.greeting, options.user_name, character.name)
+        user_name = user_name_for(options.user_name, character)
+        greeting = substitute_names(character.greeting, user_name, character.name)
         return ChatHistory.new(self.character_name(options), greeting)
 
     def open_chat(self, options: ChatOptions) -> ChatHistory:
@@ -97,15 +105,18 @@ def build_chat_tab(ctx: UIContext) -> None:
             )
             notice = gr.Markdown(elem_id="chat-notice")
             with gr.Row():
+                # one line that grows: Gradio then sends on Enter and keeps Shift+Enter a newline
                 user_input = gr.Textbox(
                     show_label=False,
                     placeholder="Send a message (Enter)",
-                    lines=2,
+                    lines=1,
+                    max_lines=12,
                     scale=6,
                     elem_id="chat-input",
                 )
                 generate = gr.Button("Generate", variant="primary", scale=1, elem_id="chat-generate")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+            gr.Markdown(CHAT_KEYS, elem_id="chat-keys", elem_classes="hearth-keys")
             with gr.Row():
                 regenerate = gr.Button("Regenerate", size="sm", elem_id="chat-regenerate")
                 continue_ = gr.Button("Continue", size="sm", elem_id="chat-continue")
@@ -166,7 +177,7 @@ def build_chat_tab(ctx: UIContext) -> None:
     ) -> Iterator[tuple[Any, ...]]:
         with toasts(), cancels.running(request) as cancel:
             session.service.app.models.require()  # fail before the input box is cleared
-            pending = [{"role": "user", "content": user_text}] if user_text else []
+            pending = [{"role": "user", "content": literal_markdown(user_text)}] if user_text else []
             yield chat_messages(history) + pending, gr.skip(), "" if user_text else gr.skip(), ""
             options = chat_options(character_state)
             updates = session.service.stream_reply(
@@ -262,11 +273,14 @@ def _wire_edits(
     """Buttons that change the chat by hand (no generation); each saves the chat."""
     histories = session.service.histories
 
-    def remove(history_state: dict[str, Any] | None, character_state: dict[str, Any]) -> tuple[Any, str]:
+    def remove(
+        typed: str, history_state: dict[str, Any] | None, character_state: dict[str, Any]
+    ) -> tuple[Any, Any]:
+        """Drop the last exchange; its message goes back to the input box unless something is typed there."""
         with toasts():
             history, text = chat_ops.remove_last(session.current(history_state, character_state))
             histories.save(history)
-        return history.to_dict(), text
+        return history.to_dict(), gr.skip() if typed.strip() else text
 
     def last_reply(history_state: dict[str, Any] | None, character_state: dict[str, Any]) -> str:
         with toasts():
@@ -293,8 +307,10 @@ def _wire_edits(
         return send_dummy
 
     states = [ctx.history, ctx.character]
-    remove_last.click(remove, states, [ctx.history, user_input])
-    copy_last.click(last_reply, states, user_input).success(None, user_input, None, js=COPY_JS)
+    remove_last.click(remove, [user_input, *states], [ctx.history, user_input])
+    # the reply travels through a hidden box to the clipboard: the input box keeps what is being typed
+    clipboard = gr.Textbox(visible="hidden", elem_id="chat-clipboard")
+    copy_last.click(last_reply, states, clipboard).success(None, clipboard, None, js=COPY_JS)
     dummy_message.click(dummy("user"), [user_input, *states], [ctx.history, user_input])
     dummy_reply.click(dummy("assistant"), [user_input, *states], [ctx.history, user_input])
 

@@ -10,7 +10,7 @@ State shapes (the Parameters tab writes them, the Chat/Default/Notebook tabs rea
   "truncation_length": int, "add_bos_token": bool, "skip_special_tokens": bool, "stop": list[str]}``.
   ``skip_special_tokens`` is a display preference (decoding already drops special tokens); it is not
   part of a GenerationRequest.
-- ``character``: ``{"character": str | None, "user_name": str, "mode": "chat" | "chat-instruct" |
+- ``character``: ``{"character": str | None, "user_name": str | None (None: the card's name, else "You"), "mode": "chat" | "chat-instruct" |
   "instruct", "instruction_template": str | None, "chat_instruct_command": str}``: exactly the fields of
   `webui.session.ChatOptions`; ``character`` None or "Assistant" means the built-in Assistant,
   ``instruction_template`` None means detected from the loaded model. Use `chat_options(state)`. Several
@@ -148,3 +148,13 @@ def chat_history(history: dict[str, Any] | None, character: str = "Assistant") -
     return ChatHistory.from_data(
         history, str(history.get("character") or character), str(history.get("id") or "")
     )
+
+
+def enclosing_tabs(block: gr.blocks.Block) -> list[gr.Tab]:
+    """The tabs `block` sits in, innermost first (to refresh it when one of them is selected)."""
+    tabs, parent = [], getattr(block, "parent", None)
+    while parent is not None:
+        if isinstance(parent, gr.Tab):
+            tabs.append(parent)
+        parent = getattr(parent, "parent", None)
+    return tabs

@@ -22,6 +22,8 @@ from webui.ui.textviews import (
     wire_text_views,
 )
 
+#: The shortcuts (see `webui.ui.KEYS_JS`); Enter and Shift+Enter only write, as in text-generation-webui.
+TEXT_KEYS = "Ctrl+Enter: generate · Esc: stop"
 RECORD_INFO = "Feeds the Probabilities view; uses Hearth's sampler path, slower than llama.cpp's native one"
 
 
@@ -33,6 +35,7 @@ def build_default_tab(ctx: UIContext) -> None:
         with gr.Column(scale=1):
             prompt = gr.Textbox(label="Prompt", lines=20, max_lines=40, elem_id="default-prompt")
             token_count = gr.Markdown(elem_id="default-token-count")
+            gr.Markdown(TEXT_KEYS, elem_id="default-keys", elem_classes="hearth-keys")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="default-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="default-stop")
@@ -85,7 +88,7 @@ def build_default_tab(ctx: UIContext) -> None:
             record=record_on,
         )
 
-    gr.on([generate.click, prompt.submit], run, [prompt, ctx.params, record], streamed)
+    generate.click(run, [prompt, ctx.params, record], streamed)
     continue_.click(run_continue, [prompt, output, ctx.params, record, recorded], streamed)
     stop.click(cancels.stop, None, None, queue=False)
     wire_prompt_box(ctx, prompt, token_count, "default")

@@ -28,11 +28,13 @@ class HistoryPanel:
         self.store = store
         self.export_dir = export_dir
 
-    def choices(self, state: dict[str, Any]) -> Any:
+    def choices(self, state: dict[str, Any], value: str | None = None) -> Any:
+        """The saved chats of the current character; `value` (else the newest) is selected."""
         chats = self.store.list_chats(_character(state))
+        ids = [c.chat_id for c in chats]
         return gr.update(
-            choices=[(f"{c.title} ({c.updated[:16]}, {c.turns} turns)", c.chat_id) for c in chats],
-            value=chats[0].chat_id if chats else None,
+            choices=[(f"{c.title} ({c.updated[:16]}, {c.turn_count} turns)", c.chat_id) for c in chats],
+            value=value if value in ids else (ids[0] if ids else None),
         )
 
     def save(self, history: dict[str, Any] | None, state: dict[str, Any]) -> Any:
@@ -44,7 +46,7 @@ class HistoryPanel:
         except (HearthError, ValueError) as exc:
             raise gr.Error(f"chat not saved: {exc}") from None
         gr.Info(f"Saved chat {current.display_title()}")
-        return self.choices(state)
+        return self.choices(state, current.chat_id)
 
     def load(self, chat_id: str | None, state: dict[str, Any]) -> dict[str, Any]:
         if not chat_id:
@@ -62,7 +64,7 @@ class HistoryPanel:
         except (HearthError, ValueError) as exc:
             raise gr.Error(f"{Path(file).name}: {exc}") from None
         gr.Info(f"Imported chat {imported.display_title()}")
-        return imported.to_dict(), self.choices(state)
+        return imported.to_dict(), self.choices(state, imported.chat_id)
 
     def download(self, history: dict[str, Any] | None, state: dict[str, Any]) -> str:
         current = chat_history(history, _character(state))

@@ -3,7 +3,15 @@ load/unload, read the model info, save per-model settings, download new models.
 
 Loading, loader choice and per-model settings are `ModelManager` and `webui.model_settings`; the
 callbacks here only call them and render. A failed load raises before anything is unloaded (the manager
-validates first), so the previous model stays loaded and the status says so.
+validates first), so the previous model stays loaded and the status says so; a load that fails after the
+old model was freed says so, and the status shows that no model is loaded.
+
+The tab shows the truth, not the start-up values: the status and model info are read when a page opens;
+each selection of the tab re-reads the models folder and refreshes them, and the first one in a page
+shows the loaded model with its loader and the parameters it was loaded with (selecting the loaded model
+in the list shows those too, where another model shows its saved settings); otherwise the form keeps
+what the user chose and typed. (The first selection, not the page load, fills the form: Gradio can
+drop a page-load update to a dropdown in a tab that is not mounted yet.)
 
 ``trust_remote_code`` is offered only when Hearth was started with --trust-remote-code: otherwise its box
 is disabled with the reason, a request that ticks it anyway is refused with a toast, and the model
@@ -20,9 +28,9 @@ import gradio as gr
 
 from webui.app import App
 from webui.config import Settings
-from webui.loader_api import HearthError
+from webui.loader_api import HearthError, ModelInfo
 from webui.model_settings import ModelSettings, ModelSettingsError, save_settings, settings_for
-from webui.ui.context import UIContext
+from webui.ui.context import UIContext, enclosing_tabs
 from webui.ui.download_box import build_download_box
 from webui.ui.loader_params import LoaderPanels, build_loader_panels
 from webui.ui.memory_view import estimate_html
@@ -51,6 +59,12 @@ def status_text(app: App) -> str:
     return f"Loaded **{models.model_name}** with **{models.loader_name}**."
 
 
+def trained_context(info: ModelInfo) -> int:
+    """The context the model was trained with: loaders that report the loaded context as
+    `context_length` (llama.cpp, ExLlamaV2) keep the trained one in `extra`."""
+    return int(info.extra.get("trained_context_length") or info.context_length or 0)
+
+
 def info_markdown(app: App) -> str:
     """The loaded model's facts as a small table (architecture, size, quantization, context, template)."""
     model = app.models.model
@@ -61,7 +75,7 @@ def info_markdown(app: App) -> str:
         ("Architecture", info.architecture),
         ("Parameters", _count(info.parameters)),
         ("Quantization", info.quantization or "none"),
-        ("Context length", f"{model.n_ctx} (trained: {info.context_length or 'unknown'})"),
+        ("Context length", f"{model.n_ctx} (trained: {trained_context(info) or 'unknown'})"),
         ("Vocabulary", str(info.vocab_size or model.vocab_size)),
         (
             "Chat template",
@@ -88,6 +102,8 @@ class ModelTab:
         if not model:
             return None
         models = self.app.models
+        if model == models.model_name and models.loader_name:  # the loaded model: what it was loaded with
+            return ModelSettings(models.loader_name, dict(models.load_params))
         try:
             try:
                 return settings_for(models, self.user_data, model)
@@ -104,6 +120,9 @@ class ModelTab:
             return ""
         try:
             path = self.app.models.resolve(model).path
+            refused = self.app.models.loader_refusal(path, loader)
+            if refused:
+                return f'<div id="memory-estimate">This loader cannot load this file: {html.escape(refused)}</div>'
             params = self.app.models.loaders[loader].resolve_params(self.panels.values(loader, values))
         except HearthError as exc:
             return f'<div id="memory-estimate">Memory estimate unavailable: {html.escape(str(exc))}</div>'
@@ -170,8 +189,22 @@ class ModelTab:
         gr.Info(f"Saved settings for {model} ({path.name}); they are applied whenever it is selected.")
 
     def refresh(self, current: str | None) -> Any:
+        """The models folder re-read; `current` stays selected while it exists."""
         names = [m.name for m in self.app.models.list_models()]
         return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+
+    def tab_selected(self, filled: bool, current: str | None, *values: Any) -> list[Any]:
+        """The tab was selected: the list is re-read and the status and info follow loads made elsewhere.
+        The first time in a page, a loaded model is shown with its loader and the parameters it was loaded
+        with; otherwise the form keeps what the user chose and typed."""
+        assert self.panels is not None
+        names = [m.name for m in self.app.models.list_models()]
+        loaded = self.app.models.model_name
+        if filled or loaded not in names:
+            form = [self.refresh(current), *[gr.update()] * (len(self.panels.groups) + len(self.panels.inputs) + 2)]
+        else:
+            form = [gr.update(choices=names, value=loaded), *self.select_model(loaded, *values)]
+        return [True, *form, status_text(self.app), info_markdown(self.app)]
 
     def downloaded(self, name: str) -> Any:
         return self.refresh(name) if name else gr.update()
@@ -234,6 +267,10 @@ def build_model_tab(ctx: UIContext) -> None:
     # .input, not .change: filling the form for a newly selected model must not fire one estimate per widget
     gr.on([w.input for w in widgets], tab.memory, [model, loader, *widgets], memory, show_progress="hidden")
     refresh.click(tab.refresh, [model], [model])
+    filled = gr.State(False)  # per page: has the first selection shown the truth yet
+    for enclosing in enclosing_tabs(model):
+        enclosing.select(tab.tab_selected, [filled, model, *widgets],
+                         [filled, model, loader, *groups, *widgets, memory, status, info], show_progress="hidden")
     downloaded.change(tab.downloaded, [downloaded], [model])  # the new value fires model.change
     load.click(tab.load, [model, loader, *widgets], [status, info], concurrency_limit=1).then(
         lambda: (status_text(app), info_markdown(app)), None, [status, info]

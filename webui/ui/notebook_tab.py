@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from webui.ui.context import UIContext
-from webui.ui.default_tab import RECORD_INFO
+from webui.ui.default_tab import RECORD_INFO, TEXT_KEYS
 from webui.ui.streaming import CancelBoard
 from webui.ui.textviews import (
     build_text_views,
@@ -30,6 +30,7 @@ def build_notebook_tab(ctx: UIContext) -> None:
         with gr.Column(scale=3):
             box = gr.Textbox(label="Notebook", lines=25, max_lines=50, elem_id="notebook-text")
             token_count = gr.Markdown(elem_id="notebook-token-count")
+            gr.Markdown(TEXT_KEYS, elem_id="notebook-keys", elem_classes="hearth-keys")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="notebook-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="notebook-stop")
@@ -58,7 +59,7 @@ def build_notebook_tab(ctx: UIContext) -> None:
     def remember(text: str) -> str:
         return text
 
-    gr.on([generate.click], remember, box, before_last).then(run, [box, ctx.params, record], streamed)
+    generate.click(remember, box, before_last).then(run, [box, ctx.params, record], streamed)
     regenerate.click(restore, before_last, box).success(run, [box, ctx.params, record], streamed)
     undo.click(restore, before_last, box)
     stop.click(cancels.stop, None, None, queue=False)

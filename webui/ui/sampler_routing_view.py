@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from webui.sampling import SamplingParams
 from webui.sampling.routing_table import processor_extensions, route_loaded
-from webui.ui.context import UIContext
+from webui.ui.context import UIContext, enclosing_tabs
 
 if TYPE_CHECKING:
     from webui.app import App
@@ -78,15 +78,6 @@ def _describe(r: SamplerRouting) -> list[str]:
     return lines
 
 
-def _enclosing_tabs(block: gr.blocks.Block) -> list[gr.Tab]:
-    tabs, parent = [], getattr(block, "parent", None)
-    while parent is not None:
-        if isinstance(parent, gr.Tab):
-            tabs.append(parent)
-        parent = getattr(parent, "parent", None)
-    return tabs
-
-
 def build_routing_panel(ctx: UIContext) -> gr.Markdown:
     """The panel; call inside the Generation sub-tab."""
 
@@ -94,6 +85,6 @@ def build_routing_panel(ctx: UIContext) -> gr.Markdown:
         return routing_markdown(ctx.app, params)
 
     panel = gr.Markdown(render, inputs=[ctx.params], elem_id="sampler-routing")
-    for tab in _enclosing_tabs(panel):
+    for tab in enclosing_tabs(panel):
         tab.select(render, [ctx.params], panel, show_progress="hidden")
     return panel

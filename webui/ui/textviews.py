@@ -19,6 +19,7 @@ import gradio as gr
 
 from webui.generation import TokenLogprob
 from webui.ui.context import generation_request, sampling_params
+from webui.ui.markup import literal_markdown
 from webui.ui.streaming import CancelBoard, stream_text, throttle, toasts
 
 if TYPE_CHECKING:
@@ -143,8 +144,8 @@ class TextViews:
 
     @staticmethod
     def rendered(text: str) -> tuple[str, str]:
-        """Values for (markdown, html) showing `text`."""
-        return text, text_html(text)
+        """Values for (markdown, html) showing `text` (raw HTML in it shown as text in both)."""
+        return literal_markdown(text), text_html(text)
 
     def rendered_outputs(self) -> list[Component]:
         return [self.markdown, self.html]
