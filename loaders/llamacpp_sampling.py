@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from webui.sampling.params import PICKERS
+
 if TYPE_CHECKING:
     from webui.sampling import SamplingParams
 
@@ -84,12 +86,12 @@ def build_chain(
         bias.update({token: float("-inf") for token in eos_ids})
     if bias:
         chain.add_logit_bias(n_vocab, bias)
-    for name in params.active_samplers():
+    active = params.active_samplers()
+    for name in active:
         _add(chain, name, params, model=model, n_vocab=n_vocab, n_ctx=n_ctx, seed=seed)
-    if params.greedy:
-        if pick:
-            chain.add_greedy()
-    elif not {"mirostat", "adaptive_p"} & set(params.active_samplers()) and pick:
+    if pick and params.greedy:
+        chain.add_greedy()
+    elif pick and not set(PICKERS) & set(active):
         chain.add_dist(seed)
     return chain
 
