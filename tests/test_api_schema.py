@@ -49,7 +49,7 @@ def test_generated_requests_get_documented_answers_and_no_5xx(served: Served):
 
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+                  suppress_health_check=list(HealthCheck), derandomize=True)
         def run(case) -> None:
             response = case.call(base_url=served.base, timeout=60)
             case.validate_response(response, checks=CHECKS)

@@ -54,8 +54,13 @@ STREAMED_MODELS: list[type[BaseModel]] = []
 def _streamed(chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """Document the SSE alternative of a 200 (with stream=true)."""
     STREAMED_MODELS.append(chunk)
-    schema = {"type": "string", "description": f"With stream=true: lines `data: <{chunk.__name__} JSON>` "
-              f"(schema #/components/schemas/{chunk.__name__}), then `data: [DONE]`."}
+    schema = {  # one server-sent event (as OpenAPI tools read an event-stream schema)
+        "type": "object",
+        "description": f"With stream=true: events whose `data` is a {chunk.__name__} JSON "
+                       f"(schema #/components/schemas/{chunk.__name__}), then `data: [DONE]`.",
+        "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
+        "required": ["data"],
+    }
     return {200: {"content": {"text/event-stream": {"schema": schema}}}, **ERRORS}
 
 
