@@ -41,6 +41,7 @@ from webui.loader_api import (
     common_prefix_length,
 )
 from webui.plugins import hookimpl
+from webui.sampling.vocabulary import sequence_breaker_ids
 
 if TYPE_CHECKING:
     import torch
@@ -137,7 +138,6 @@ class ExLlamav2Model(HFTokenized, Model):
             return None
         from exllamav2.generator import ExLlamaV2Sampler
 
-        from webui.sampling.pipeline import sequence_breaker_ids
 
         settings = ExLlamaV2Sampler.Settings()
         breakers = sequence_breaker_ids(params.dry_sequence_breakers, lambda s: self.tokenize(s, add_bos=False))

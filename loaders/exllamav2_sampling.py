@@ -25,15 +25,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from webui.sampling import SamplingParams
 
-#: Position of each Hearth sampler in ExLlamaV2's fixed pipeline; equal stages commute.
+#: Position of each Hearth sampler (registry.SAMPLERS) in ExLlamaV2's fixed pipeline; equal stages commute.
 _STAGE: dict[str, float] = {
     "repetition_penalty": 0.0, "presence_penalty": 0.5, "frequency_penalty": 0.5, "dry": 1.0,
     "temperature": 2.0, "top_k": 3.0, "top_p": 3.1, "top_a": 3.2, "min_p": 3.3, "tfs": 3.4,
     "typical_p": 3.5, "mirostat": 4.0, "dynamic_temperature": 5.0,
 }  # no "xtc": see the module docstring
 _POST_TEMPERATURE = 5.0
-#: Applied even when decoding greedily (they can move the argmax).
-_GREEDY_STAGES = frozenset({"repetition_penalty", "presence_penalty", "frequency_penalty", "dry"})
 #: exllamav2 asserts dry_range > dry_max_ngram (20) when a range is set.
 _DRY_MAX_NGRAM = 20
 
@@ -45,7 +43,7 @@ def _ordered(stages: list[float]) -> bool:
 def temperature_last(params: SamplingParams) -> bool | None:
     """Where ExLlamaV2 must apply plain temperature for Hearth's order: False = before truncation,
     True = after it (post-softmax), None = neither reproduces the order."""
-    active = [n for n in params.active_samplers() if (not params.greedy or n in _GREEDY_STAGES) and n in _STAGE]
+    active = [n for n in params.active_samplers() if n in _STAGE]  # greedy skips are already left out
     for last in (False, True):
         stages = [_POST_TEMPERATURE if (n == "temperature" and last) else _STAGE[n] for n in active]
         if _ordered(stages):

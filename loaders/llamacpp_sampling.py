@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from webui.sampling.params import PICKERS
+from webui.sampling.bias import token_bias
+from webui.sampling.registry import PICKERS
 
 if TYPE_CHECKING:
     from webui.sampling import SamplingParams
 
-#: Hearth sampler names llama.cpp's chain implements the same way.
+#: Hearth sampler names (registry.SAMPLERS) llama.cpp's chain implements the same way.
 NATIVE = frozenset({
     "repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "temperature",
     "dynamic_temperature", "top_n_sigma", "top_k", "top_p", "typical_p", "min_p", "mirostat", "adaptive_p",
@@ -79,11 +80,7 @@ def build_chain(
     from llama_cpp._internals import LlamaSampler
 
     chain = LlamaSampler()
-    bias = {int(k): float(v) for k, v in params.logit_bias.items()}
-    for token in params.custom_token_bans:
-        bias[int(token)] = float("-inf")
-    if params.ban_eos_token:
-        bias.update({token: float("-inf") for token in eos_ids})
+    bias = token_bias(params, eos_ids)
     if bias:
         chain.add_logit_bias(n_vocab, bias)
     active = params.active_samplers()

@@ -34,3 +34,54 @@ def manager(models_dir: Path, loaders: dict) -> ModelManager:
     manager = ModelManager(models_dir, loaders)
     yield manager
     manager.unload()
+
+
+# -- the scripted fake model (tests/scripted_loader.py), a loader plugin registered through the real hook --
+@pytest.fixture
+def scripted_plugins():
+    """A plugin manager with the built-in loaders plus the scripted loader, registered the way a plugin is:
+    its module's ``hearth_loaders`` hookimpl. Installed entry points are left out."""
+    from tests import scripted_loader
+
+    plugins = make_plugin_manager(load_entry_points=False)
+    plugins.register(scripted_loader, name="tests.scripted_loader")
+    return plugins
+
+
+@pytest.fixture
+def scripted_manager(tmp_path: Path, scripted_plugins) -> ModelManager:
+    """A model manager over an empty models folder (`say` writes scripts into it), with every loader."""
+    manager = ModelManager(tmp_path / "scripted-models", collect_loaders(scripted_plugins))
+    yield manager
+    manager.unload()
+
+
+@pytest.fixture
+def say(scripted_manager: ModelManager):
+    """``say(["Hel", "lo"], ..., n_ctx=256, filler=" ", native_greedy=False)``: write a scripted model
+    saying those replies into the models folder and load it by name, the loader chosen by its score."""
+    from itertools import count
+
+    from tests.scripted_loader import write_script
+
+    names = count()
+
+    def load(*replies: list[str], n_ctx: int = 256, filler: str = " ", **params: object):
+        name = f"script-{next(names)}"
+        write_script(scripted_manager.models_dir, name, *replies, n_ctx=n_ctx, filler=filler)
+        return scripted_manager.load(name, params=params)
+
+    return load
+
+
+@pytest.fixture
+def scripted_app(tmp_path: Path, scripted_plugins):
+    """A real App (extensions, chat service, core) whose plugin manager holds the scripted loader; load a
+    model with ``write_script(app.settings.models_dir, ...)`` and ``app.models.load(name)``."""
+    from webui.app import App
+    from webui.config import Settings
+
+    app = App.create(Settings(models_dir=tmp_path / "scripted-models", user_data_dir=tmp_path / "user"),
+                     plugins=scripted_plugins)
+    yield app
+    app.models.unload()

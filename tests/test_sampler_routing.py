@@ -10,7 +10,8 @@ import pytest
 
 from tests.test_api_server import API_KEY, Served, assert_error, serve_api
 from webui.sampling import DEFAULT_SAMPLER_PRIORITY, SamplingParams
-from webui.sampling.routing import _REQUEST_SETTINGS, active_settings
+from webui.sampling.registry import REQUEST_SETTINGS
+from webui.sampling.routing import active_settings
 from webui.sampling.routing_table import EXAMPLES
 from webui.ui.sampler_routing_view import routing_markdown
 
@@ -31,7 +32,7 @@ def where(served: Served, body: dict) -> dict:
 
 
 def test_every_setting_has_an_example_that_turns_on_only_itself() -> None:
-    assert list(EXAMPLES) == [*DEFAULT_SAMPLER_PRIORITY, *_REQUEST_SETTINGS, "logprobs"]
+    assert list(EXAMPLES) == [*DEFAULT_SAMPLER_PRIORITY, *(s.name for s in REQUEST_SETTINGS), "logprobs"]
     for name, example in EXAMPLES.items():
         params = SamplingParams.model_validate({k: v for k, v in example.items() if k != "logprobs"})
         assert active_settings(params) == ([] if name == "logprobs" else [name]), name

@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from webui.sampling import DEFAULT_SAMPLER_PRIORITY, SamplingError, SamplingParams, build_sampler
-from webui.sampling.pipeline import sequence_breaker_ids
+from webui.sampling.vocabulary import sequence_breaker_ids
 
 IDS = torch.tensor([[0]])
 

@@ -2,7 +2,9 @@
 
 Every hook below is part of the documented API: its docstring says when Hearth calls it and what it
 must return. A plugin is any module or object with functions decorated by ``@hookimpl`` named after
-a hook.
+a hook. Each hook is documented with its exact arguments in ``docs/loaders.md`` or
+``docs/extensions.md`` and has a test named ``test_hook_<hook>``; ``tests/test_plugin_hooks.py`` fails
+when a hook added here lacks either.
 
 Third-party loaders are installed packages that declare an entry point in the ``hearth.loaders``
 group, for example in their pyproject.toml::
@@ -10,7 +12,8 @@ group, for example in their pyproject.toml::
     [project.entry-points."hearth.loaders"]
     my_backend = "my_package.hearth_plugin"
 
-where ``my_package/hearth_plugin.py`` implements ``hearth_loaders``.
+where ``my_package/hearth_plugin.py`` implements ``hearth_loaders``. ``docs/loaders.md`` walks through a
+complete one, the package in ``docs/example_loader/``.
 
 Extensions implement `ExtensionSpecs`. They are found in ``extensions/NAME/`` and through the
 ``hearth.extensions`` entry point group, and only the enabled ones are registered (see
@@ -51,7 +54,8 @@ class LoaderSpecs:
 
     @hookspec
     def hearth_loaders(self) -> list[type[Loader]]:
-        """Called once when the app starts, to collect model loaders.
+        """Called when Hearth starts, to collect model loaders (the command line's flags and the App's
+        table of loaders both come from it).
 
         Return a list of `webui.loader_api.Loader` subclasses. Each declares a unique ``name``, the
         paths it can load (``score``), its parameters (``params``) and ``load``. Results of all plugins
@@ -83,10 +87,11 @@ class ExtensionSpecs:
 
     @hookspec
     def ui(self, ctx: UIContext) -> None:
-        """Called while the UI is built, inside the extension's own accordion on the Session tab.
+        """Called once while the UI is built, inside the extension's own accordion on the Extensions tab.
 
         Create Gradio components there; to get a tab of your own, append a builder to
-        ``ctx.extra_tabs`` (it is called inside the main ``gr.Tabs`` and opens its own ``gr.Tab``)."""
+        ``ctx.extra_tabs`` (it is called inside the main ``gr.Tabs`` and opens its own ``gr.Tab``).
+        Returns nothing."""
 
     @hookspec(firstresult=True)
     def params(self) -> dict[str, Any]:

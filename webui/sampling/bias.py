@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from webui.sampling.params import SamplingParams
+
+
+def token_bias(params: SamplingParams, eos_ids: Iterable[int]) -> dict[int, float]:
+    """The request's logit_bias, with custom_token_bans and (ban_eos_token) the EOS ids at -inf: what runs
+    before every sampler, in Hearth's pipeline and in a native chain alike."""
+    bias = {int(token): float(value) for token, value in params.logit_bias.items()}
+    bias.update({int(token): float("-inf") for token in params.custom_token_bans})
+    if params.ban_eos_token:
+        bias.update({int(token): float("-inf") for token in eos_ids})
+    return bias
 
 
 class LogitBias:

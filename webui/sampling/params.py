@@ -1,7 +1,9 @@
 """Sampler settings: one typed, validated model with text-generation-webui's field names.
 
 Defaults are neutral (no effect), so a preset file only lists what it changes. Validation happens here,
-once: a bad value is an error naming the field, never a silent clamp inside the sampling loop.
+once: a bad value is an error naming the field, never a silent clamp inside the sampling loop. Each field
+carries its range and a one-sentence description, which the UI's tooltips and the API's OpenAPI document
+show; which sampler reads it (or that it is request-level) is declared in `registry`.
 """
 
 from __future__ import annotations
@@ -12,61 +14,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from webui.loader_api import HearthError
+from webui.sampling.registry import DEFAULT_SAMPLER_PRIORITY, SAMPLER_BY_NAME, active_chain
 
 
 class SamplingError(HearthError):
     """A preset file or sampler setting is invalid."""
 
 
-#: text-generation-webui's default order. Penalties first (they see raw logits), then temperature,
-#: then truncation, then the samplers that pick or reshape the survivors.
-DEFAULT_SAMPLER_PRIORITY: tuple[str, ...] = (
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "dry",
-    "temperature",
-    "dynamic_temperature",
-    "quadratic_sampling",
-    "top_n_sigma",
-    "top_k",
-    "top_p",
-    "typical_p",
-    "epsilon_cutoff",
-    "eta_cutoff",
-    "tfs",
-    "top_a",
-    "min_p",
-    "adaptive_p",
-    "mirostat",
-    "xtc",
-    "encoder_repetition_penalty",
-    "no_repeat_ngram",
-)
-_TEMPERATURE_FAMILY = ("temperature", "dynamic_temperature", "quadratic_sampling")
-#: With greedy decoding (do_sample off or temperature 0) these cannot change the argmax, or are random:
-#: they are skipped, as transformers skips its warpers when not sampling. Penalties still apply.
-GREEDY_SKIPS = frozenset(
-    {
-        "temperature",
-        "dynamic_temperature",
-        "quadratic_sampling",
-        "top_n_sigma",
-        "top_k",
-        "top_p",
-        "typical_p",
-        "epsilon_cutoff",
-        "eta_cutoff",
-        "tfs",
-        "top_a",
-        "min_p",
-        "adaptive_p",
-        "mirostat",
-        "xtc",
-    }
-)
-#: Samplers that pick the token themselves: they close the chain, and only one may be on.
-PICKERS = ("mirostat", "adaptive_p")
 TokenId = Annotated[int, Field(ge=0)]
 
 
@@ -77,38 +31,122 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    temperature: float = Field(1.0, ge=0, le=100)
-    dynamic_temperature: bool = False
-    dynatemp_low: float = Field(1.0, ge=0, le=100)
-    dynatemp_high: float = Field(1.0, ge=0, le=100)
-    dynatemp_exponent: float = Field(1.0, gt=0, le=100)
-    smoothing_factor: float = Field(0.0, ge=0, le=100)
-    smoothing_curve: float = Field(1.0, ge=1, le=10)
-    top_k: int = Field(0, ge=0)
-    top_p: float = Field(1.0, ge=0, le=1)
-    min_p: float = Field(0.0, ge=0, le=1)
-    top_a: float = Field(0.0, ge=0, le=1)
-    typical_p: float = Field(1.0, ge=0, le=1)
-    tfs: float = Field(1.0, ge=0, le=1)
-    epsilon_cutoff: float = Field(0.0, ge=0, le=9, description="In units of 1e-4, as text-generation-webui.")
-    eta_cutoff: float = Field(0.0, ge=0, le=20, description="In units of 1e-4, as text-generation-webui.")
-    top_n_sigma: float = Field(0.0, ge=0, le=10)
-    repetition_penalty: float = Field(1.0, ge=0.01, le=10)
-    repetition_penalty_range: int = Field(0, ge=0, description="Last N tokens penalised; 0 = all.")
-    encoder_repetition_penalty: float = Field(1.0, ge=0.01, le=10)
-    presence_penalty: float = Field(0.0, ge=-5, le=5)
-    frequency_penalty: float = Field(0.0, ge=-5, le=5)
-    no_repeat_ngram_size: int = Field(0, ge=0, le=64)
-    dry_multiplier: float = Field(0.0, ge=0, le=10)
-    dry_base: float = Field(1.75, ge=1, le=10)
-    dry_allowed_length: int = Field(2, ge=1, le=100)
-    dry_penalty_last_n: int = Field(0, ge=0, description="Tokens DRY looks back over; 0 = all.")
-    dry_sequence_breakers: list[str] = Field(default_factory=lambda: ["\n", ":", '"', "*"])
-    xtc_threshold: float = Field(0.1, ge=0, le=0.5)
-    xtc_probability: float = Field(0.0, ge=0, le=1)
-    mirostat_mode: int = Field(0, ge=0, le=2)
-    mirostat_tau: float = Field(5.0, ge=0, le=20)
-    mirostat_eta: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(
+        1.0, ge=0, le=100,
+        description="Divides the logits: below 1 sharpens the distribution, above 1 flattens it; 0 = greedy "
+        "decoding (always the most likely token).",
+    )
+    dynamic_temperature: bool = Field(
+        False, description="Replace temperature with one set by the distribution's entropy, from dynatemp_low "
+        "(confident) to dynatemp_high (uncertain).",
+    )
+    dynatemp_low: float = Field(1.0, ge=0, le=100, description="Dynamic temperature for a confident (low-entropy) distribution.")
+    dynatemp_high: float = Field(1.0, ge=0, le=100, description="Dynamic temperature for an uncertain (high-entropy) distribution.")
+    dynatemp_exponent: float = Field(
+        1.0, gt=0, le=100,
+        description="Dynamic temperature's curve: the normalised entropy is raised to this power (above 1 stays "
+        "near dynatemp_low longer).",
+    )
+    smoothing_factor: float = Field(
+        0.0, ge=0, le=100,
+        description="Quadratic sampling: small values flatten the top of the distribution, large ones sharpen it "
+        "(0 = off).",
+    )
+    smoothing_curve: float = Field(
+        1.0, ge=1, le=10, description="Quadratic sampling's curve: 1 = quadratic, above 1 adds a cubic term."
+    )
+    top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens (0 = off).")
+    top_p: float = Field(
+        1.0, ge=0, le=1, description="Nucleus: keep the most likely tokens whose probabilities add up to p (1 = off)."
+    )
+    min_p: float = Field(
+        0.0, ge=0, le=1,
+        description="Remove tokens less likely than min_p times the most likely token's probability (0 = off).",
+    )
+    top_a: float = Field(
+        0.0, ge=0, le=1,
+        description="Remove tokens less likely than top_a times the square of the top probability (0 = off).",
+    )
+    typical_p: float = Field(
+        1.0, ge=0, le=1,
+        description="Locally typical sampling: keep this much probability mass of the tokens whose surprise is "
+        "closest to the entropy (1 = off).",
+    )
+    tfs: float = Field(
+        1.0, ge=0, le=1,
+        description="Tail-free sampling: cut the tail where the sorted probabilities' curve flattens (1 = off).",
+    )
+    epsilon_cutoff: float = Field(
+        0.0, ge=0, le=9,
+        description="Remove tokens less likely than this, in units of 1e-4 as text-generation-webui (0 = off).",
+    )
+    eta_cutoff: float = Field(
+        0.0, ge=0, le=20,
+        description="Remove tokens below min(eta, sqrt(eta) * exp(-entropy)), eta in units of 1e-4 as "
+        "text-generation-webui (0 = off).",
+    )
+    top_n_sigma: float = Field(
+        0.0, ge=0, le=10,
+        description="Keep the tokens whose logit is within n standard deviations of the highest (0 = off).",
+    )
+    repetition_penalty: float = Field(
+        1.0, ge=0.01, le=10,
+        description="Divide the logit of every token already in the text (multiply a negative one) by this "
+        "(1 = off).",
+    )
+    repetition_penalty_range: int = Field(
+        0, ge=0,
+        description="Last N tokens the repetition, presence and frequency penalties look at (0 = all).",
+    )
+    encoder_repetition_penalty: float = Field(
+        1.0, ge=0.01, le=10,
+        description="Above 1 favours the tokens of the prompt, below 1 avoids them (1 = off).",
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-5, le=5,
+        description="Subtracted once from the logit of every token already in the text, as OpenAI's (0 = off).",
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-5, le=5,
+        description="Subtracted from a token's logit once per time it is already in the text, as OpenAI's "
+        "(0 = off).",
+    )
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, le=64, description="Ban any token that would repeat an n-gram of this size (0 = off)."
+    )
+    dry_multiplier: float = Field(
+        0.0, ge=0, le=10,
+        description="DRY: strength of the penalty on a token that would extend a verbatim repeat (0 = off).",
+    )
+    dry_base: float = Field(
+        1.75, ge=1, le=10, description="DRY: how fast the penalty grows with each token the repeat runs longer."
+    )
+    dry_allowed_length: int = Field(
+        2, ge=1, le=100, description="DRY: the longest repeat, in tokens, left unpenalised."
+    )
+    dry_penalty_last_n: int = Field(0, ge=0, description="Tokens DRY looks back over (0 = all).")
+    dry_sequence_breakers: list[str] = Field(
+        default_factory=lambda: ["\n", ":", '"', "*"],
+        description="DRY: strings that end a repeat, so formatting meant to recur is not penalised.",
+    )
+    xtc_threshold: float = Field(
+        0.1, ge=0, le=0.5, description="XTC: tokens at least this likely count as top choices."
+    )
+    xtc_probability: float = Field(
+        0.0, ge=0, le=1,
+        description="XTC: chance per token of removing every top choice but the least likely (0 = off).",
+    )
+    mirostat_mode: int = Field(
+        0, ge=0, le=2,
+        description="Mirostat version (1 or 2) picking tokens to keep the text's surprise near mirostat_tau "
+        "(0 = off).",
+    )
+    mirostat_tau: float = Field(
+        5.0, ge=0, le=20, description="Mirostat's target surprise in bits per token: lower is more focused."
+    )
+    mirostat_eta: float = Field(
+        0.1, ge=0, le=1, description="Mirostat's learning rate: how fast it corrects towards mirostat_tau."
+    )
     adaptive_target: float = Field(
         0.0, ge=-1, le=1,
         description="adaptive-p: pick tokens whose probability is near this target, steered over time "
@@ -121,17 +159,39 @@ class SamplingParams(BaseModel):
     logit_bias: dict[TokenId, Annotated[float, Field(ge=-100, le=100)]] = Field(
         default_factory=dict, description="Token id -> bias added to its logit (OpenAI's range, -100..100)."
     )
-    custom_token_bans: list[TokenId] = Field(default_factory=list)
-    ban_eos_token: bool = False
-    do_sample: bool = True
-    temperature_last: bool = False
-    sampler_priority: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLER_PRIORITY))
-    seed: int = Field(-1, ge=-1, lt=2**63)
+    custom_token_bans: list[TokenId] = Field(default_factory=list, description="Token ids never generated.")
+    ban_eos_token: bool = Field(
+        False, description="Never pick the end-of-sequence token: the reply ends at the token limit or a stop string."
+    )
+    do_sample: bool = Field(
+        True, description="Off = greedy decoding: the most likely token after penalties and bans, other samplers skipped."
+    )
+    temperature_last: bool = Field(
+        False,
+        description="Run temperature, dynamic temperature and quadratic sampling after the other samplers, "
+        "whatever sampler_priority says.",
+    )
+    sampler_priority: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SAMPLER_PRIORITY),
+        description="The order the samplers run in, by name; samplers left out keep their default order at the end.",
+    )
+    seed: int = Field(
+        -1, ge=-1, lt=2**63, description="Seed of the random draw (-1 = a new random seed per request, reported)."
+    )
     # Handled by the generation core rather than a logits processor; set together with the samplers.
-    guidance_scale: float = Field(1.0, ge=-5, le=10)
-    negative_prompt: str = ""
-    grammar_string: str = ""
-    banned_strings: list[str] = Field(default_factory=list)
+    guidance_scale: float = Field(
+        1.0, ge=-5, le=10,
+        description="Classifier-free guidance: above 1 pushes the reply away from negative_prompt (1 = off).",
+    )
+    negative_prompt: str = Field(
+        "", description="CFG's negative prompt, what guidance_scale steers away from (empty = BOS alone)."
+    )
+    grammar_string: str = Field(
+        "", description="A GBNF grammar the reply must follow (llama.cpp loader only; empty = none)."
+    )
+    banned_strings: list[str] = Field(
+        default_factory=list, description="Strings never generated: a reply that would hold one is re-sampled."
+    )
 
     @field_validator("dry_sequence_breakers", mode="before")
     @classmethod
@@ -205,46 +265,9 @@ class SamplingParams(BaseModel):
 
     def is_active(self, name: str) -> bool:
         """Whether the sampler `name` would change anything with these settings."""
-        checks = {
-            "repetition_penalty": self.repetition_penalty != 1,
-            "presence_penalty": self.presence_penalty != 0,
-            "frequency_penalty": self.frequency_penalty != 0,
-            "dry": self.dry_multiplier > 0,
-            "temperature": not self.dynamic_temperature and self.temperature not in (0, 1),
-            "dynamic_temperature": self.dynamic_temperature,
-            "quadratic_sampling": self.smoothing_factor > 0,
-            "top_n_sigma": self.top_n_sigma > 0,
-            "top_k": self.top_k > 0,
-            "top_p": self.top_p < 1,
-            "typical_p": self.typical_p < 1,
-            "epsilon_cutoff": self.epsilon_cutoff > 0,
-            "eta_cutoff": self.eta_cutoff > 0,
-            "tfs": self.tfs < 1,
-            "top_a": self.top_a > 0,
-            "min_p": self.min_p > 0,
-            "adaptive_p": self.adaptive_target > 0,
-            "mirostat": self.mirostat_mode > 0,
-            "xtc": self.xtc_probability > 0,
-            "encoder_repetition_penalty": self.encoder_repetition_penalty != 1,
-            "no_repeat_ngram": self.no_repeat_ngram_size > 0,
-        }
-        return checks[name]
+        return SAMPLER_BY_NAME[name].active(self)
 
     def active_samplers(self) -> list[str]:
-        """The samplers that will run, in the order they run.
-
-        Order: `sampler_priority`; temperature_last moves temperature, dynamic_temperature and
-        quadratic_sampling to the end (as text-generation-webui), and mirostat or adaptive_p, which pick
-        the token, always close the chain, after them. Greedy decoding skips GREEDY_SKIPS. logit_bias (biases, bans)
-        is not listed: it always runs first."""
-        order = [
-            n for n in self.sampler_priority if self.is_active(n) and not (self.greedy and n in GREEDY_SKIPS)
-        ]
-        if self.temperature_last:
-            order = [n for n in order if n not in _TEMPERATURE_FAMILY] + [
-                n for n in order if n in _TEMPERATURE_FAMILY
-            ]
-        for picker in PICKERS:
-            if picker in order:
-                order = [n for n in order if n != picker] + [picker]
-        return order
+        """The samplers that will run, in the order they run (`registry.active_chain`). logit_bias
+        (biases, bans) is not listed: it always runs first."""
+        return [spec.name for spec in active_chain(self)]

@@ -1,8 +1,8 @@
 """Building the ordered sampler chain from SamplingParams, and picking a token with it.
 
-Order is data: `SamplingParams.active_samplers()` gives the names in order, and each name maps to one
-processor here. Neutral settings add nothing, so the common case costs only the samplers in use.
-The chain is: logit_bias (biases and bans, always first), the active samplers in order, then the
+Order is data: `registry.active_chain(params)` gives the active samplers in order, and each one's
+registry entry builds its processor. Neutral settings add nothing, so the common case costs only the
+samplers in use. The chain is: logit_bias (biases and bans, always first), the active samplers in order, then the
 `extra_processors` (transformers' own LogitsProcessors or an extension's), then the pick: argmax when
 greedy, else the picking sampler when one is on (mirostat or adaptive_p), else a draw from the softmax
 with the Sampler's seeded generator.
@@ -11,59 +11,18 @@ with the Sampler's seeded generator.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
-from webui.sampling.adaptive_p import AdaptiveP
-from webui.sampling.bias import LogitBias
-from webui.sampling.dry import DRY
-from webui.sampling.mirostat import Mirostat
+from webui.sampling.bias import LogitBias, token_bias
 from webui.sampling.params import SamplingError, SamplingParams
-from webui.sampling.penalties import (
-    EncoderRepetitionPenalty,
-    NoRepeatNGram,
-    PresenceFrequencyPenalty,
-    RepetitionPenalty,
-)
-from webui.sampling.temperature import DynamicTemperature, QuadraticSmoothing, Temperature
+from webui.sampling.registry import BuildContext, Picker, Processor, active_chain
 from webui.sampling.tensor_ops import sample_from
-from webui.sampling.truncation import (
-    EpsilonCutoff,
-    EtaCutoff,
-    MinP,
-    TailFree,
-    TopA,
-    TopK,
-    TopNSigma,
-    TopP,
-    TypicalP,
-)
 from webui.sampling.vocabulary import Vocabulary
-from webui.sampling.xtc import XTC
 
-Processor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
-Encode = Callable[[str], list[int]]
-
-
-def sequence_breaker_ids(breakers: Iterable[str], encode: Encode | None) -> set[int]:
-    """Token ids of DRY's sequence breakers: every id a breaker encodes to, as it appears mid-text.
-
-    Each breaker is encoded after an 'a' (as text-generation-webui does) so that tokenizers which mark
-    the start of a word or of the text give the id seen inside generated text; the ids that follow the
-    encoding of 'a' alone are the breaker's. tgw keeps only the last id; we keep all of them, so a
-    breaker that splits into several tokens (e.g. "###" or an emoji) stops a match at any of its pieces.
-    If 'a' merges with the breaker into one token, that token is used. Without `encode`, no breakers."""
-    if encode is None:
-        return set()
-    prefix = encode("a")
-    ids: set[int] = set()
-    for breaker in breakers:
-        tokens = encode("a" + breaker)
-        start = len(prefix) if tokens[: len(prefix)] == prefix else len(tokens) - 1
-        ids.update(tokens[start:] or tokens[-1:])
-    return ids
+__all__ = ["Processor", "Sampler", "build_sampler"]
 
 
 class Sampler:
@@ -81,7 +40,7 @@ class Sampler:
         generator: torch.Generator,
         seed: int,
         greedy: bool = False,
-        picker: Mirostat | AdaptiveP | None = None,
+        picker: Picker | None = None,
     ):
         self.processors = processors
         self.generator = generator
@@ -152,23 +111,20 @@ def build_sampler(
             raise SamplingError(
                 f"{field}: token ids outside the vocabulary (0..{vocab_size - 1}): {outside[:5]}"
             )
-    bias = dict(params.logit_bias)
-    bias.update({t: float("-inf") for t in params.custom_token_bans})
-    if params.ban_eos_token:
-        bias.update({t: float("-inf") for t in eos})
+    bias = token_bias(params, eos)
     if bias:
         processors.append(LogitBias(bias, vocab_size))
-    picker: Mirostat | AdaptiveP | None = None
-    for name in params.active_samplers():
+    picker: Picker | None = None
+    context = BuildContext(generator, tuple(prompt_ids), vocabulary, frozenset(eos))
+    for spec in active_chain(params):
         try:
-            if name == "mirostat":
-                picker = Mirostat(params.mirostat_mode, params.mirostat_tau, params.mirostat_eta, generator)
-            elif name == "adaptive_p":
-                picker = AdaptiveP(params.adaptive_target, params.adaptive_decay, generator)
-            else:
-                processors.append(_make(name, params, generator, prompt_ids, vocabulary, eos))
+            built = spec.build(params, context)
         except ValueError as exc:
-            raise SamplingError(f"{name}: {exc}") from None
+            raise SamplingError(f"{spec.name}: {exc}") from None
+        if spec.picker:
+            picker = built
+        else:
+            processors.append(built)
     if extra_processors:  # ours never write to their input; a foreign processor may: give it a copy
         processors.append(_CopyScores())
         processors.extend(extra_processors)
@@ -183,46 +139,3 @@ class _CopyScores:
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return scores.clone()
 
-
-def _make(
-    name: str,
-    p: SamplingParams,
-    generator: torch.Generator,
-    prompt_ids: Sequence[int],
-    vocabulary: Vocabulary | None,
-    eos: set[int],
-) -> Processor:
-    if name == "dry":
-        breakers = vocabulary.breakers(p.dry_sequence_breakers) if vocabulary is not None else {}
-        return DRY(p.dry_multiplier, p.dry_base, p.dry_allowed_length, breakers, p.dry_penalty_last_n)
-    if name == "xtc":
-        newline = sequence_breaker_ids(["\n"], vocabulary.encode if vocabulary is not None else None)
-        return XTC(p.xtc_threshold, p.xtc_probability, generator, protected=eos | newline)
-    makers: dict[str, Callable[[], Processor]] = {
-        "repetition_penalty": lambda: RepetitionPenalty(p.repetition_penalty, p.repetition_penalty_range),
-        "presence_penalty": lambda: PresenceFrequencyPenalty(
-            p.presence_penalty, 0.0, p.repetition_penalty_range
-        ),
-        "frequency_penalty": lambda: PresenceFrequencyPenalty(
-            0.0, p.frequency_penalty, p.repetition_penalty_range
-        ),
-        "temperature": lambda: Temperature(p.temperature),
-        "dynamic_temperature": lambda: DynamicTemperature(
-            p.dynatemp_low, p.dynatemp_high, p.dynatemp_exponent
-        ),
-        "quadratic_sampling": lambda: QuadraticSmoothing(p.smoothing_factor, p.smoothing_curve),
-        "top_n_sigma": lambda: TopNSigma(p.top_n_sigma),
-        "top_k": lambda: TopK(p.top_k),
-        "top_p": lambda: TopP(p.top_p),
-        "typical_p": lambda: TypicalP(p.typical_p),
-        "epsilon_cutoff": lambda: EpsilonCutoff(p.epsilon_cutoff),
-        "eta_cutoff": lambda: EtaCutoff(p.eta_cutoff),
-        "tfs": lambda: TailFree(p.tfs),
-        "top_a": lambda: TopA(p.top_a),
-        "min_p": lambda: MinP(p.min_p),
-        "encoder_repetition_penalty": lambda: EncoderRepetitionPenalty(
-            p.encoder_repetition_penalty, prompt_ids
-        ),
-        "no_repeat_ngram": lambda: NoRepeatNGram(p.no_repeat_ngram_size),
-    }
-    return makers[name]()

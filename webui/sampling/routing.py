@@ -14,22 +14,13 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from webui.sampling.params import SamplingParams
+from webui.sampling.registry import REQUEST_SETTINGS
 
 if TYPE_CHECKING:
     from webui.loader_api import Model
 
-#: Request-level settings beside the samplers, with what makes them active.
-_REQUEST_SETTINGS = (
-    "logit_bias",
-    "custom_token_bans",
-    "ban_eos_token",
-    "guidance_scale",
-    "banned_strings",
-    "grammar_string",
-)
+#: Request flags (not settings) that need Hearth's pipeline, with why.
 _PIPELINE_ONLY = {
-    "guidance_scale": "CFG evaluates a second sequence (the negative prompt) per token: Hearth's pipeline does it",
-    "banned_strings": "banned strings roll back and re-sample, which needs Hearth's pipeline",
     "logprobs": "log-probabilities of each token come from Hearth's pipeline",
     "logits_processors": "an extension's logits processor runs in Hearth's pipeline",
 }
@@ -70,10 +61,11 @@ class SamplerRouting:
 
 
 def active_settings(params: SamplingParams) -> list[str]:
-    """Every setting that changes anything, in the order it runs."""
-    neutral = SamplingParams()
-    first = [n for n in _REQUEST_SETTINGS[:3] if getattr(params, n) != getattr(neutral, n)]
-    last = [n for n in _REQUEST_SETTINGS[3:] if getattr(params, n) != getattr(neutral, n)]
+    """Every setting that changes anything, in the order it runs (the token bias, the samplers, then the
+    settings the core carries out)."""
+    on = [setting for setting in REQUEST_SETTINGS if setting.active(params)]
+    first = [setting.name for setting in on if setting.first]
+    last = [setting.name for setting in on if not setting.first]
     return [*first, *params.active_samplers(), *last]
 
 
@@ -87,12 +79,8 @@ def route(
     forced: dict[str, str] = {}
     if native_name is not None:
         forced.update(model.native_limits(params))
-        wants = {
-            "guidance_scale": params.guidance_scale != 1,
-            "banned_strings": bool(params.banned_strings),
-            "logprobs": logprobs > 0,
-            "logits_processors": processors,
-        }
+        forced.update({s.name: s.pipeline_only for s in REQUEST_SETTINGS if s.pipeline_only and s.active(params)})
+        wants = {"logprobs": logprobs > 0, "logits_processors": processors}
         forced.update({name: _PIPELINE_ONLY[name] for name, on in wants.items() if on})
         forced.pop("grammar_string", None)
     path = "native" if native_name is not None and not forced else "pipeline"

@@ -11,42 +11,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from webui.sampling.params import SamplingParams
+from webui.sampling.registry import REQUEST_SETTINGS, SAMPLERS
 from webui.sampling.routing import SamplerRouting, route
 
 if TYPE_CHECKING:
     from webui.app import App
     from webui.loader_api import Model
 
-#: A typical value that turns each setting on (and nothing else). Keys: the sampler names of
-#: `sampler_priority`, then the request-level settings, then logprobs (a request field, not a sampler).
+#: A typical value that turns each setting on (and nothing else), from the registry. Keys: the sampler
+#: names of `sampler_priority`, then the request-level settings, then logprobs (a request field).
 EXAMPLES: dict[str, dict[str, Any]] = {
-    "repetition_penalty": {"repetition_penalty": 1.1},
-    "presence_penalty": {"presence_penalty": 0.5},
-    "frequency_penalty": {"frequency_penalty": 0.5},
-    "dry": {"dry_multiplier": 0.8},
-    "temperature": {"temperature": 0.7},
-    "dynamic_temperature": {"dynamic_temperature": True, "dynatemp_low": 0.5, "dynatemp_high": 1.5},
-    "quadratic_sampling": {"smoothing_factor": 0.3},
-    "top_n_sigma": {"top_n_sigma": 1.0},
-    "top_k": {"top_k": 40},
-    "top_p": {"top_p": 0.9},
-    "typical_p": {"typical_p": 0.9},
-    "epsilon_cutoff": {"epsilon_cutoff": 3.0},
-    "eta_cutoff": {"eta_cutoff": 3.0},
-    "tfs": {"tfs": 0.95},
-    "top_a": {"top_a": 0.2},
-    "min_p": {"min_p": 0.05},
-    "adaptive_p": {"adaptive_target": 0.3},
-    "mirostat": {"mirostat_mode": 2},
-    "xtc": {"xtc_probability": 0.5},
-    "encoder_repetition_penalty": {"encoder_repetition_penalty": 1.1},
-    "no_repeat_ngram": {"no_repeat_ngram_size": 3},
-    "logit_bias": {"logit_bias": {"0": 2.0}},
-    "custom_token_bans": {"custom_token_bans": [0]},
-    "ban_eos_token": {"ban_eos_token": True},
-    "guidance_scale": {"guidance_scale": 1.5},
-    "banned_strings": {"banned_strings": ["example"]},
-    "grammar_string": {"grammar_string": 'root ::= "yes" | "no"'},
+    **{spec.name: dict(spec.example) for spec in SAMPLERS},
+    **{setting.name: dict(setting.example) for setting in REQUEST_SETTINGS},
     "logprobs": {"logprobs": 5},
 }
 

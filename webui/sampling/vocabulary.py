@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 
+Encode = Callable[[str], list[int]]
+
 #: head token -> the token sequences that must follow it to complete a breaker (() = the head alone).
 BreakerTable = Mapping[int, frozenset[tuple[int, ...]]]
 
@@ -22,7 +24,7 @@ _MAX_TAIL_TOKENS = 20
 class Vocabulary:
     """Token texts of one model (bytes; special tokens as their text) and lookups built on them."""
 
-    def __init__(self, size: int, token_text: Callable[[int], bytes], encode: Callable[[str], list[int]]):
+    def __init__(self, size: int, token_text: Callable[[int], bytes], encode: Encode):
         self.size = size
         self._token_text = token_text
         self.encode = encode
@@ -40,9 +42,7 @@ class Vocabulary:
         return self._breakers[key]
 
 
-def breaker_table(
-    strings: Iterable[str], texts: list[bytes], encode: Callable[[str], list[int]]
-) -> BreakerTable:
+def breaker_table(strings: Iterable[str], texts: list[bytes], encode: Encode) -> BreakerTable:
     """Every token that holds a whole breaker (tail ()), and every token whose text ends with the start
     of a breaker, with the tokens of the breaker's rest as its tail."""
     table: dict[int, set[tuple[int, ...]]] = {}
@@ -71,3 +71,22 @@ def breaker_table(
 def single_token_table(ids: Iterable[int]) -> BreakerTable:
     """A table where each id breaks on its own (for callers that know their breaker ids)."""
     return {int(token): frozenset({()}) for token in ids}
+
+
+def sequence_breaker_ids(breakers: Iterable[str], encode: Encode | None) -> set[int]:
+    """Token ids of DRY's sequence breakers: every id a breaker encodes to, as it appears mid-text.
+
+    Each breaker is encoded after an 'a' (as text-generation-webui does) so that tokenizers which mark
+    the start of a word or of the text give the id seen inside generated text; the ids that follow the
+    encoding of 'a' alone are the breaker's. tgw keeps only the last id; we keep all of them, so a
+    breaker that splits into several tokens (e.g. "###" or an emoji) stops a match at any of its pieces.
+    If 'a' merges with the breaker into one token, that token is used. Without `encode`, no breakers."""
+    if encode is None:
+        return set()
+    prefix = encode("a")
+    ids: set[int] = set()
+    for breaker in breakers:
+        tokens = encode("a" + breaker)
+        start = len(prefix) if tokens[: len(prefix)] == prefix else len(tokens) - 1
+        ids.update(tokens[start:] or tokens[-1:])
+    return ids
