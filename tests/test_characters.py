@@ -1,13 +1,17 @@
-"""Characters: tgw YAML, Tavern JSON, PNG cards (V1, V2, V3) built here with Pillow; store and safe names."""
+"""Characters: tgw YAML, Tavern JSON, PNG cards (V1, V2, V3) built here with Pillow; store and safe names;
+a card's every field survives import, edit, save and export; the built-in Assistant cannot be deleted."""
 
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -16,6 +20,7 @@ from webui.prompts.characters import (
     Character,
     CharacterError,
     CharacterStore,
+    character_from_dict,
     default_character,
     parse_character_file,
     parse_png_card,
@@ -141,3 +146,80 @@ def test_hostile_card_names_stay_in_the_characters_folder(tmp_path: Path) -> Non
     unicode = store.save(Character("Ёлка 雪"))
     assert unicode.name == "Ёлка 雪.yaml"
     assert store.load("Ёлка 雪").name == "Ёлка 雪"
+
+
+#: A SillyTavern V2 card with every field of the spec, some Hearth does not use.
+FULL_V2_CARD = {
+    "spec": "chara_card_v2",
+    "spec_version": "2.0",
+    "data": {
+        **V1_CARD,
+        "name": "Seraphina",
+        "creator_notes": "Best with min_p.",
+        "system_prompt": "You are {{char}}. Stay in character.",
+        "post_history_instructions": "Reply in two paragraphs.",
+        "alternate_greetings": ["*She waves.*", "Oh, hello."],
+        "character_book": {
+            "name": "Glade lore",
+            "extensions": {},
+            "entries": [
+                {
+                    "keys": ["glade"],
+                    "content": "The glade is hidden.",
+                    "extensions": {},
+                    "enabled": True,
+                    "insertion_order": 0,
+                }
+            ],
+        },
+        "tags": ["fantasy", "guardian"],
+        "creator": "someone",
+        "character_version": "1.2",
+        "extensions": {"talkativeness": "0.5", "fav": False, "depth_prompt": {"prompt": "x", "depth": 4}},
+    },
+}
+
+
+def test_v2_card_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    store = CharacterStore(tmp_path)
+    imported = store.import_file(png_card({"chara": b64json(FULL_V2_CARD)}), "Seraphina.png")
+    assert imported.card == FULL_V2_CARD
+    saved_yaml = yaml.safe_load((tmp_path / "characters" / "Seraphina.yaml").read_text(encoding="utf-8"))
+    assert saved_yaml["card"] == FULL_V2_CARD and saved_yaml["example_dialogue"] == imported.example_dialogue
+    assert imported.to_card() == FULL_V2_CARD  # nothing edited: the card comes back as it came
+    # edit what Hearth shows (example dialogue, greeting), save, load: the rest of the card is untouched
+    edited = replace(imported, example_dialogue="<START>\n{{user}}: Hi\n{{char}}: Hello.", greeting="Welcome.")
+    store.save(edited)
+    again = store.load("Seraphina")
+    assert again.example_dialogue == "<START>\n{{user}}: Hi\n{{char}}: Hello."
+    expected = copy.deepcopy(FULL_V2_CARD)
+    expected["data"].update(mes_example=again.example_dialogue, first_mes="Welcome.")
+    assert again.to_card() == expected
+    # an edited context becomes the description (it joined description, personality and scenario)
+    card = replace(again, context="A tired guardian.").to_card()
+    assert card["data"]["description"] == "A tired guardian." and card["data"]["personality"] == ""
+    assert card["data"]["character_book"] == FULL_V2_CARD["data"]["character_book"]
+    # the exported card imports back to the same character
+    assert character_from_dict(card).context == "A tired guardian."
+
+
+def test_v1_card_exports_as_v2_with_its_fields_and_tgw_yaml_has_no_card() -> None:
+    v1 = {**V1_CARD, "chat": "Seraphina - 2023-1-1", "avatar": "none"}
+    character = parse_character_file(json.dumps(v1).encode(), "card.json")
+    card = character.to_card()
+    assert card["spec"] == "chara_card_v2" and card["data"] == v1
+    plain = parse_character_file(b"name: Ann\ncontext: Ann is kind.\n", "Ann.yaml")
+    assert plain.card is None and "card" not in plain.to_dict()
+    assert plain.to_card()["data"]["description"] == "Ann is kind."
+    with pytest.raises(CharacterError, match="'card' must be a mapping"):
+        parse_character_file(b"name: Ann\ncard: [1, 2]\n", "Ann.yaml")
+
+
+def test_the_built_in_assistant_cannot_be_deleted(tmp_path: Path) -> None:
+    store = CharacterStore(tmp_path)
+    with pytest.raises(CharacterError, match="built-in Assistant cannot be deleted"):
+        store.delete("Assistant")
+    store.save(Character("Assistant", context="My own assistant."))  # a user's edited Assistant
+    assert store.is_saved("Assistant") and store.load("Assistant").context == "My own assistant."
+    store.delete("Assistant")  # removes the user's copy: the built-in one is back
+    assert store.load("Assistant") == default_character()

@@ -57,3 +57,37 @@ def test_cmd_flags_and_settings_file_precedence(tmp_path: Path, loaders: dict):
 def test_bad_flag_value_is_rejected(loaders: dict):
     with pytest.raises(SystemExit):
         parse_settings(["--cache-type", "q3"], loaders, None)
+
+
+def test_settings_file_is_user_data_and_the_install_folder_file_is_still_read(tmp_path: Path, loaders: dict):
+    """Issue 13: UI settings live in user_data/settings.yaml; an older settings.yaml in the install folder is
+    read below it (for compatibility) and never becomes the file saves go to."""
+    legacy = tmp_path / "install" / "settings.yaml"
+    legacy.parent.mkdir()
+    legacy.write_text("listen_port: 7000\ntheme: light\nchat_style: cai\nloader_args:\n  n_ctx: 1024\n")
+    user_data = tmp_path / "user_data"
+    argv = ["--user-data-dir", str(user_data)]
+    settings = parse_settings(argv, loaders, None, legacy_settings=legacy)
+    assert settings.settings_path == user_data / "settings.yaml" and settings.settings_file == settings.settings_path
+    assert settings.listen_port == 7000 and settings.extra == {"theme": "light", "chat_style": "cai"}
+
+    user_data.mkdir()
+    (user_data / "settings.yaml").write_text("theme: dark\nloader_args:\n  n_batch: 64\n")
+    settings = parse_settings([*argv, "--n-ctx", "2048"], loaders, None, legacy_settings=legacy)
+    assert settings.extra["theme"] == "dark" and settings.listen_port == 7000
+    assert settings.loader_args == {"n_ctx": 2048, "n_batch": 64}
+
+    own = tmp_path / "own.yaml"  # --settings: that file alone, and saves go there
+    own.write_text("api_port: 6000\n")
+    settings = parse_settings([*argv, "--settings", str(own)], loaders, None, legacy_settings=legacy)
+    assert settings.settings_path == own and settings.api_port == 6000 and settings.extra == {}
+
+
+def test_user_data_dir_from_the_install_folder_file_locates_the_settings(tmp_path: Path, loaders: dict):
+    legacy = tmp_path / "settings.yaml"
+    legacy.write_text(f"user_data_dir: {tmp_path / 'elsewhere'}\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "settings.yaml").write_text("theme: dark\n")
+    settings = parse_settings([], loaders, None, legacy_settings=legacy)
+    assert settings.settings_path == tmp_path / "elsewhere" / "settings.yaml"
+    assert settings.extra == {"theme": "dark"}

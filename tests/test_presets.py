@@ -1,4 +1,5 @@
-"""Presets: shipped files load, save/load round-trips, bad files are SamplingErrors naming file and field."""
+"""Presets: shipped files load, save/load round-trips, bad files are SamplingErrors naming file and field;
+user presets live in user_data/presets and win over shipped ones, which cannot be deleted."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from webui.config import Settings
 from webui.loader_api import HearthError
 from webui.prompts.safe_files import UnsafeNameError
 from webui.sampling import (
@@ -17,6 +19,7 @@ from webui.sampling import (
     load_preset,
     save_preset,
 )
+from webui.sampling.presets import PresetLibrary, user_presets_dir
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
@@ -93,3 +96,45 @@ def test_bad_files_name_the_file_and_field(tmp_path: Path, content: str, message
     (tmp_path / "bad.yaml").write_text(content, encoding="utf-8")
     with pytest.raises(SamplingError, match=message):
         load_preset(tmp_path, "bad")
+
+
+def _library(tmp_path: Path) -> PresetLibrary:
+    shipped = tmp_path / "presets"
+    shipped.mkdir()
+    for name in ("Simple-1", "min_p"):
+        (shipped / f"{name}.yaml").write_text((PRESETS / f"{name}.yaml").read_text(encoding="utf-8"), "utf-8")
+    return PresetLibrary(shipped, user_presets_dir(tmp_path / "user_data"))
+
+
+def test_user_presets_go_to_user_data_and_win_over_shipped_ones(tmp_path: Path):
+    library = _library(tmp_path)
+    shipped_text = (library.shipped / "Simple-1.yaml").read_text(encoding="utf-8")
+    assert library.user == tmp_path / "user_data" / "presets"
+    path, shadows = library.save("Mine", SamplingParams(top_k=7))
+    assert path == library.user / "Mine.yaml" and not shadows
+    path, shadows = library.save("Simple-1", SamplingParams(temperature=0.2))
+    assert path == library.user / "Simple-1.yaml" and shadows  # a user copy, and the caller is told
+    assert (library.shipped / "Simple-1.yaml").read_text(encoding="utf-8") == shipped_text
+    assert sorted(p.name for p in library.shipped.iterdir()) == ["Simple-1.yaml", "min_p.yaml"]
+    assert library.names() == ["min_p", "Mine", "Simple-1"]  # each name once
+    assert library.load("Simple-1") == SamplingParams(temperature=0.2)
+    assert load_preset(library.folders, "Mine").top_k == 7  # what the API and --preset use
+    assert load_preset(library.folders, "min_p").active_samplers() == ["min_p"]
+    # deleting the user copy shows the shipped preset again; a shipped preset itself cannot be deleted
+    assert library.delete("Simple-1") is True
+    assert library.load("Simple-1").top_k == 20
+    with pytest.raises(SamplingError, match="shipped with Hearth and cannot be deleted"):
+        library.delete("Simple-1")
+    with pytest.raises(SamplingError, match="cannot be deleted"):
+        library.delete("min_p")
+    assert library.delete("Mine") is False
+    with pytest.raises(SamplingError, match="no preset named"):
+        library.delete("Mine")
+    assert library.is_shipped("simple-1") and not library.is_shipped("Mine")
+
+
+def test_preset_library_from_settings(tmp_path: Path):
+    settings = Settings(presets_dir=tmp_path / "shipped", user_data_dir=tmp_path / "user")
+    library = PresetLibrary.for_settings(settings)
+    assert (library.shipped, library.user) == (tmp_path / "shipped", tmp_path / "user" / "presets")
+    assert library.names() == []  # neither folder exists yet

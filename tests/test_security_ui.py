@@ -27,9 +27,10 @@ from webui.config import Settings
 from webui.host_guard import AllowedHosts, HostGuard, hostname_of, machine_addresses
 from webui.server import startup_lines
 from webui.ui import build_ui, start_ui_for_tests
+from webui.ui.context import default_character_state, default_params
 from webui.ui.loader_params import build_loader_panels
 from webui.ui.model_tab import REMOTE_CODE_REASON, ModelTab, locked_params
-from webui.ui.session_tab import settings_document
+from webui.ui.session_tab import save_ui_settings
 
 pytest_plugins = ["tests.ui_harness"]
 PASSWORD = "s3cret:with,odd"
@@ -258,17 +259,14 @@ def test_a_forged_tick_is_refused_with_a_toast(ui_app: App) -> None:
     assert "value" not in saved  # a saved tick never fills the disabled box
 
 
-def test_secrets_and_risks_are_never_saved() -> None:
-    settings = Settings(
-        gradio_auth=f"ann:{PASSWORD}",
-        allow_unauthenticated=True,
-        listen=True,
-        loader_args={"trust_remote_code": True, "n_ctx": 1024},
-    )
-    doc = settings_document(settings, {"sampling": {}}, {}, "light")
-    assert "gradio_auth" not in doc and "allow_unauthenticated" not in doc
-    assert doc["loader_args"] == {"n_ctx": 1024} and doc["listen"] is True
-    assert PASSWORD not in str(doc)
+def test_secrets_and_risks_are_never_saved(ui_app: App) -> None:
+    settings = ui_app.settings
+    settings.gradio_auth, settings.allow_unauthenticated, settings.listen = f"ann:{PASSWORD}", True, True
+    settings.loader_args = {"trust_remote_code": True, "n_ctx": 1024}
+    path = save_ui_settings(ui_app, default_params(ui_app), default_character_state(ui_app), "light")
+    text = path.read_text()
+    assert PASSWORD not in text and "gradio_auth" not in text and "allow_unauthenticated" not in text
+    assert "listen" not in text and "loader_args" not in text and "trust_remote_code" not in text
 
 
 # -- in the browser ---------------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ from webui.prompts.templates import (
     DEFAULT_TEMPLATE,
     MODEL_TEMPLATE_NAME,
     TemplateError,
+    TemplateLibrary,
     detect_template,
     list_templates,
     load_template,
     read_model_chat_template,
     render,
+    user_templates_dir,
 )
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -231,3 +233,46 @@ def test_read_chat_template_from_gguf(tmp_path: Path) -> None:
     assert read_model_chat_template(bare) is None
     (tmp_path / "corrupt.gguf").write_bytes(b"GGUF\x03\x00")
     assert read_model_chat_template(tmp_path / "corrupt.gguf") is None
+
+
+# -- issue 13: user templates saved under user_data/templates, beside the shipped ones ------------------
+def shipped_copy(tmp_path: Path) -> Path:
+    shipped = tmp_path / "templates"
+    shipped.mkdir()
+    (shipped / "ChatML.jinja").write_text("shipped chatml", encoding="utf-8")
+    return shipped
+
+
+def test_user_templates_are_listed_loaded_and_saved_beside_the_shipped_ones(tmp_path: Path) -> None:
+    library = TemplateLibrary(shipped_copy(tmp_path), user_templates_dir(tmp_path / "user_data"))
+    assert library.names() == ["ChatML"]  # no user folder yet: nothing to list, nothing created
+    path, replaced = library.save("  My pirate  ", "{% for m in messages %}Arr {{ m['content'] }}{% endfor %}")
+    assert path == tmp_path / "user_data" / "templates" / "My pirate.jinja" and not replaced
+    assert library.names() == ["ChatML", "My pirate"]
+    assert render(library.load("My pirate"), [{"role": "user", "content": "hi"}], True) == "Arr hi"
+    assert library.load("ChatML") == "shipped chatml"
+    _, replaced = library.save("My pirate", "{{ 'v2' }}")
+    assert replaced and library.load("My pirate") == "{{ 'v2' }}"
+    with pytest.raises(TemplateError, match=r"no instruction template named 'Nope' \(available: ChatML, My pirate\)"):
+        library.load("Nope")
+
+
+def test_saving_never_touches_a_shipped_template_or_a_broken_one(tmp_path: Path) -> None:
+    shipped = shipped_copy(tmp_path)
+    library = TemplateLibrary(shipped, user_templates_dir(tmp_path / "user_data"))
+    for name in ("ChatML", "chatml"):  # case-insensitive file systems would clash too
+        with pytest.raises(TemplateError, match="shipped template; save yours under another name"):
+            library.save(name, "{{ 'mine' }}")
+    with pytest.raises(TemplateError, match=r"template 'Broken', line 1"):
+        library.save("Broken", "{% for m in messages %}")
+    with pytest.raises(UnsafeNameError, match="template name"):
+        library.save("../ChatML", "{{ 'x' }}")
+    with pytest.raises(UnsafeNameError):
+        library.save("", "{{ 'x' }}")
+    assert (shipped / "ChatML.jinja").read_text(encoding="utf-8") == "shipped chatml"
+    assert not (tmp_path / "user_data" / "templates").exists() or not any((tmp_path / "user_data" / "templates").iterdir())
+    # a user file under a shipped name (put there by hand) does not shadow the shipped one
+    user = tmp_path / "user_data" / "templates"
+    user.mkdir(parents=True, exist_ok=True)
+    (user / "ChatML.jinja").write_text("user chatml", encoding="utf-8")
+    assert library.load("ChatML") == "shipped chatml" and library.names() == ["ChatML"]

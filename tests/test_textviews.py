@@ -19,6 +19,7 @@ from webui.ui.textviews import (
     EMPTY_PROBABILITIES,
     TextViews,
     logits_rows,
+    percent,
     piece_label,
     probability_color,
     probability_html,
@@ -45,18 +46,32 @@ def test_probability_html_shades_each_token_and_lists_alternatives() -> None:
         tok(9, "\n", 1.0),
     ]
     out = probability_html(tokens)
-    spans = re.findall(r"<span class='hearth-tok'[^>]*data-p='([\d.]+)' style='--tok-bg: ([^']+)'>", out)
+    spans = re.findall(r"<span class='hearth-tok'[^>]*data-p='([\d.]+)'[^>]*style='--tok-bg: ([^']+)'>", out)
     assert spans == [
-        ("0.9000", probability_color(0.9)),
-        ("0.2500", probability_color(0.25)),
-        ("1.0000", probability_color(1.0)),
+        ("0.9", probability_color(0.9)),
+        ("0.25", probability_color(0.25)),
+        ("1", probability_color(1.0)),
     ]
     # model text is escaped, never markup; the chosen token leads its tooltip, the alternatives follow once
     assert " &lt;b&gt;" in out and " <b>" not in out
-    assert "&#x27; &lt;b&gt;&#x27;  25.0%</span>\n&#x27; world&#x27;  50.0%" in out
-    assert out.count("&#x27;Hello&#x27;  90.0%") == 1 and "&#x27;Hi&#x27;  5.0%" in out
+    assert "&#x27; &lt;b&gt;&#x27;  25.0%  logprob -1.386</span>\n&#x27; world&#x27;  50.0%  logprob -0.693" in out
+    assert out.count("&#x27;Hello&#x27;  90.0%") == 1 and "&#x27;Hi&#x27;  5.0%  logprob -2.996" in out
     assert "↵\n" in out  # a newline token stays visible
-    assert "3 tokens · mean probability 71.7% · least likely &#x27; &lt;b&gt;&#x27; (25.0%)" in out
+    assert "3 tokens · mean probability 71.7% · least likely &#x27; &lt;b&gt;&#x27; (25.0%, logprob -1.386)" in out
+
+
+def test_rare_tokens_keep_their_digits() -> None:
+    """Issue 14: every rare token used to read "0.0%"; they differ by orders of magnitude."""
+    assert [percent(p) for p in (1.0, 0.25, 0.05, 0.01, 0.0042, 0.00042, 0.000042, 3.14e-7, 0.0)] == [
+        "100.0%", "25.0%", "5.0%", "1.0%", "0.42%", "0.042%", "0.0042%", "3.1e-05%", "0%",
+    ]
+    rare = [tok(3, "a", 0.9, [(3, "a", 0.9), (4, "b", 2e-4), (5, "c", 3e-9)]), tok(4, "b", 2e-4)]
+    out = probability_html(rare)
+    assert "&#x27;b&#x27;  0.02%  logprob -8.517" in out and "&#x27;c&#x27;  3.0e-07%  logprob -19.625" in out
+    assert "least likely &#x27;b&#x27; (0.02%, logprob -8.517)" in out
+    assert " 0.0%" not in out and "data-p='0.0002'" in out
+    rows = logits_rows([tok(11, " the", 0.5), tok(12, "x", 1e-6), TokenLogprob(13, "y", -math.inf, [])])
+    assert [r[2:4] for r in rows] == [["50.0%", "-0.693"], ["1.0e-04%", "-13.816"], ["0%", "-inf"]]
 
 
 def test_probability_html_without_tokens_explains_how_to_get_them() -> None:
@@ -65,7 +80,7 @@ def test_probability_html_without_tokens_explains_how_to_get_them() -> None:
 
 def test_logits_rows_rank_tokens_with_probabilities() -> None:
     rows = logits_rows([tok(11, " the", 0.5), tok(12, "\n", 0.125)])
-    assert rows == [[1, "' the'", 0.5, 11], [2, "'\\n'", 0.125, 12]]
+    assert rows == [[1, "' the'", "50.0%", "-0.693", 11], [2, "'\\n'", "12.5%", "-2.079", 12]]
 
 
 def test_token_rows_show_ids_and_unambiguous_pieces() -> None:

@@ -1,11 +1,17 @@
 """The Chat tab: its plain helpers, and in a real browser over tiny-llama.gguf: a streamed reply that is
-saved, Regenerate, Remove last, Impersonate, Stop mid-stream, hand-written turns and the screenshot."""
+saved, Regenerate, Remove last, Impersonate, Stop mid-stream, hand-written turns and the screenshot; a reply
+shown at once with busy buttons, errors as one toast over uncovered content, the open chat after a reload,
+Delete asking first, and names, the picture and the live token count (issue 13)."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +19,12 @@ import pytest
 import yaml
 
 from webui.config import Settings
+from webui.generation import GenerationError
 from webui.prompts.characters import Character
 from webui.prompts.history import ChatHistory, HistoryStore
 from webui.session import ChatOptions, ChatService
-from webui.ui.chat_tab import ChatSession, chat_messages, dropped_notice
+from webui.ui.chat_session import ChatSession
+from webui.ui.chat_view import TYPING, chat_messages, dropped_notice
 
 if TYPE_CHECKING:
     from tests.ui_harness import UIServer
@@ -78,13 +86,21 @@ def max_new_tokens() -> int:
 
 
 @pytest.fixture
-def ui_settings(ui_settings: Settings, max_new_tokens: int) -> Settings:
+def chat_state() -> dict[str, Any] | None:
+    """The Chat tab's starting options (``ctx.character``), as "Save UI settings" would have kept them."""
+    return None
+
+
+@pytest.fixture
+def ui_settings(ui_settings: Settings, max_new_tokens: int, chat_state: dict[str, Any] | None) -> Settings:
     """EOS banned (a random model may end at once) and `max_new_tokens`, from a preset in the test's copy."""
     (ui_settings.presets_dir / "UI test.yaml").write_text(
         yaml.safe_dump({"ban_eos_token": True}), encoding="utf-8"
     )
     ui_settings.preset = "UI test"
     ui_settings.extra["generation"] = {"max_new_tokens": max_new_tokens}
+    if chat_state is not None:
+        ui_settings.extra["chat"] = chat_state
     return ui_settings
 
 
@@ -248,6 +264,7 @@ def test_past_chats_new_rename_delete_and_mode(page: Any, ui_server: UIServer) -
     assert {c.chat_id for c in store.list_chats("Assistant")} == {first.chat_id, "My second chat"}
 
     page.click("#chat-delete")
+    page.click("#chat-delete-confirm")
     page.wait_for_selector(f"{USER} >> text=first chat")  # back to the remaining chat
     assert [c.chat_id for c in store.list_chats("Assistant")] == [first.chat_id]
 
@@ -318,3 +335,163 @@ def test_saved_chats_panel_lists_chats_with_turn_counts(ui_app: Any) -> None:
 def test_chat_messages_show_raw_html_as_text() -> None:
     history = ChatHistory.new("Assistant").with_turn("assistant", "a<b then b>a and `<b>` in code")
     assert chat_messages(history)[0]["content"] == "a&lt;b then b>a and `<b>` in code"
+
+
+# -- issue 13: feedback while a reply is written, errors, the open chat, delete, names and tokens -------
+INPUT = "#chat-input textarea"
+ENABLED = "!document.querySelector('#chat-generate').disabled"
+
+
+class Gate:
+    """A logits processor holding the reply before its first token until the test opens it; with
+    `fail_at` it raises at that call (a generation that fails after some text)."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.calls = 0
+        self.fail_at: int | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        assert self.open.wait(60), "the test never opened the gate"
+        self.calls += 1
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise GenerationError("the model tripped")
+        return scores
+
+
+def bot_texts(page: Any) -> list[str]:
+    return [b.inner_text() for b in page.locator(BOT).all()]
+
+
+@pytest.mark.browser
+def test_a_reply_shows_at_once_and_keeps_the_buttons_busy_until_it_ends(page: Any, ui_server: UIServer) -> None:
+    open_chat_tab(page, ui_server)
+    gate = Gate()
+    ui_server.app.core.extra_processors.append(gate)
+    try:
+        send(page, "Hello there")
+        # before any token: the message, a typing bubble, and Generate busy
+        page.wait_for_selector(f"{USER} >> text=Hello there")
+        page.wait_for_function(f'document.querySelectorAll("{BOT}").length == 2')
+        assert bot_texts(page)[-1].strip().endswith(TYPING) and gate.calls == 0
+        page.wait_for_function("document.querySelector('#chat-generate').disabled")
+        assert "Writing" in page.inner_text("#chat-generate")
+        assert all(page.is_disabled(f"#chat-{b}") for b in ("regenerate", "continue", "impersonate"))
+        # a second message while busy is refused out loud and stays in the box
+        page.fill(INPUT, "second message")
+        page.press(INPUT, "Enter")
+        page.wait_for_selector(".toast-body >> text=/still being written/")
+        assert page.input_value(INPUT) == "second message" and page.locator(USER).count() == 1
+        typed = len(ui_server.app.models.require().tokenize("second message", add_bos=False))
+        page.wait_for_selector(f"#chat-tokens >> text=Message: {typed} tokens")  # counted meanwhile
+        gate.open.set()
+        page.wait_for_function(ENABLED)
+        wait_idle(ui_server)
+        assert page.inner_text("#chat-generate") == "Generate"
+        assert saved_chat(ui_server).turns[-1].content.strip()
+        assert not bot_texts(page)[-1].strip().endswith(TYPING)
+
+        # a reply failing after some text: one error toast, and the buttons come back
+        gate.calls, gate.fail_at = 0, 3
+        page.click("#chat-generate")
+        page.wait_for_selector(".toast-body >> text=/the model tripped/")
+        page.wait_for_function(ENABLED)
+        assert page.locator(".toast-body").filter(has_text="the model tripped").count() == 1
+    finally:
+        gate.open.set()
+
+
+@pytest.mark.browser
+def test_errors_are_one_toast_that_covers_nothing(page: Any, ui_server: UIServer, capfd: Any) -> None:
+    page.wait_for_selector(BOT)
+    # no model: said up front, pointing to the Model tab
+    page.wait_for_selector("#chat-model-notice >> text=/No model is loaded/")
+    assert "Model tab" in page.inner_text("#chat-model-notice")
+    page.wait_for_selector("#chat-tokens >> text=/no model loaded/")
+    send(page, "is anyone there?")
+    page.wait_for_selector(".toast-body >> text=/no model is loaded/")
+    assert page.input_value(INPUT) == "is anyone there?"
+    page.fill(INPUT, "")
+    page.click("#chat-dummy-message")  # an event with Gradio's default progress display, failing
+    page.wait_for_selector(".toast-body >> text=/type the message first/")
+    # Gradio has marked the input box as an output of a failed event: its status tracker holds "Error"
+    page.wait_for_selector("#chat-input [data-testid='status-tracker'].full:has(> .error)", state="attached")
+    # one toast per error; nothing covered: the chat shown, the input box takes clicks and typing
+    assert page.locator(".toast-body").filter(has_text="no model is loaded").count() == 1
+    assert page.locator("[data-testid='status-tracker']:visible", has_text="Error").count() == 0
+    page.locator(BOT).first.click(trial=True, timeout=5_000)  # nothing lies over the greeting
+    page.click(INPUT, timeout=5_000)
+    page.keyboard.type("still editable")
+    assert page.input_value(INPUT) == "still editable"
+    assert "Traceback" not in capfd.readouterr().err  # a person's mistakes are no bugs
+    # a model loaded meanwhile (here: elsewhere): back on the Chat tab, the notice is gone
+    ui_server.app.models.load("tiny-llama.gguf")
+    page.click("button[role='tab']:has-text('Model')")
+    page.click("button[role='tab']:has-text('Chat') >> nth=0")
+    page.wait_for_selector("#chat-model-notice", state="hidden")
+    page.wait_for_selector("#chat-tokens >> text=/Message: \\d+ tokens/")
+
+
+@pytest.mark.browser
+def test_a_reload_reopens_the_chat_being_viewed(page: Any, ui_server: UIServer) -> None:
+    store = HistoryStore(ui_server.app.settings.user_data_dir)
+    for day, age in ((1, "older"), (2, "newer")):
+        chat = ChatHistory.new("Assistant", "Hi!").with_turn("user", f"the {age} chat")
+        store.save(replace(chat, updated=f"2026-01-0{day}T00:00:00+00:00"))
+    page.reload()
+    page.wait_for_selector(f"{USER} >> text=the newer chat")
+    before = page.evaluate("localStorage.getItem('hearth-open-chats')")
+    page.click("#chat-list input")
+    page.click("[role='option'] >> text=/the older chat/")
+    page.wait_for_selector(f"{USER} >> text=the older chat")
+    page.wait_for_function(f"localStorage.getItem('hearth-open-chats') !== {json.dumps(before)}")
+    page.reload()
+    page.wait_for_selector(f"{USER} >> text=the older chat")
+    assert page.locator(USER).count() == 1
+
+
+@pytest.mark.browser
+def test_deleting_a_chat_asks_first(page: Any, ui_server: UIServer) -> None:
+    open_chat_tab(page, ui_server)
+    dummy_exchange(page, "keep me", "kept")
+    store = HistoryStore(ui_server.app.settings.user_data_dir)
+    page.click("#chat-rename-delete")  # open the accordion
+    page.click("#chat-delete")
+    page.wait_for_selector("#chat-delete-confirm >> text=Confirm delete: 'keep me'")
+    assert len(store.list_chats("Assistant")) == 1  # one click deletes nothing
+    page.click("#chat-delete-cancel")
+    page.wait_for_selector("#chat-delete-confirm", state="hidden")
+    assert len(store.list_chats("Assistant")) == 1
+    page.click("#chat-delete")
+    page.click("#chat-delete-confirm")
+    page.wait_for_selector(".toast-body >> text=/Deleted chat 'keep me'/")
+    page.wait_for_function(f'document.querySelectorAll("{USER}").length == 0')
+    assert store.list_chats("Assistant") == []
+
+
+def png_picture() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (48, 48), (180, 40, 40)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("chat_state", [{"character": "Ada"}])
+def test_names_picture_and_a_live_token_count(page: Any, ui_server: UIServer) -> None:
+    card = Character("Ada", "A mathematician.", "Hello {{user}}, I am Ada.", user_name="Bob", picture=png_picture())
+    ChatService(ui_server.app).characters.save(card)
+    open_chat_tab(page, ui_server)
+    page.wait_for_selector(f"{BOT} >> text=Hello Bob, I am Ada.")
+    assert bot_texts(page)[0].startswith("Ada")
+    page.wait_for_selector("#chat-chatbot img[src*='gradio_api/file=']")  # the character's picture
+    model = ui_server.app.models.require()
+    page.fill(INPUT, "hello world, how are you?")
+    tokens = len(model.tokenize("hello world, how are you?", add_bos=False))
+    page.wait_for_selector(f"#chat-tokens >> text=Message: {tokens} tokens")
+    assert f"/ {model.n_ctx} tokens" in page.inner_text("#chat-tokens")
+    page.click("#chat-dummy-message")
+    page.wait_for_selector(f"{USER} >> text=hello world, how are you?")
+    assert page.locator(USER).first.inner_text().startswith("Bob")
+    page.wait_for_selector("#chat-tokens >> text=Message: 0 tokens")

@@ -67,7 +67,7 @@ def test_shift_enter_in_default_is_a_newline_not_a_generation(page: Any, ui_serv
     page.wait_for_timeout(300)  # a generation would have been requested by now: none may be
     assert page.locator(".toast-body").count() == 0  # with no model, a generation would toast
     page.keyboard.press("Control+Enter")  # Ctrl+Enter does generate: here, the no-model toast
-    page.wait_for_selector(".toast-body >> text=/no model is loaded/")
+    page.wait_for_selector(".toast-body >> text=/no model is loaded/i")
 
 
 def test_angle_brackets_in_chat_are_shown_literally(page: Any, ui_server: UIServer) -> None:

@@ -3,6 +3,7 @@ generate, read the Logits and Tokens tables, see the Probabilities view, Undo in
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,13 +131,14 @@ def test_default_generates_and_shows_logits_tokens_and_probabilities(page: Any, 
     page.screenshot(path=str(ui_server.shots / "probabilities.png"))
     assert "%" in first.locator(".hearth-alts").inner_text()
 
-    # Logits: rows of tokens with probabilities, most likely first
+    # Logits: rows of tokens with probabilities (as percentages) and logprobs, most likely first
     page.click("button[role='tab']:has-text('Logits')")
     rows = table_rows(page, "#default-logits")
-    probabilities = [float(r[2]) for r in rows]
+    logprobs = [float(r[3]) for r in rows]
     assert len(rows) >= 5 and [int(r[0]) for r in rows] == list(range(1, len(rows) + 1))
-    assert probabilities == sorted(probabilities, reverse=True)
-    assert 0 < sum(probabilities) <= 1.0001
+    assert logprobs == sorted(logprobs, reverse=True)
+    assert 0 < sum(math.exp(lp) for lp in logprobs) <= 1.001
+    assert all(r[2].endswith("%") and r[2] != "0.0%" for r in rows)
 
     # Tokens: ids and pieces of prompt + output
     page.click("button[role='tab']:has-text('Tokens')")
@@ -189,3 +191,62 @@ def test_template_sent_to_default_then_saved_and_reloaded_as_a_prompt(page: Any,
     page.locator("#default-saved input").click()
     page.get_by_role("option", name="haiku", exact=True).click()
     page.wait_for_function(f"document.querySelector('#default-prompt textarea')?.value === {expected!r}")
+
+
+def toasts(page: Any) -> Any:
+    return page.locator(".toast-body.error")
+
+
+def assert_no_error_badge(page: Any, *selectors: str) -> None:
+    """Gradio's status tracker marks a failed event's outputs "error" (an opaque badge over them)."""
+    for selector in selectors:
+        assert page.locator(f"{selector} [data-testid='status-tracker'] > .error").count() == 0, selector
+
+
+@pytest.mark.browser
+def test_default_without_a_model_says_so_and_generate_is_one_toast(page: Any, ui_server: UIServer) -> None:
+    """Issue 13 item 6: the tab says up front that no model is loaded; Generate is one toast and the
+    prompt stays visible and editable."""
+    page.click("button[role='tab']:has-text('Default')")
+    notice = page.locator("#default-no-model")
+    notice.wait_for()
+    assert "No model is loaded" in notice.inner_text() and "Model tab" in notice.inner_text()
+    prompt = page.locator("#default-prompt textarea")
+    prompt.fill("Dear diary,")
+    page.click("#default-generate")
+    toasts(page).first.wait_for()
+    assert toasts(page).count() == 1 and "Model tab" in toasts(page).first.inner_text()
+    assert_no_error_badge(page, "#default-prompt", "#default-output")
+    prompt.press("End")
+    prompt.type(" today")
+    assert prompt.input_value() == "Dear diary, today"
+    ui_server.shot(page, "default-no-model")
+
+    ui_server.app.models.load("tiny-llama.gguf")  # elsewhere (the Model tab, the API): the notice goes
+    page.click("button[role='tab']:has-text('Chat')")
+    page.click("button[role='tab']:has-text('Default')")
+    notice.wait_for(state="hidden")
+
+
+@pytest.mark.browser
+def test_saved_prompt_lists_follow_the_folder(page: Any, ui_server: UIServer) -> None:
+    """Issue 13 item 4: a prompt saved elsewhere (another tab, another browser) is offered when the tab is
+    selected and after a page reload, in Default and Notebook alike."""
+    store = PromptStore.for_user_data(ui_server.app.settings.user_data_dir)
+    store.save("from elsewhere", "Hello from another tab")
+    for tab in ("Default", "Notebook"):
+        page.click(f"button[role='tab']:has-text('{tab}')")
+        name = tab.lower()
+        page.locator(f"#{name}-saved-prompts").get_by_text("Saved prompts").click()
+        page.locator(f"#{name}-saved input").click()
+        page.get_by_role("option", name="from elsewhere", exact=True).click()
+        box = "#default-prompt textarea" if tab == "Default" else "#notebook-text textarea"
+        page.wait_for_function(f"document.querySelector({box!r})?.value === 'Hello from another tab'")
+    store.delete("from elsewhere")
+    store.save("after reload", "x")
+    page.reload()
+    page.click("button[role='tab']:has-text('Default')")
+    page.locator("#default-saved-prompts").get_by_text("Saved prompts").click()
+    page.locator("#default-saved input").click()
+    page.get_by_role("option", name="after reload", exact=True).wait_for()
+    assert page.get_by_role("option", name="from elsewhere", exact=True).count() == 0

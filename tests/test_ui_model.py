@@ -17,7 +17,7 @@ from webui.loader_api import LoaderParam
 from webui.memory import GiB, MemoryEstimate, kv_cache_bytes, read_gguf
 from webui.ui.loader_params import build_loader_panels, elem_prefix, use_slider, widget_for
 from webui.ui.memory_view import memory_html
-from webui.ui.model_tab import ModelTab, info_markdown
+from webui.ui.model_tab import ModelTab, info_markdown, offered_loaders
 
 if TYPE_CHECKING:
     from tests.ui_harness import UIServer
@@ -104,6 +104,40 @@ def test_memory_estimate_says_when_the_loader_cannot_load_the_file(manager: Any,
     assert "llama.cpp" in refused  # names the loaders that can
     assert "Estimated memory" in tab.memory(GGUF, "llama.cpp", *values)
     assert "cannot load" in tab.memory("tiny-llama", "llama.cpp", *values)
+
+
+def no_cuda(monkeypatch: pytest.MonkeyPatch, loaders: dict) -> None:
+    """ExLlamaV2 as on a machine without CUDA, wherever the tests run."""
+    for name in ("ExLlamav2", "ExLlamav2_HF"):
+        monkeypatch.setattr(loaders[name], "available", classmethod(lambda cls: (False, "needs CUDA.")))
+
+
+def test_loaders_that_cannot_run_here_are_not_offered(
+    monkeypatch: pytest.MonkeyPatch, ui_app: Any, tmp_path: Path
+) -> None:
+    """Issue 13: ExLlama was offered on a machine without CUDA; now it is left out, with the reason."""
+    from webui.model_settings import save_settings
+    from webui.ui.context import UIContext
+    from webui.ui.model_tab import build_model_tab
+
+    no_cuda(monkeypatch, ui_app.loaders)
+    offered, missing = offered_loaders(ui_app.loaders)
+    assert "ExLlamav2" not in offered and missing == {"ExLlamav2": "needs CUDA.", "ExLlamav2_HF": "needs CUDA."}
+    with gr.Blocks() as blocks:
+        build_model_tab(UIContext(ui_app, gr.State({}), gr.State({}), gr.State(None), gr.State(None)))
+    by_id = {b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None)}
+    assert [c[1] for c in by_id["loader-dropdown"].choices] == list(offered)
+    note = by_id["loader-unavailable"].value
+    assert note.count("needs CUDA") == 1 and "ExLlamav2, ExLlamav2_HF" in note
+    assert not any(w.elem_id and w.elem_id.startswith("loader-exllamav2") for w in by_id.values())
+
+    # settings saved for a loader that cannot run here fall back to one that can
+    monkeypatch.setattr(ui_app.loaders["ExLlamav2"], "available", classmethod(lambda cls: (True, "")))
+    save_settings(ui_app.models, ui_app.settings.user_data_dir, "tiny-llama", "ExLlamav2", {})
+    no_cuda(monkeypatch, ui_app.loaders)
+    with pytest.warns(UserWarning, match="saved loader ExLlamav2 cannot run here: needs CUDA"):
+        chosen = ModelTab(ui_app).settings("tiny-llama")
+    assert chosen is not None and chosen.loader == "Transformers"
 
 
 # -- in the browser --------------------------------------------------------------------------------------
@@ -291,3 +325,53 @@ def test_model_tab_shows_what_is_loaded_and_the_current_list(
     assert page.locator(f"#{prefix}n_ctx input").input_value() == "512"  # the form is kept
     page.locator("#model-dropdown input").click()
     page.get_by_role("option", name="added.gguf", exact=True).wait_for()
+
+
+def revisit_model_tab(page: Any) -> None:
+    page.get_by_role("tab", name="Chat").click()
+    open_model_tab(page)
+
+
+@pytest.mark.browser
+def test_model_tab_follows_loads_made_in_another_browser_tab_and_the_api(
+    browser: Any, page: Any, ui_server: UIServer
+) -> None:
+    """Issue 13: a load made elsewhere showed in the status, but the form kept the first model this page
+    had shown; now each load this page has not shown yet fills the form on the next visit."""
+    app = ui_server.app
+    prefix = elem_prefix("llama.cpp")
+    open_model_tab(page)
+    wait_input(page, "model-dropdown", "tiny-llama")  # nothing loaded: the first model, by name
+
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    try:
+        other.set_default_timeout(90_000)
+        other.goto(ui_server.url)
+        other.wait_for_selector("button[role='tab']")
+        open_model_tab(other)
+        pick(other, "model-dropdown", GGUF)
+        wait_input(other, "loader-dropdown", "llama.cpp")
+        set_number(other, f"{prefix}n_ctx", 384)
+        other.locator("#model-load").click()
+        other.wait_for_function(f"document.querySelector('#model-status').textContent.includes('{GGUF}')")
+    finally:
+        other.context.close()
+    assert app.models.model_name == GGUF
+
+    revisit_model_tab(page)
+    wait_input(page, "model-dropdown", GGUF)
+    wait_input(page, "loader-dropdown", "llama.cpp")
+    page.wait_for_function(f"document.querySelector('#{prefix}n_ctx input')?.value === '384'")
+    assert GGUF in page.locator("#model-status").inner_text()
+
+    pick(page, "model-dropdown", "tiny-llama")  # looking at another model: a revisit keeps the form
+    wait_input(page, "loader-dropdown", "Transformers")
+    revisit_model_tab(page)
+    assert page.locator("#model-dropdown input").input_value() == "tiny-llama"
+
+    app.models.load(GGUF, params={"n_ctx": 640})  # as /v1/internal/model/load does
+    revisit_model_tab(page)
+    wait_input(page, "model-dropdown", GGUF)
+    page.wait_for_function(f"document.querySelector('#{prefix}n_ctx input')?.value === '640'")
+    page.wait_for_function("document.querySelector('#model-info').textContent.includes('n_ctx=640')")
+    ui_server.shot(page, "followed-api-load")

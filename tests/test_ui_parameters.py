@@ -1,5 +1,7 @@
-"""The Parameters and Session tabs: sampler widgets generated from SamplingParams, their text forms, and in
-a real browser: presets fill the sliders and ctx.params, a PNG card becomes a character, settings save."""
+"""The Parameters tab: sampler widgets generated from SamplingParams, their text forms, and in a real
+browser: presets fill the sliders and ctx.params, a PNG card becomes a character, the saved-chats list is
+read on page load and a user's mistake there is a toast without a traceback. (The Session tab's
+"Save UI settings" is tests/test_ui_session.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image, PngImagePlugin
 
-from webui.config import Settings
+from webui.prompts.history import ChatHistory, HistoryStore
 from webui.sampling import SamplingParams
 from webui.ui.context import GENERATION_DEFAULTS, generation_request
 from webui.ui.sampler_controls import (
@@ -25,7 +27,6 @@ from webui.ui.sampler_controls import (
     generation_widgets,
     to_widget_value,
 )
-from webui.ui.session_tab import settings_document
 
 if TYPE_CHECKING:
     from tests.ui_harness import UIServer
@@ -91,19 +92,6 @@ def test_controls_build_a_valid_request_and_name_bad_fields() -> None:
         generation_request(params | {"max_new_tokens": -1}, "Hi")
 
 
-def test_settings_document_keeps_preferences_not_run_state(tmp_path: Path) -> None:
-    settings = Settings(
-        listen_port=9000, model="x.gguf", api_key="secret", extra={"custom": 1, "theme": "old"}
-    )
-    params = {"sampling": SamplingParams(temperature=0.3).model_dump(), **GENERATION_DEFAULTS}
-    doc = settings_document(settings, params, {"character": "Ann", "user_name": "Bo"}, "dark")
-    assert doc["listen_port"] == 9000 and doc["custom"] == 1 and doc["theme"] == "dark"
-    assert "model" not in doc and "api_key" not in doc and "models_dir" not in doc
-    assert doc["sampling"] == {"temperature": 0.3} and doc["generation"]["max_new_tokens"] == 512
-    assert doc["chat"]["character"] == "Ann"
-    yaml.safe_dump(doc)  # plain data only
-
-
 # -- in the browser --------------------------------------------------------------------------------------
 
 
@@ -145,7 +133,8 @@ def test_preset_fills_sliders_and_params(page: Any, ui_server: UIServer) -> None
     page.locator("#preset-name textarea, #preset-name input").first.fill("mine")
     page.locator("#preset-save").click()
     page.locator(".toast-body.info").first.wait_for()
-    saved = yaml.safe_load((ui_server.app.settings.presets_dir / "mine.yaml").read_text())
+    saved = yaml.safe_load((ui_server.app.settings.user_data_dir / "presets" / "mine.yaml").read_text())
+    assert not (ui_server.app.settings.presets_dir / "mine.yaml").exists()  # never into the install folder
     assert saved == {"temperature": 0.7, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.15}
 
 
@@ -163,11 +152,24 @@ def test_png_card_upload_becomes_a_character(page: Any, ui_server: UIServer, tmp
 
 
 @pytest.mark.browser
-def test_session_saves_settings_yaml(page: Any, ui_server: UIServer) -> None:
-    open_subtab(page, "Session")
-    page.get_by_label("dark").check()
-    page.wait_for_function("document.body.classList.contains('dark')")
-    page.locator("#session-save").click()
-    page.wait_for_function("document.querySelector('#session-saved')?.textContent.includes('Saved')")
-    saved = yaml.safe_load(ui_server.app.settings.settings_file.read_text())
-    assert saved["theme"] == "dark" and saved["generation"]["max_new_tokens"] == 512
+def test_saved_chats_are_listed_on_page_load_and_user_errors_print_no_traceback(
+    page: Any, ui_server: UIServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    open_subtab(page, "Parameters", "Chat history")
+    page.locator("#history-load").click()  # no chat saved yet: nothing to load
+    page.locator(".toast-body.error", has_text="choose a chat to load").wait_for()
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json", encoding="utf-8")
+    page.locator("#history-upload input[type=file]").set_input_files(str(broken))
+    page.locator(".toast-body.error", has_text="broken.json: the uploaded chat is not valid JSON").wait_for()
+    assert "Traceback" not in capfd.readouterr().err  # a user's mistake is a toast, not a console dump
+    # a chat saved after the page was built is listed when a page loads
+    HistoryStore(ui_server.app.settings.user_data_dir).save(
+        ChatHistory.new("Assistant", "Hi!").with_turn("user", "a chat saved meanwhile")
+    )
+    page.reload()
+    page.wait_for_selector("button[role='tab']")
+    open_subtab(page, "Parameters", "Chat history")
+    page.wait_for_function(
+        "document.querySelector('#history-dropdown input')?.value.includes('a chat saved meanwhile')"
+    )

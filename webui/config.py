@@ -1,13 +1,20 @@
 """Typed settings: one source of defaults for the CLI flags, settings.yaml and CMD_FLAGS.txt.
 
-Precedence, lowest first: the defaults in `Settings`, then settings.yaml, then CMD_FLAGS.txt, then the
-command line. Loader parameters are not retyped here: their flags are generated from each loader's
+Precedence, lowest first: the defaults in `Settings`, then the settings file(s), then CMD_FLAGS.txt, then
+the command line. Loader parameters are not retyped here: their flags are generated from each loader's
 `LoaderParam` declarations.
+
+The settings file is ``--settings FILE`` when given, else ``user_data/settings.yaml`` (the Session tab's
+"Save UI settings" writes it, UI state only: `UI_STATE_KEYS`). Without --settings, a settings.yaml in the
+install folder (where older versions saved) is still read first, below user_data's, and never written.
+Flags a person wants on every start belong in CMD_FLAGS.txt (or a file they write themselves): the UI never
+turns a one-off ``--listen`` or ``--api`` into a saved setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,6 +25,13 @@ import yaml
 from webui.loader_api import HearthError, Loader, LoaderParam
 
 ROOT = Path(__file__).resolve().parent.parent
+SETTINGS_NAME = "settings.yaml"
+#: What "Save UI settings" writes: state a person sets in the UI (theme, generation and sampler values,
+#: chat options, enabled extensions and their settings). Every other key is a flag (ports, folders,
+#: keys, model, loader parameters...), read from a settings file a person wrote but never saved by the UI.
+UI_STATE_KEYS = ("theme", "generation", "sampling", "chat", "extensions", "extension_params")
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(HearthError):
@@ -57,11 +71,18 @@ class Settings:
     loader_args: dict[str, Any] = field(default_factory=dict)
     #: Anything else from settings.yaml (UI state), kept so saving does not lose it.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: --settings FILE; `parse_settings` otherwise sets user_data/settings.yaml (see `settings_path`).
     settings_file: Path | None = None
 
     @property
     def host(self) -> str:
         return "0.0.0.0" if self.listen else "127.0.0.1"
+
+    @property
+    def settings_path(self) -> Path:
+        """The settings file this run reads last and "Save UI settings" writes (never the install folder
+        unless --settings names a file there)."""
+        return self.settings_file or self.user_data_dir / SETTINGS_NAME
 
     @property
     def api_keys(self) -> list[str]:
@@ -113,8 +134,8 @@ def build_parser(loaders: dict[str, type[Loader]]) -> argparse.ArgumentParser:
     basic.add_argument("--loader", help=f"Loader to use (default: chosen from the model). One of: {', '.join(loaders)}.")
     basic.add_argument("--models-dir", type=Path, help="Folder of local models (default: models/).")
     basic.add_argument("--user-data-dir", type=Path, help="Chats, characters, per-model settings (default: user_data/).")
-    basic.add_argument("--settings", dest="settings_file", type=Path, help="settings.yaml to read (default: ./settings.yaml if present).")
-    basic.add_argument("--preset", help="Sampler preset from presets/ to start with.")
+    basic.add_argument("--settings", dest="settings_file", type=Path, help="Settings file to read, and to save UI settings to (default: user_data/settings.yaml; an older ./settings.yaml is still read).")
+    basic.add_argument("--preset", help="Sampler preset (presets/ or user_data/presets/) to start with.")
 
     server = parser.add_argument_group("Web UI")
     server.add_argument("--listen", action="store_true", help="Listen on all interfaces (0.0.0.0) instead of 127.0.0.1. Needs --gradio-auth or --gradio-auth-path for the web UI and --api-key for the API (or --allow-unauthenticated).")
@@ -184,20 +205,47 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _normalized(doc: dict[str, Any]) -> dict[str, Any]:
+    return {str(k).replace("-", "_"): v for k, v in doc.items()}
+
+
+def settings_layers(
+    namespace: dict[str, Any], legacy_settings: Path | None
+) -> tuple[Path, list[dict[str, Any]]]:
+    """The settings file of this run and the documents to merge, lowest precedence first: --settings FILE
+    alone; else the install folder's settings.yaml (read for compatibility) then user_data/settings.yaml."""
+    explicit = namespace.get("settings_file")
+    if explicit is not None:
+        return Path(explicit), [_normalized(read_settings_file(Path(explicit)))]
+    layers = []
+    if legacy_settings is not None and legacy_settings.is_file():
+        log.info("reading %s; 'Save UI settings' writes user_data/%s", legacy_settings, SETTINGS_NAME)
+        layers.append(_normalized(read_settings_file(legacy_settings)))
+    user_data = namespace.get("user_data_dir") or next(
+        (layer["user_data_dir"] for layer in layers if layer.get("user_data_dir")), Settings.user_data_dir
+    )
+    settings_file = Path(user_data) / SETTINGS_NAME
+    if settings_file.is_file():
+        layers.append(_normalized(read_settings_file(settings_file)))
+    return settings_file, layers
+
+
 def parse_settings(
-    argv: list[str], loaders: dict[str, type[Loader]], cmd_flags_file: Path | None = ROOT / "CMD_FLAGS.txt"
+    argv: list[str],
+    loaders: dict[str, type[Loader]],
+    cmd_flags_file: Path | None = ROOT / "CMD_FLAGS.txt",
+    legacy_settings: Path | None = ROOT / SETTINGS_NAME,
 ) -> Settings:
-    """CLI words (plus CMD_FLAGS.txt) and settings.yaml merged into one Settings."""
+    """CLI words (plus CMD_FLAGS.txt) and the settings file(s) merged into one Settings."""
     words = (read_cmd_flags(cmd_flags_file) if cmd_flags_file else []) + list(argv)
     namespace = vars(build_parser(loaders).parse_args(words))
-    settings_file = namespace.get("settings_file")
-    if settings_file is None and (ROOT / "settings.yaml").is_file():
-        settings_file = ROOT / "settings.yaml"
-    merged: dict[str, Any] = read_settings_file(Path(settings_file)) if settings_file else {}
-    merged = {k.replace("-", "_"): v for k, v in merged.items()}
-    if settings_file:
-        merged["settings_file"] = Path(settings_file)
-    loader_args = dict(merged.pop("loader_args", None) or {})
+    settings_file, layers = settings_layers(namespace, legacy_settings)
+    merged: dict[str, Any] = {}
+    loader_args: dict[str, Any] = {}
+    for layer in layers:
+        loader_args.update(layer.pop("loader_args", None) or {})
+        merged.update(layer)
+    merged["settings_file"] = settings_file
     for key, value in namespace.items():
         if key.startswith("loader:"):
             loader_args[key.split(":", 1)[1]] = value

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 import yaml
 
-from webui.config import ROOT, Settings
+from webui.config import Settings
 from webui.extension_sources import EXTENSIONS_DIR, Source, discover
 from webui.plugins import ExtensionSpecs, PromptBuilder
 from webui.prompts.chat import ChatPrompt
@@ -252,9 +252,10 @@ class ExtensionManager:
         self.settings.extensions = self.enabled
 
     def save_settings_file(self, path: Path | None = None) -> Path:
-        """Write ``extensions`` and ``extension_params`` into settings.yaml, keeping its other keys."""
+        """Write ``extensions`` and ``extension_params`` into the settings file (`Settings.settings_path`),
+        keeping its other keys."""
         self.store_settings()
-        path = path or self.settings.settings_file or ROOT / "settings.yaml"
+        path = path or self.settings.settings_path
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
         doc = doc if isinstance(doc, dict) else {}
         doc["extensions"] = self.settings.extensions

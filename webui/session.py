@@ -19,7 +19,14 @@ from webui.plugins import PromptBuilder
 from webui.prompts.characters import Character, CharacterStore, default_character
 from webui.prompts.chat import DEFAULT_CHAT_INSTRUCT_COMMAND, ChatMode, ChatPrompt, build_chat_prompt
 from webui.prompts.history import ChatHistory, HistoryStore
-from webui.prompts.templates import MODEL_TEMPLATE_NAME, DetectedTemplate, detect_template, load_template
+from webui.prompts.templates import (
+    MODEL_TEMPLATE_NAME,
+    DetectedTemplate,
+    TemplateError,
+    TemplateLibrary,
+    check_template,
+    user_templates_dir,
+)
 
 
 class ChatError(HearthError):
@@ -34,8 +41,14 @@ class ChatOptions:
     character: str | None = None  # None: the built-in Assistant
     user_name: str | None = None  # None: the character's own "your name", else "You"
     instruction_template: str | None = None  # None: detected from the loaded model
+    #: The Jinja text to use instead of the named/detected template (the Instruction template panel's edits).
+    instruction_template_text: str | None = None
     chat_instruct_command: str = DEFAULT_CHAT_INSTRUCT_COMMAND
+    #: None: the character's context (instruct) or none (chat-instruct), and the template's own default.
     system_message: str | None = None
+    #: Text every new reply starts with: the prompt ends with it and the model continues (tgw's "Start
+    #: reply with"); not applied to Continue or Impersonate.
+    start_reply_with: str = ""
     #: False: no character's context unless one is named, so an instruct prompt is the model's own template
     #: of the messages (the API's instruct mode); True: the built-in Assistant when none is named.
     default_persona: bool = True
@@ -85,18 +98,26 @@ class ChatService:
         self.app = app
         self.characters = CharacterStore(app.settings.user_data_dir)
         self.histories = HistoryStore(app.settings.user_data_dir)
+        self.templates = TemplateLibrary(app.settings.templates_dir, user_templates_dir(app.settings.user_data_dir))
 
     # -- ingredients ------------------------------------------------------------------------------
-    def template(self, name: str | None = None) -> DetectedTemplate:
-        """The named instruction template, or the loaded model's own / detected one."""
-        templates_dir = self.app.settings.templates_dir
+    def template(self, name: str | None = None, text: str | None = None) -> DetectedTemplate:
+        """The instruction template: `text` when given (an edited template, checked here), else the named
+        one (shipped or the user's), else the loaded model's own / detected one."""
+        if text is not None and text.strip():
+            label = f"{name or 'detected'} (edited)"
+            try:
+                check_template(text, label)
+            except TemplateError as exc:
+                raise ChatError(f"instruction template: {exc}") from None
+            return DetectedTemplate(label, text, "edited")
         model = self.app.models.model
         if name and name != MODEL_TEMPLATE_NAME:
-            return DetectedTemplate(name, load_template(templates_dir, name), "user")
+            return DetectedTemplate(name, self.templates.load(name), "user")
         own = model.info.chat_template if model else None
         if name == MODEL_TEMPLATE_NAME and not own:
             raise ChatError("the loaded model has no chat template of its own; choose one from templates/")
-        return detect_template(own, self.app.models.model_name or "", templates_dir)
+        return self.templates.detect(own, self.app.models.model_name or "")
 
     def character(self, name: str | None) -> Character:
         return self.characters.load(name) if name else default_character()
@@ -130,7 +151,7 @@ class ChatService:
         budget = min(truncation_length or model.n_ctx, model.n_ctx) - max_new_tokens
 
         def build(user_input: str | None, history: ChatHistory, options: ChatOptions, character: Character) -> ChatPrompt:
-            template = self.template(options.instruction_template)
+            template = self.template(options.instruction_template, options.instruction_template_text)
             return build_chat_prompt(
                 history, user_input, mode=options.mode, character=character,
                 user_name=options.user_name, template_text=template.text, template_name=template.name,
@@ -150,15 +171,18 @@ class ChatService:
         The Chat tab and the API's chat completions both plan their replies here."""
         sizes = {"max_new_tokens": probe.max_new_tokens, "truncation_length": probe.truncation_length}
         # -- extensions (webui/extensions.py): chat_input, input, history, bot prefix ----------------
-        ext, visible, bias, state = self.app.extensions, None, "", {}
+        ext, visible, state = self.app.extensions, None, {}
+        new_reply = not (impersonate or continue_last)
+        bias = options.start_reply_with if new_reply and options.start_reply_with.strip() else ""
         if ext is not None:
             state = ext.state(is_chat=True, request=probe, options=options, history=history, user_input=user_input,
                               character=self.character_for(options), build_prompt=self.prompt_builder(**sizes))
-            if user_input and not impersonate and not continue_last:
+            if user_input and new_reply:
                 user_input, visible = ext.modify_chat_input(user_input, user_input, state)
                 user_input = ext.modify_input(user_input, state, True)
             history = ext.modify_history(history, state)
-            bias = "" if impersonate or continue_last else ext.bot_prefix("", state)
+            if new_reply:
+                bias = ext.bot_prefix(bias, state)  # the hook gets "Start reply with" (else "") to extend
         # -- end extensions ------------------------------------------------------------------------
         base, prefix = self._reply_base(history, user_input, impersonate, continue_last, visible)
         if bias:  # the reply starts with the bias: prompt as if continuing a reply that says it
@@ -207,18 +231,19 @@ class ChatService:
         if save and (user_input or "").strip() and not (impersonate or continue_last):
             self.histories.save(base)  # the user's new message, before the reply starts
         text = ""
+        kept = dict(history.turns[-1].metadata) if continue_last else {}  # a continued turn stays what it was
         for event in self.app.core.stream(request, cancel, is_chat=True):
             if isinstance(event, Finished):
                 reply = self.finish_reply(plan, text)
                 stopped_empty = event.reason == "cancelled" and not reply.strip()  # Stop before any text
-                final = base if impersonate or stopped_empty else base.with_turn("assistant", reply)
+                final = base if impersonate or stopped_empty else base.with_turn("assistant", reply, **kept)
                 if save and not impersonate:
                     self.histories.save(final)
                 yield ChatUpdate(final, reply, True, prompt.dropped_turns, event.reason, event)
                 return
             text += event.text
             partial = prefix + text
-            yield ChatUpdate(base if impersonate else base.with_turn("assistant", partial), partial,
+            yield ChatUpdate(base if impersonate else base.with_turn("assistant", partial, **kept), partial,
                              dropped_turns=prompt.dropped_turns)
 
     @staticmethod

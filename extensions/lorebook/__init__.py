@@ -97,7 +97,7 @@ def ui(ctx: Any) -> None:
         try:
             saved, count = import_book(folder, Path(path).name, Path(path).read_bytes())
         except (LorebookError, OSError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(str(exc), print_exception=False) from None
         gr.Info(f"Imported {count} entries as {saved.stem}")
         return listing()
 

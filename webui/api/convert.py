@@ -7,7 +7,6 @@ stop / stopping_strings) both are accepted: the OpenAI name wins for counts, sto
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -22,6 +21,7 @@ from webui.api.schemas import (
 )
 from webui.generation import GenerationRequest
 from webui.sampling import SamplingParams, load_preset
+from webui.sampling.presets import PresetFolders
 from webui.session import ChatOptions, ChatService, ReplyPlan
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,7 +38,7 @@ def validated(model: type[M], data: dict[str, Any]) -> M:
         raise from_validation(exc.errors()) from None
 
 
-def sampling_from(body: BaseModel, presets_dir: Path) -> SamplingParams:
+def sampling_from(body: BaseModel, presets_dir: PresetFolders) -> SamplingParams:
     """The preset (or neutral defaults) overridden by the sampler fields the client gave."""
     given = {name: value for name in SAMPLER_FIELD_NAMES if (value := getattr(body, name)) is not None}
     preset = getattr(body, "preset", None)
@@ -63,7 +63,7 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(s for s in items if s))
 
 
-def generation_request(body: GenerationFields, presets_dir: Path, *, default_max: int, logprobs: int = 0,
+def generation_request(body: GenerationFields, presets_dir: PresetFolders, *, default_max: int, logprobs: int = 0,
                        prompt_logprobs: int | None = None, extra_stop: Iterable[str] = (), **prompt: Any) -> GenerationRequest:
     """`prompt` is prompt=text or prompt_ids=[...]."""
     data = {
@@ -96,7 +96,7 @@ def completion_prompts(body: CompletionRequest) -> list[dict[str, Any]]:
     return [{"prompt": one} if isinstance(one, str) else {"prompt_ids": list(one)} for one in prompt]
 
 
-def completion_requests(body: CompletionRequest, prompts: list[dict[str, Any]], presets_dir: Path) -> list[GenerationRequest]:
+def completion_requests(body: CompletionRequest, prompts: list[dict[str, Any]], presets_dir: PresetFolders) -> list[GenerationRequest]:
     """One request per choice: each prompt `n` times (choice index = prompt * n + sample, as OpenAI's).
     A fixed seed gives sample j the seed + j, so sample 0 is what n=1 gives and the others differ."""
     logprobs = body.logprobs

@@ -39,6 +39,7 @@ from webui.api.schemas import (
 )
 from webui.input_errors import check_token_ids
 from webui.sampling import SamplingParams
+from webui.sampling.presets import PresetLibrary
 from webui.sampling.routing import route
 from webui.sampling.routing_table import each_setting, processor_extensions, route_loaded
 
@@ -102,7 +103,7 @@ def token_count(body: EncodeRequest, hearth: Hearth) -> TokenCountResponse:
 def logits(body: LogitsRequest, hearth: Hearth) -> LogitsResponse | LogitsDetailedResponse:
     """The most likely next tokens after `prompt`, raw or after the samplers (waits its turn in the queue):
     text-generation-webui's flat {token: probability}, or with `detailed` also ids and log-probabilities."""
-    sampling = sampling_from(body, hearth.settings.presets_dir)
+    sampling = sampling_from(body, PresetLibrary.for_settings(hearth.settings).folders)
     top = hearth.core.top_tokens(body.prompt, body.top_logits, body.use_samplers, sampling, body.add_bos_token)
     items = [TokenProbability(token_id=t.token_id, token=t.text, prob=math.exp(t.logprob), logprob=t.logprob) for t in top]
     flat: dict[str, float] = {}
@@ -114,7 +115,7 @@ def logits(body: LogitsRequest, hearth: Hearth) -> LogitsResponse | LogitsDetail
 @router.post("/chat-prompt", response_model=ChatPromptResponse, responses=ERRORS)
 def chat_prompt_route(body: ChatFields, hearth: Hearth, chat: Chat) -> ChatPromptResponse:
     """The prompt text (and stop strings) a /v1/chat/completions request with this body would use."""
-    probe = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_CHAT_TOKENS, prompt="")
+    probe = generation_request(body, PresetLibrary.for_settings(hearth.settings).folders, default_max=DEFAULT_CHAT_TOKENS, prompt="")
     prompt = chat_plan(chat, body, probe).prompt
     length = len(hearth.core.tokenize(prompt.text, body.add_bos_token))
     return ChatPromptResponse(prompt=prompt.text, stop_strings=list(prompt.stop_strings),
@@ -146,5 +147,5 @@ def samplers(hearth: Hearth) -> SamplersResponse:
 def samplers_for(body: SamplerRoutingRequest, hearth: Hearth) -> SamplerRoutingResponse:
     """Where a completion request with these sampler fields (and logprobs) would run."""
     logprobs = 0 if body.logprobs is None or body.logprobs is False else max(int(body.logprobs), 1)
-    routing = route_loaded(hearth, sampling_from(body, hearth.settings.presets_dir), logprobs=logprobs)
+    routing = route_loaded(hearth, sampling_from(body, PresetLibrary.for_settings(hearth.settings).folders), logprobs=logprobs)
     return SamplerRoutingResponse(**routing.as_dict(), extension_processors=processor_extensions(hearth))

@@ -37,6 +37,7 @@ from webui.api.schemas import (
 )
 from webui.api.streaming import respond
 from webui.input_errors import check_token_ids
+from webui.sampling.presets import PresetLibrary
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI-compatible"])
 
@@ -72,7 +73,7 @@ async def completions(body: CompletionRequest, request: Request, hearth: Hearth)
     prompts = completion_prompts(body)
     for prompt in prompts:  # before echo decodes them
         check_token_ids(prompt.get("prompt_ids", ()), model.vocab_size, "prompt")
-    generations = completion_requests(body, prompts, hearth.settings.presets_dir)
+    generations = completion_requests(body, prompts, PresetLibrary.for_settings(hearth.settings).folders)
     echoes = await run_in_threadpool(_echoes, model, prompts) if body.echo else [""] * len(prompts)
     renderer = CompletionRenderer(hearth.models.model_name or "", [e for e in echoes for _ in range(body.n)],
                                   body.logprobs, n=body.n)
@@ -91,7 +92,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, hearth
     chat modes use a character."""
     hearth.models.require()
     top = (body.top_logprobs or 0) if body.logprobs else None
-    probe = generation_request(body, hearth.settings.presets_dir, default_max=DEFAULT_CHAT_TOKENS,
+    probe = generation_request(body, PresetLibrary.for_settings(hearth.settings).folders, default_max=DEFAULT_CHAT_TOKENS,
                                logprobs=0 if top is None else max(top, 1), prompt="")
     plan = await run_in_threadpool(chat_plan, chat, body, probe)  # the Chat tab's extension hooks included
     generation = with_chat_prompt(probe, plan)

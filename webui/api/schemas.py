@@ -50,6 +50,12 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+def _with_default(info: Any) -> str:
+    """A sampler field's sentence plus its neutral default (absent = that default)."""
+    default = f"Default: {info.get_default(call_default_factory=True)!r}."
+    return f"{info.description} {default}" if info.description else default
+
+
 def _optional(name: str, info: FieldInfo) -> tuple[Any, Any]:
     annotation: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
     if name in _STRING_FORMS:
@@ -57,7 +63,7 @@ def _optional(name: str, info: FieldInfo) -> tuple[Any, Any]:
     annotation = annotation | None
     if name in _SCHEMAS:  # validated as before (SamplingParams names the bad value); documented exactly
         annotation = Annotated[annotation, WithJsonSchema(_SCHEMAS[name])]
-    return annotation, Field(None, description=info.description or f"Default: {info.get_default(call_default_factory=True)!r}.")
+    return annotation, Field(None, description=_with_default(info))
 
 
 #: Every sampler setting, optional: None (or absent) keeps the preset's / neutral value.
@@ -66,7 +72,7 @@ SamplerFields = create_model(  # type: ignore[call-overload]
     __config__=ConfigDict(extra="ignore"),
     __doc__="Sampler settings by their text-generation-webui names; absent = the preset's or neutral value.",
     **{name: _optional(name, info) for name, info in SamplingParams.model_fields.items()},
-    preset=(str | None, Field(None, description="A preset from presets/ as the base; given fields override it.")),
+    preset=(str | None, Field(None, description="A preset from presets/ or user_data/presets/ as the base; given fields override it.")),
 )
 SAMPLER_FIELD_NAMES: tuple[str, ...] = tuple(SamplingParams.model_fields)
 
@@ -134,7 +140,7 @@ class ChatFields(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
     mode: ChatMode = Field("instruct", description="instruct: the instruction template; chat / chat-instruct: a character transcript.")
     character: str | None = Field(None, description="A character from user_data/characters (chat modes); default: Assistant.")
-    instruction_template: str | None = Field(None, description="A template from templates/; default: the model's own / detected.")
+    instruction_template: str | None = Field(None, description="A template from templates/ or user_data/templates/; default: the model's own / detected.")
     user_name: str | None = Field(None, validation_alias=AliasChoices("user_name", "name1"), description="Your name in chat modes (alias name1).")
     chat_instruct_command: str | None = None
     continue_: bool = Field(False, description="Continue the last assistant message instead of answering.")

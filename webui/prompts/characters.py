@@ -4,14 +4,19 @@ Cards arrive from the internet (PNG with a base64 JSON text chunk, or bare JSON)
 input as untrusted: a malformed card is a `CharacterError` with a message a person can act on, and a
 card's name never chooses where a file is written (see `safe_files.safe_name`). A card is checked for size,
 pixel count and text-chunk size before anything in it is decompressed (see `webui.prompts.png_card`).
+
+An imported card keeps every field, those Hearth does not use too (creator notes, tags, alternate
+greetings, character book, extensions, ...): the whole card is saved under ``card:`` in the character's
+YAML, and `Character.to_card` gives it back with the fields Hearth edits updated.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,17 @@ from webui.prompts.safe_files import (
 _DATA_SUFFIXES = (".yaml", ".yml", ".json")
 _PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _DEFAULT_FILE = Path(__file__).with_name("default_character.yaml")
+#: Fields that mark a mapping as a TavernAI/SillyTavern card rather than a tgw character.
+_CARD_FIELDS = (
+    "description",
+    "personality",
+    "scenario",
+    "first_mes",
+    "mes_example",
+    "char_name",
+    "char_persona",
+)
+_V1_FIELDS = ("name", "description", "personality", "scenario", "first_mes", "mes_example")
 
 
 @dataclass(frozen=True)
@@ -43,15 +59,35 @@ class Character:
     user_name: str | None = None
     picture: bytes | None = None
     picture_path: Path | None = None
+    #: The imported Tavern card as it came (V1 fields, or ``{spec, spec_version, data}``), kept whole so
+    #: saving loses none of its fields; None for a character made in Hearth or from tgw YAML.
+    card: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The YAML form (tgw's field names); the picture is stored next to it, not inside."""
+        """The YAML form (tgw's field names, then the imported card); the picture is stored next to it."""
         data: dict[str, Any] = {"name": self.name, "context": self.context, "greeting": self.greeting}
         if self.example_dialogue:
             data["example_dialogue"] = self.example_dialogue
         if self.user_name:
             data["user_name"] = self.user_name
+        if self.card:
+            data["card"] = self.card
         return data
+
+    def to_card(self) -> dict[str, Any]:
+        """A SillyTavern card (V2, or the imported card's own spec) holding every field of the imported
+        card, with name, greeting and example dialogue as edited here. The description is rewritten only
+        when the context was edited (the context joins description, personality and scenario)."""
+        card = copy.deepcopy(self.card) if self.card else {}
+        wrapped = isinstance(card.get("data"), dict)
+        data = card["data"] if wrapped else card
+        if not self.card or character_from_dict(self.card).context != self.context:
+            data.update(description=self.context, personality="", scenario="")
+        data.update(name=self.name, first_mes=self.greeting, mes_example=self.example_dialogue)
+        if wrapped:  # V2 writers repeat the V1 fields at the top level for old readers: keep them in step
+            card.update({key: value for key, value in data.items() if key in card and key in _V1_FIELDS})
+            return card
+        return {"spec": "chara_card_v2", "spec_version": "2.0", "data": data}
 
 
 def default_character() -> Character:
@@ -63,6 +99,7 @@ def character_from_dict(data: Any, fallback_name: str = "Character") -> Characte
     """Accept tgw fields, TavernAI V1 fields, or a V2/V3 card ({spec, data: {...}})."""
     if not isinstance(data, dict):
         raise CharacterError(f"a character must be a mapping of fields, got {type(data).__name__}")
+    card = _card_of(data)
     if isinstance(data.get("data"), dict) and (
         str(data.get("spec", "")).startswith("chara_card") or "name" not in data
     ):
@@ -105,7 +142,19 @@ def character_from_dict(data: Any, fallback_name: str = "Character") -> Characte
         greeting=(text["greeting"] or text["first_mes"] or text["char_greeting"]).strip(),
         example_dialogue=(text["example_dialogue"] or text["mes_example"]).strip(),
         user_name=(text["user_name"] or text["your_name"]).strip() or None,
+        card=card,
     )
+
+
+def _card_of(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The Tavern card in `data`: a saved character's ``card``, or `data` itself when it is a card."""
+    if "card" in data:
+        if not isinstance(data["card"], dict):
+            raise CharacterError(f"field 'card' must be a mapping, got {type(data['card']).__name__}")
+        return data["card"]
+    if isinstance(data.get("data"), dict) or any(key in data for key in _CARD_FIELDS):
+        return data
+    return None
 
 
 def _text(data: dict[str, Any], key: str) -> str:
@@ -208,8 +257,15 @@ class CharacterStore:
         character = parse_character_file(data, filename)
         return self.load(self.save(character).stem)
 
+    def is_saved(self, name: str) -> bool:
+        """Whether a user file holds this character (the built-in Assistant has none until edited)."""
+        return any(path_inside(self.folder, name, s, what="character").is_file() for s in _DATA_SUFFIXES)
+
     def delete(self, name: str) -> None:
-        """Remove a character's data and picture files; a missing character is an error."""
+        """Remove a character's data and picture files; a missing character is an error, and so is the
+        built-in Assistant (deleting a user's edited Assistant brings the built-in one back)."""
+        if not self.is_saved(name) and check_name(name, "character") == "Assistant":
+            raise CharacterError("the built-in Assistant cannot be deleted")
         removed = False
         for suffix in (*_DATA_SUFFIXES, *_PICTURE_SUFFIXES):
             path = path_inside(self.folder, name, suffix, what="character")

@@ -199,9 +199,8 @@ def remove_stale_temp_files(
 def remove_crash_leftovers(settings: Settings) -> list[Path]:
     """At start: stale temp files under user_data/ (chats, characters, prompts, ...), presets/ and next to
     the settings file; logged so a person knows where the space went."""
-    from webui.config import ROOT  # here: config must stay importable without this module
 
-    settings_file = settings.settings_file or ROOT / "settings.yaml"
+    settings_file = settings.settings_path
     removed = [
         *remove_stale_temp_files([settings.user_data_dir]),
         *remove_stale_temp_files([settings.presets_dir], recursive=False),

@@ -1,7 +1,7 @@
 """Instruction templates: Jinja files rendered exactly the way Hugging Face chat templates are.
 
-A model's own chat template (from GGUF metadata or tokenizer_config.json) and the shipped files in
-``templates/`` use one convention, so either can be dropped in: ``messages`` ([{role, content}]),
+A model's own chat template (from GGUF metadata or tokenizer_config.json), the shipped files in
+``templates/`` and the ones a user saves in ``user_data/templates/`` (`TemplateLibrary`) use one convention, so either can be dropped in: ``messages`` ([{role, content}]),
 ``add_generation_prompt``, ``bos_token``, ``eos_token``, plus ``raise_exception`` and ``strftime_now``.
 Templates run in jinja2's immutable sandbox because model templates come from downloaded files.
 """
@@ -13,6 +13,7 @@ import logging
 import re
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +26,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from webui.loader_api import HearthError
-from webui.prompts.safe_files import path_inside
+from webui.prompts.safe_files import atomic_write_text, check_name, path_inside
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,58 @@ def load_template(templates_dir: Path, name: str) -> str:
         raise TemplateError(f"no instruction template named {name!r} (available: {available})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(f"cannot read template {name!r}: {exc}") from exc
+
+
+def user_templates_dir(user_data_dir: Path) -> Path:
+    """Where templates a user saves go: never among the shipped ones, so an update cannot clobber them."""
+    return user_data_dir / "templates"
+
+
+@dataclass(frozen=True)
+class TemplateLibrary:
+    """The shipped templates plus the user's own. A shipped name always means the shipped file (a user
+    template cannot shadow it), and saving under a shipped name is refused."""
+
+    shipped: Path
+    user: Path | None = None
+
+    def names(self) -> list[str]:
+        """Shipped and user template names, sorted case-insensitively."""
+        user = list_templates(self.user) if self.user is not None else []
+        return sorted({*list_templates(self.shipped), *user}, key=str.lower)
+
+    def is_shipped(self, name: str) -> bool:
+        """Whether `name` is a shipped template, ignoring case (as Windows and macOS file systems do)."""
+        return name.lower() in {n.lower() for n in list_templates(self.shipped)}
+
+    def load(self, name: str) -> str:
+        """The text of a template; the error lists every available name."""
+        if self.user is None or self.is_shipped(name):
+            return load_template(self.shipped, name)
+        try:
+            return load_template(self.user, name)
+        except TemplateError:
+            if self.is_shipped(name):
+                raise
+            available = ", ".join(self.names()) or "none"
+            raise TemplateError(f"no instruction template named {name!r} (available: {available})") from None
+
+    def save(self, name: str, text: str) -> tuple[Path, bool]:
+        """Write a user template after checking that it compiles; returns (path, replaced an older one)."""
+        if self.user is None:
+            raise TemplateError("there is no folder for user templates")
+        name = check_name(name, "template name")
+        if self.is_shipped(name):
+            raise TemplateError(f"{name!r} is a shipped template; save yours under another name")
+        check_template(text, name)
+        path = path_inside(self.user, name, _TEMPLATE_SUFFIX, what="template name")
+        existed = path.is_file()
+        atomic_write_text(path, text)
+        return path, existed
+
+    def detect(self, model_chat_template: str | None, model_name: str) -> DetectedTemplate:
+        """`detect_template` over the shipped templates and rules."""
+        return detect_template(model_chat_template, model_name, self.shipped)
 
 
 @lru_cache(maxsize=8)

@@ -43,6 +43,12 @@ CSS = """
 .hearth-legend span { margin-right: 1em; font-size: 0.9em; }
 .hearth-keys { font-size: 0.8em; opacity: 0.7; }
 .hearth-legend i { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.3em; border-radius: 2px; }
+/* Gradio marks every output of a failed event "error", and its status tracker then covers each one with an
+   opaque "Error" badge until dismissed (a chat hidden, an input box no longer clickable). Hearth says what
+   went wrong in one toast and failed events keep their outputs' values, so the badge is never drawn. */
+[data-testid="status-tracker"]:has(> .error) { display: none !important; }
+.hearth-refresh { align-self: center; margin-top: 1.5em; }
+.hearth-notice { border-left: 4px solid var(--color-accent); padding: 0.2em 0.8em; }
 """
 
 LOGIN_MESSAGE = "Log in to Hearth (accounts from --gradio-auth / --gradio-auth-path)."
@@ -54,7 +60,9 @@ DARK_JS = "() => { document.body.classList.add('dark'); }"
 #: one-line Chat input (Shift+Enter is a newline there) but Shift+Enter *submit* in multi-line boxes; this
 #: capture-phase listener runs first: Shift+Enter in the Default/Notebook boxes only types a newline (typed
 #: here, keeping the undo history, since Gradio's handler is kept from seeing the key),
-#: Ctrl+Enter generates there (regenerates in Chat), and Esc presses the visible tab's Stop button.
+#: Ctrl+Enter generates there (regenerates in Chat), and Esc presses the visible tab's Stop button. While a
+#: chat reply is being written (its buttons disabled), Enter and Ctrl+Enter in the chat box press the hidden
+#: #chat-busy button, which says so, instead of being silently ignored.
 KEYS_JS = """() => {
   const ctrlEnter = {"chat-input": "#chat-regenerate", "default-prompt": "#default-generate",
                      "notebook-text": "#notebook-generate"};
@@ -68,7 +76,13 @@ KEYS_JS = """() => {
     }
     const box = e.key === "Enter" && e.target.closest && e.target.closest("#chat-input, #default-prompt, #notebook-text");
     if (!box) return;
-    if (e.ctrlKey || e.metaKey) {
+    const chatButton = box.id === "chat-input" && !e.shiftKey &&
+      document.querySelector(e.ctrlKey || e.metaKey ? "#chat-regenerate" : "#chat-generate");
+    if (chatButton && chatButton.disabled) {
+      e.preventDefault();
+      e.stopPropagation();
+      document.querySelector("#chat-busy")?.click();
+    } else if (e.ctrlKey || e.metaKey) {
       e.preventDefault();
       e.stopPropagation();
       document.querySelector(ctrlEnter[box.id])?.click();
@@ -108,9 +122,9 @@ def build_ui(app: App) -> gr.Blocks:
                     continue
                 with gr.Tab(label, id=label.lower(), elem_id=f"tab-{label.lower()}"):
                     builder(ctx)
+            _extension_tab(ctx)  # runs the extensions' ui hooks, which may add tabs of their own
             for extra in ctx.extra_tabs:
                 extra(ctx)
-            _extension_tab(ctx)
     return blocks
 
 

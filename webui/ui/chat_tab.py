@@ -1,101 +1,253 @@
-"""The Chat tab: a streaming chatbot over `webui.session.ChatService`, plus the character's past chats.
+"""The Chat tab: its widgets and their wiring over `webui.ui.chat_session.ChatSession`, which does the work.
 
 Every action ends by writing ``ctx.history`` (the open chat as a dict); one sync handler, run on page load
 and whenever ``ctx.character`` or ``ctx.history`` change (here or in the Parameters tab), renders the
-chatbot, the chat list, the picture and the mode from those two states. Streaming updates the chatbot
-directly and writes the history state once, when the reply ends, so the sync does not run per token; on disk
-the chat service saves the user's message before the reply starts and the reply when it ends or is stopped. Prompt
-building, sampling and saving all happen in the chat service and `webui.prompts.chat`.
+chatbot, the chat list, the picture and the mode from those states. The browser keeps the id of the chat it
+has open per character (``gr.BrowserState``), so a reload reopens that chat rather than the newest.
+
+A reply shows at once: the user's message and a typing bubble, with the generation buttons disabled until
+it ends, errors included. Streaming updates the chatbot directly and writes the history state once, when
+the reply ends. Errors are one toast (`toasts`); the outputs keep their values.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
 
 from webui.loader_api import HearthError
-from webui.prompts import chat as chat_ops
-from webui.prompts.chat import CHAT_MODES, substitute_names, user_name_for
-from webui.prompts.history import ChatHistory, HistoryError
+from webui.prompts.chat import CHAT_MODES
+from webui.prompts.history import ChatHistory
 from webui.session import ChatOptions, ChatService
-from webui.ui.context import UIContext, chat_history, chat_options
-from webui.ui.markup import literal_markdown
+from webui.ui.chat_options_panel import build_chat_options_panel
+from webui.ui.chat_session import ChatRef, ChatSession, Reply
+from webui.ui.chat_view import NO_MODEL, TYPING, chat_messages, dropped_notice, message, token_label
+from webui.ui.confirm import ConfirmButton
+from webui.ui.context import UIContext, chat_options, enclosing_tabs
 from webui.ui.streaming import CancelBoard, throttle, toasts
 
 #: The shortcuts (see `webui.ui.KEYS_JS`), shown under the input box.
 CHAT_KEYS = "Enter: send · Shift+Enter: new line · Ctrl+Enter: regenerate · Esc: stop"
 COPY_JS = "(text) => { if (text && navigator.clipboard) { navigator.clipboard.writeText(text); } }"
+BUSY = "A reply is still being written: wait for it, or press Stop (Esc)."
+#: localStorage key of the open chat per character. Gradio sends a BrowserState's secret to the browser,
+#: so it only obfuscates; a fixed one keeps the value readable after a server restart (it holds chat ids).
+OPEN_CHATS_KEY = "hearth-open-chats"
+States = dict[str, Any] | None
+Start = Callable[[ChatHistory, ChatOptions, threading.Event], Reply]
 
 
-def chat_messages(history: ChatHistory | None) -> list[dict[str, str]]:
-    """The chatbot's value: one message dict per turn (markdown and code are rendered by the chatbot; raw
-    HTML is shown as text, see `literal_markdown`).
-
-    A turn an extension rewrote for the model is shown as the person typed it (``metadata["visible"]``)."""
-    if history is None:
-        return []
-    return [
-        {"role": t.role, "content": literal_markdown(str(t.metadata.get("visible") or t.content))}
-        for t in history.turns
-    ]
+def _buttons(busy: bool) -> tuple[Any, ...]:
+    """Generate, Regenerate, Continue, Impersonate: disabled while a reply is written."""
+    generate = gr.Button("Writing…" if busy else "Generate", interactive=not busy)
+    return generate, *(gr.Button(interactive=not busy) for _ in range(3))
 
 
-def dropped_notice(dropped_turns: int) -> str:
-    if not dropped_turns:
-        return ""
-    turns = "turn was" if dropped_turns == 1 else "turns were"
-    return f"ℹ️ The {dropped_turns} oldest {turns} left out of the prompt to fit the context."
+class ChatTab:
+    """The Gradio adapters: widget values in, `ChatSession` calls, widget updates out."""
 
+    def __init__(self, ctx: UIContext) -> None:
+        self.ctx = ctx
+        self.session = ChatSession(ChatService(ctx.app))
+        self.cancels = CancelBoard()
 
-class ChatSession:
-    """The chat tab's non-Gradio side: which chat is open for a character, and the past-chats list."""
-
-    def __init__(self, service: ChatService) -> None:
-        self.service = service
-
-    def character_name(self, options: ChatOptions) -> str:
-        return options.character or "Assistant"
-
-    def new_chat(self, options: ChatOptions) -> ChatHistory:
-        """A fresh chat opening with the character's greeting (names substituted)."""
-        character = self.service.character(options.character)
-        user_name = user_name_for(options.user_name, character)
-        greeting = substitute_names(character.greeting, user_name, character.name)
-        return ChatHistory.new(self.character_name(options), greeting)
-
-    def open_chat(self, options: ChatOptions) -> ChatHistory:
-        """The character's most recent chat, else a new one."""
-        return self.service.histories.latest(self.character_name(options)) or self.new_chat(options)
-
-    def current(self, history_state: dict[str, Any] | None, character_state: dict[str, Any]) -> ChatHistory:
-        """The open chat; a chat of another character (just switched) is replaced by this one's."""
+    # -- rendering -----------------------------------------------------------------------------------
+    def sync(
+        self, character_state: dict[str, Any], history_state: States, remembered: States
+    ) -> tuple[Any, ...]:
+        """Chatbot (with names and the character's picture), chat list, picture, mode, history, and the
+        browser's open-chat record."""
         options = chat_options(character_state)
-        history = chat_history(history_state)
-        if history is None or history.character != self.character_name(options):
-            return self.open_chat(options)
-        return history
+        try:
+            history = self.session.current(history_state, character_state, remembered)
+            speakers, picture = self.session.speakers(options), self.session.picture(options)
+            choices = self.session.chat_choices(history)
+        except HearthError as exc:
+            gr.Warning(str(exc))
+            return (gr.skip(),) * 6
+        changed = history_state is None or history_state.get("id") != history.chat_id
+        known = remembered if isinstance(remembered, dict) else {}
+        return (
+            gr.Chatbot(value=chat_messages(history, speakers), avatar_images=(None, picture)),
+            gr.Dropdown(choices=choices, value=history.chat_id),
+            gr.Image(value=picture, visible=picture is not None),
+            options.mode,
+            history.to_dict() if changed else gr.skip(),
+            gr.skip()
+            if known.get(history.character) == history.chat_id
+            else {**known, history.character: history.chat_id},
+        )
 
-    def chat_choices(self, history: ChatHistory) -> list[tuple[str, str]]:
-        """(label, chat id) of the character's saved chats, newest first; an unsaved open chat on top."""
-        summaries = self.service.histories.list_chats(history.character)
-        choices = [(f"{s.title} · {s.updated[:16].replace('T', ' ')}", s.chat_id) for s in summaries]
-        if history.chat_id not in {s.chat_id for s in summaries}:
-            choices.insert(0, (f"{history.display_title()} (unsaved)", history.chat_id))
-        return choices
+    def status(
+        self, text: str, history_state: States, character_state: dict[str, Any], params: dict[str, Any]
+    ) -> tuple[Any, Any]:
+        """The no-model notice and the token count; never raises (it runs as the user types)."""
+        loaded = self.ctx.app.models.model is not None
+        try:
+            history = self.session.current(history_state, character_state)
+            count = self.session.token_count(history, text or "", chat_options(character_state), params)
+            label = token_label(count)
+        except HearthError as exc:
+            label = f"Tokens: {exc}"
+        return gr.Markdown(NO_MODEL, visible=not loaded), label
 
-    def picture(self, options: ChatOptions) -> str | None:
-        path = self.service.character(options.character).picture_path
-        return str(path) if path else None
+    # -- replies -------------------------------------------------------------------------------------
+    def _reply(
+        self, start: Start, history_state: States, character_state: dict[str, Any], request: gr.Request | None
+    ) -> Iterator[tuple[Any, ...]]:
+        """Stream the reply ``start(history, options, cancel)`` makes into (chatbot, history, input box,
+        notice, *buttons): the user's message and a typing bubble at once, the buttons busy until the end."""
+        skip = gr.skip()
+        if self.cancels.busy(request):
+            gr.Warning(BUSY)
+            yield (skip,) * 8
+            return
+        with toasts(), self.cancels.running(request) as cancel:
+            options = chat_options(character_state)
+            history = self.session.current(history_state, character_state)
+            reply = start(history, options, cancel)
+            speakers = self.session.speakers(options)
+            shown = chat_messages(reply.shown, speakers, typing=reply.typing)
+            yield shown, skip, "" if reply.user_text else skip, "", *_buttons(True)
+            try:
+                first = next(reply.updates)  # the prompt is planned here: a message that cannot fit fails now
+            except StopIteration:
+                return
+            except HearthError as exc:  # the message goes back to the input box, the chat stays as it was
+                gr.Warning(str(exc))  # a toast, not gr.Error: that would mark every output as failed
+                yield chat_messages(history, speakers), skip, reply.user_text or skip, skip, *_buttons(False)
+                return
+            for update in throttle(itertools.chain([first], reply.updates)):
+                messages = chat_messages(update.history, speakers)
+                if not update.done:
+                    if reply.typing and not update.text.strip():
+                        messages[-1] = message("assistant", TYPING, speakers)
+                    yield messages, *(skip,) * 7
+                    continue
+                if update.dropped_turns:
+                    gr.Info(dropped_notice(update.dropped_turns))
+                notice = dropped_notice(update.dropped_turns)
+                yield messages, update.history.to_dict(), skip, notice, *_buttons(False)
+
+    def send(
+        self,
+        text: str,
+        history_state: States,
+        character_state: dict[str, Any],
+        params: dict[str, Any],
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        yield from self._reply(
+            lambda history, options, cancel: self.session.send(history, text, options, params, cancel),
+            history_state,
+            character_state,
+            request,
+        )
+
+    def redo(self, action: Callable[..., Reply]) -> Callable[..., Iterator[tuple[Any, ...]]]:
+        """The handler of Regenerate or Continue: ``action(history, options, settings, cancel)``."""
+
+        def handler(
+            history_state: States,
+            character_state: dict[str, Any],
+            params: dict[str, Any],
+            request: gr.Request,
+        ) -> Iterator[tuple[Any, ...]]:
+            yield from self._reply(
+                lambda history, options, cancel: action(history, options, params, cancel),
+                history_state,
+                character_state,
+                request,
+            )
+
+        return handler
+
+    def impersonate(
+        self,
+        text: str,
+        history_state: States,
+        character_state: dict[str, Any],
+        params: dict[str, Any],
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        """The model writes the user's message into the input box (outputs: the box, *buttons)."""
+        if self.cancels.busy(request):
+            gr.Warning(BUSY)
+            yield (gr.skip(),) * 5
+            return
+        with toasts(), self.cancels.running(request) as cancel:
+            history = self.session.current(history_state, character_state)
+            texts = self.session.impersonate(history, text, chat_options(character_state), params, cancel)
+            yield gr.skip(), *_buttons(True)
+            for typed in throttle(texts):
+                yield typed, *(gr.skip(),) * 4
+            yield gr.skip(), *_buttons(False)
+
+    def busy_notice(self) -> None:
+        gr.Warning(BUSY)
+
+    def idle(self, request: gr.Request) -> tuple[Any, ...]:
+        """After any reply, failed ones included: the buttons back, unless another reply runs."""
+        return (gr.skip(),) * 4 if self.cancels.busy(request) else _buttons(False)
+
+    # -- hand edits ----------------------------------------------------------------------------------
+    def remove(self, typed: str, history_state: States, character_state: dict[str, Any]) -> tuple[Any, Any]:
+        """Drop the last exchange; its message goes back to the input box unless something is typed there."""
+        with toasts():
+            history, text = self.session.remove_last(self.session.current(history_state, character_state))
+        return history.to_dict(), gr.skip() if typed.strip() else text
+
+    def last_reply(self, history_state: States, character_state: dict[str, Any]) -> str:
+        with toasts():
+            reply = self.session.last_reply(self.session.current(history_state, character_state))
+        gr.Info("Last reply copied")
+        return reply
+
+    def add_turn(self, role: str) -> Callable[[str, States, dict[str, Any]], tuple[Any, str]]:
+        def add(text: str, history_state: States, character_state: dict[str, Any]) -> tuple[Any, str]:
+            with toasts():
+                history = self.session.current(history_state, character_state)
+                return self.session.add_turn(history, role, text).to_dict(), ""
+
+        return add
+
+    # -- the chat list ------------------------------------------------------------------------------
+    def open_chat(self, chat_id: str | None, character_state: dict[str, Any]) -> Any:
+        if not chat_id:
+            return gr.skip()
+        with toasts():
+            return self.session.load_chat(chat_options(character_state), chat_id).to_dict()
+
+    def start_chat(self, character_state: dict[str, Any]) -> dict[str, Any]:
+        with toasts():
+            return self.session.start_chat(chat_options(character_state)).to_dict()
+
+    def rename(self, name: str, history_state: States, character_state: dict[str, Any]) -> tuple[Any, str]:
+        with toasts():
+            history = self.session.current(history_state, character_state)
+            return self.session.rename(history, name).to_dict(), ""
+
+    def to_delete(self, history_state: States, character_state: dict[str, Any]) -> ChatRef:
+        with toasts():
+            return self.session.to_delete(self.session.current(history_state, character_state))
+
+    def delete(self, chat: ChatRef) -> None:
+        """Delete the confirmed chat; the history state is emptied, so the sync opens the next one."""
+        with toasts():
+            self.session.delete(chat)
+        gr.Info(f"Deleted chat {chat}")
 
 
 def build_chat_tab(ctx: UIContext) -> None:
-    session = ChatSession(ChatService(ctx.app))
-    cancels = CancelBoard()
+    tab = ChatTab(ctx)
+    remembered = gr.BrowserState({}, storage_key=OPEN_CHATS_KEY, secret=OPEN_CHATS_KEY)
     with gr.Row():
         with gr.Column(scale=4):
+            model_notice = gr.Markdown(NO_MODEL, visible=False, elem_id="chat-model-notice")
             chatbot = gr.Chatbot(
                 label="Chat",
                 height=560,
@@ -116,6 +268,7 @@ def build_chat_tab(ctx: UIContext) -> None:
                 )
                 generate = gr.Button("Generate", variant="primary", scale=1, elem_id="chat-generate")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+            tokens = gr.Markdown(elem_id="chat-tokens", elem_classes="hearth-keys")
             gr.Markdown(CHAT_KEYS, elem_id="chat-keys", elem_classes="hearth-keys")
             with gr.Row():
                 regenerate = gr.Button("Regenerate", size="sm", elem_id="chat-regenerate")
@@ -125,247 +278,62 @@ def build_chat_tab(ctx: UIContext) -> None:
                 copy_last = gr.Button("Copy last reply", size="sm", elem_id="chat-copy-last")
                 dummy_message = gr.Button("Send dummy message", size="sm", elem_id="chat-dummy-message")
                 dummy_reply = gr.Button("Send dummy reply", size="sm", elem_id="chat-dummy-reply")
+            busy = gr.Button(visible="hidden", elem_id="chat-busy")  # pressed by Enter while busy (KEYS_JS)
         with gr.Column(scale=1, min_width=240):
             picture = gr.Image(
                 label="Character", interactive=False, height=240, visible=False, elem_id="chat-picture"
             )
             mode = gr.Radio(list(CHAT_MODES), label="Mode", value="chat", elem_id="chat-mode")
+            build_chat_options_panel(ctx)
             chats = gr.Dropdown(label="Past chats", choices=[], elem_id="chat-list")
             new_chat = gr.Button("New chat", size="sm", elem_id="chat-new")
             with gr.Accordion("Rename / delete", open=False, elem_id="chat-rename-delete"):
                 new_name = gr.Textbox(label="New name", elem_id="chat-new-name")
                 with gr.Row():
                     rename = gr.Button("Rename", size="sm", elem_id="chat-rename")
-                    delete = gr.Button("Delete", size="sm", variant="stop", elem_id="chat-delete")
+                    delete = ConfirmButton("Delete", "chat-delete")
 
-    # -- rendering: page load, and whenever the character or the open chat changes ------------------
-    def sync(character_state: dict[str, Any], history_state: dict[str, Any] | None) -> tuple[Any, ...]:
-        options = chat_options(character_state)
-        try:
-            history = session.current(history_state, character_state)
-            picture_path = session.picture(options)
-        except HearthError as exc:
-            gr.Warning(str(exc))
-            return (gr.skip(),) * 5
-        changed = history_state is None or history_state.get("id") != history.chat_id
-        return (
-            chat_messages(history),
-            gr.Dropdown(choices=session.chat_choices(history), value=history.chat_id),
-            gr.Image(value=picture_path, visible=picture_path is not None),
-            options.mode,
-            history.to_dict() if changed else gr.skip(),
-        )
-
+    hidden = {"show_progress": "hidden"}
     gr.on(
         None,
-        sync,
-        [ctx.character, ctx.history],
-        [chatbot, chats, picture, mode, ctx.history],
-        show_progress="hidden",
+        tab.sync,
+        [ctx.character, ctx.history, remembered],
+        [chatbot, chats, picture, mode, ctx.history, remembered],
+        **hidden,
     )
+    status_inputs = [user_input, ctx.history, ctx.character, ctx.params]
+    gr.on(None, tab.status, status_inputs, [model_notice, tokens], trigger_mode="always_last", **hidden)
+    for enclosing in enclosing_tabs(chatbot):  # a model loaded in the Model tab meanwhile
+        enclosing.select(tab.status, status_inputs, [model_notice, tokens], **hidden)
 
-    # -- generation ---------------------------------------------------------------------------------
-    streamed = [chatbot, ctx.history, user_input, notice]
-
-    def stream(
-        history: ChatHistory,
-        user_text: str | None,
-        character_state: dict[str, Any],
-        params: dict[str, Any],
-        request: gr.Request | None,
-        continue_last: bool = False,
-    ) -> Iterator[tuple[Any, ...]]:
-        with toasts(), cancels.running(request) as cancel:
-            session.service.app.models.require()  # fail before the input box is cleared
-            pending = [{"role": "user", "content": literal_markdown(user_text)}] if user_text else []
-            yield chat_messages(history) + pending, gr.skip(), "" if user_text else gr.skip(), ""
-            options = chat_options(character_state)
-            updates = session.service.stream_reply(
-                history, user_text, options, params, cancel, continue_last=continue_last
-            )
-            try:
-                first = next(updates)  # the prompt is planned here: a message that cannot fit fails now
-            except StopIteration:
-                return
-            except HearthError as exc:  # the message goes back to the input box, the chat stays as it was
-                gr.Warning(str(exc))  # a toast, not gr.Error: that would mark every output as failed
-                yield chat_messages(history), gr.skip(), user_text or gr.skip(), gr.skip()
-                return
-            for update in throttle(itertools.chain([first], updates)):
-                if not update.done:
-                    yield chat_messages(update.history), gr.skip(), gr.skip(), gr.skip()
-                    continue
-                if update.dropped_turns:
-                    gr.Info(dropped_notice(update.dropped_turns))
-                yield (
-                    chat_messages(update.history),
-                    update.history.to_dict(),
-                    gr.skip(),
-                    dropped_notice(update.dropped_turns),
-                )
-
-    def send(
-        text: str,
-        history_state: dict[str, Any] | None,
-        character_state: dict[str, Any],
-        params: dict[str, Any],
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
-        with toasts():
-            history = session.current(history_state, character_state)
-        yield from stream(history, text.strip() or None, character_state, params, request)
-
-    def regenerate_reply(
-        history_state: dict[str, Any] | None,
-        character_state: dict[str, Any],
-        params: dict[str, Any],
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
-        with toasts():
-            history = chat_ops.regenerate(session.current(history_state, character_state))
-        yield from stream(history, None, character_state, params, request)
-
-    def continue_reply(
-        history_state: dict[str, Any] | None,
-        character_state: dict[str, Any],
-        params: dict[str, Any],
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
-        with toasts():
-            history = session.current(history_state, character_state)
-        if not history.turns or history.turns[-1].role != "assistant":
-            raise gr.Error("there is no reply to continue")
-        yield from stream(history, None, character_state, params, request, continue_last=True)
-
-    def impersonate_user(
-        text: str,
-        history_state: dict[str, Any] | None,
-        character_state: dict[str, Any],
-        params: dict[str, Any],
-        request: gr.Request,
-    ) -> Iterator[str]:
-        with toasts(), cancels.running(request) as cancel:
-            history = session.current(history_state, character_state)
-            options = chat_options(character_state)
-            updates = session.service.stream_reply(history, text, options, params, cancel, impersonate=True)
-            for update in throttle(updates):
-                yield update.text
-
+    # -- replies: busy until done, the buttons back after any end ------------------------------------
+    buttons = [generate, regenerate, continue_, impersonate]
+    streamed = [chatbot, ctx.history, user_input, notice, *buttons]
     chat_inputs = [ctx.history, ctx.character, ctx.params]
-    gr.on([generate.click, user_input.submit], send, [user_input, *chat_inputs], streamed)
-    regenerate.click(regenerate_reply, chat_inputs, streamed)
-    continue_.click(continue_reply, chat_inputs, streamed)
-    impersonate.click(impersonate_user, [user_input, *chat_inputs], user_input)
-    stop.click(cancels.stop, None, None, queue=False)
-    _wire_edits(ctx, session, user_input, remove_last, copy_last, dummy_message, dummy_reply)
-    _wire_chat_list(ctx, session, chatbot, mode, chats, new_chat, new_name, rename, delete)
+    for reply in (
+        gr.on([generate.click, user_input.submit], tab.send, [user_input, *chat_inputs], streamed, **hidden),
+        regenerate.click(tab.redo(tab.session.regenerate), chat_inputs, streamed, **hidden),
+        continue_.click(tab.redo(tab.session.continue_reply), chat_inputs, streamed, **hidden),
+        impersonate.click(tab.impersonate, [user_input, *chat_inputs], [user_input, *buttons], **hidden),
+    ):
+        # Gradio runs .then() only after a success here, .failure() after an error: the buttons need both
+        reply.then(tab.idle, None, buttons, **hidden)
+        reply.failure(tab.idle, None, buttons, **hidden)
+    busy.click(tab.busy_notice, None, None, **hidden)
+    stop.click(tab.cancels.stop, None, None, queue=False)
 
-
-def _wire_edits(
-    ctx: UIContext,
-    session: ChatSession,
-    user_input: gr.Textbox,
-    remove_last: gr.Button,
-    copy_last: gr.Button,
-    dummy_message: gr.Button,
-    dummy_reply: gr.Button,
-) -> None:
-    """Buttons that change the chat by hand (no generation); each saves the chat."""
-    histories = session.service.histories
-
-    def remove(
-        typed: str, history_state: dict[str, Any] | None, character_state: dict[str, Any]
-    ) -> tuple[Any, Any]:
-        """Drop the last exchange; its message goes back to the input box unless something is typed there."""
-        with toasts():
-            history, text = chat_ops.remove_last(session.current(history_state, character_state))
-            histories.save(history)
-        return history.to_dict(), gr.skip() if typed.strip() else text
-
-    def last_reply(history_state: dict[str, Any] | None, character_state: dict[str, Any]) -> str:
-        with toasts():
-            history = session.current(history_state, character_state)
-        replies = [t.content for t in history.turns if t.role == "assistant"]
-        if not replies:
-            raise gr.Error("there is no reply to copy yet")
-        gr.Info("Last reply copied")
-        return replies[-1]
-
-    def dummy(role: str) -> Any:
-        add = chat_ops.send_dummy_message if role == "user" else chat_ops.send_dummy_reply
-
-        def send_dummy(
-            text: str, history_state: dict[str, Any] | None, character_state: dict[str, Any]
-        ) -> Any:
-            if not text.strip():
-                raise gr.Error("type the message first")
-            with toasts():
-                history = add(session.current(history_state, character_state), text.strip())
-                histories.save(history)
-            return history.to_dict(), ""
-
-        return send_dummy
-
+    # -- hand edits (each saves the chat) ------------------------------------------------------------
     states = [ctx.history, ctx.character]
-    remove_last.click(remove, [user_input, *states], [ctx.history, user_input])
+    remove_last.click(tab.remove, [user_input, *states], [ctx.history, user_input])
     # the reply travels through a hidden box to the clipboard: the input box keeps what is being typed
     clipboard = gr.Textbox(visible="hidden", elem_id="chat-clipboard")
-    copy_last.click(last_reply, states, clipboard).success(None, clipboard, None, js=COPY_JS)
-    dummy_message.click(dummy("user"), [user_input, *states], [ctx.history, user_input])
-    dummy_reply.click(dummy("assistant"), [user_input, *states], [ctx.history, user_input])
+    copy_last.click(tab.last_reply, states, clipboard).success(None, clipboard, None, js=COPY_JS)
+    dummy_message.click(tab.add_turn("user"), [user_input, *states], [ctx.history, user_input])
+    dummy_reply.click(tab.add_turn("assistant"), [user_input, *states], [ctx.history, user_input])
 
-
-def _wire_chat_list(
-    ctx: UIContext,
-    session: ChatSession,
-    chatbot: gr.Chatbot,
-    mode: gr.Radio,
-    chats: gr.Dropdown,
-    new_chat: gr.Button,
-    new_name: gr.Textbox,
-    rename: gr.Button,
-    delete: gr.Button,
-) -> None:
-    """Mode and the past-chats controls; they write ``ctx.character`` / ``ctx.history`` and the sync renders.
-
-    The chatbot's own Clear (trash) button starts a new chat: the old one stays in the list."""
-    histories = session.service.histories
-
-    def set_mode(value: str, character_state: dict[str, Any]) -> dict[str, Any]:
-        return {**character_state, "mode": value}
-
-    def open_chat(chat_id: str | None, character_state: dict[str, Any]) -> Any:
-        if not chat_id:
-            return gr.skip()
-        with toasts():
-            return histories.load(session.character_name(chat_options(character_state)), chat_id).to_dict()
-
-    def start_chat(character_state: dict[str, Any]) -> dict[str, Any]:
-        with toasts():
-            history = session.new_chat(chat_options(character_state))
-            histories.save(history)
-        return history.to_dict()
-
-    def rename_chat(name: str, history_state: dict[str, Any] | None, character_state: dict[str, Any]) -> Any:
-        if not name.strip():
-            raise gr.Error("type the new name first")
-        with toasts():
-            history = session.current(history_state, character_state)
-            histories.save(history)  # an unsaved chat can be named too
-            return histories.rename(history.character, history.chat_id, name).to_dict(), ""
-
-    def delete_chat(history_state: dict[str, Any] | None, character_state: dict[str, Any]) -> dict[str, Any]:
-        with toasts():
-            history = session.current(history_state, character_state)
-            try:
-                histories.delete(history.character, history.chat_id)
-            except HistoryError:
-                pass  # never saved: dropping it is enough
-            gr.Info(f"Deleted chat {history.display_title()!r}")
-            return session.open_chat(chat_options(character_state)).to_dict()
-
-    mode.input(set_mode, [mode, ctx.character], ctx.character)
-    chats.input(open_chat, [chats, ctx.character], ctx.history)
-    gr.on([new_chat.click, chatbot.clear], start_chat, ctx.character, ctx.history)
-    rename.click(rename_chat, [new_name, ctx.history, ctx.character], [ctx.history, new_name])
-    delete.click(delete_chat, [ctx.history, ctx.character], ctx.history)
+    # -- mode and the past chats; the chatbot's own Clear (trash) button starts a new chat ------------
+    mode.input(lambda value, state: {**state, "mode": value}, [mode, ctx.character], ctx.character)
+    chats.input(tab.open_chat, [chats, ctx.character], ctx.history)
+    gr.on([new_chat.click, chatbot.clear], tab.start_chat, ctx.character, ctx.history)
+    rename.click(tab.rename, [new_name, *states], [ctx.history, new_name])
+    delete.wire(tab.to_delete, states, tab.delete, [ctx.history], cancel_on=[chats.input, new_chat.click])

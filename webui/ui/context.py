@@ -10,13 +10,18 @@ State shapes (the Parameters tab writes them, the Chat/Default/Notebook tabs rea
   "truncation_length": int, "add_bos_token": bool, "skip_special_tokens": bool, "stop": list[str]}``.
   ``skip_special_tokens`` is a display preference (decoding already drops special tokens); it is not
   part of a GenerationRequest.
-- ``character``: ``{"character": str | None, "user_name": str | None (None: the card's name, else "You"), "mode": "chat" | "chat-instruct" |
-  "instruct", "instruction_template": str | None, "chat_instruct_command": str}``: exactly the fields of
-  `webui.session.ChatOptions`; ``character`` None or "Assistant" means the built-in Assistant,
-  ``instruction_template`` None means detected from the loaded model. Use `chat_options(state)`. Several
-  tabs write it (Character sub-tab: character, user_name; Instruction template sub-tab:
-  instruction_template; Chat tab: mode, chat_instruct_command), so a handler always returns
-  ``{**state, key: new_value}``, never a fresh dict.
+- ``character``: ``{"character": str | None, "user_name": str | None, "mode": "chat" | "chat-instruct" |
+  "instruct", "instruction_template": str | None, "instruction_template_text": str | None,
+  "chat_instruct_command": str, "system_message": str | None, "start_reply_with": str}``: exactly the
+  fields of `webui.session.ChatOptions` (see there) bar the API-only ``default_persona``. ``character``
+  None or "Assistant" means the built-in Assistant; ``user_name`` None the card's name, else "You";
+  ``instruction_template`` None means detected from the loaded model; ``instruction_template_text`` the
+  edited Jinja text used instead (None: the named/detected template's own); ``system_message`` None the
+  default. Use `chat_options(state)`, which also reads blank texts as "not set". Several tabs write it
+  (Character sub-tab: character, user_name; Instruction template sub-tab: instruction_template,
+  instruction_template_text; Chat tab: mode; its chat options panel: start_reply_with, system_message,
+  chat_instruct_command), so a handler always returns ``{**state, key: new_value}``, never a fresh dict.
+  "Save UI settings" stores it whole under ``chat`` in settings.yaml.
 - ``history``: the current chat as ``ChatHistory.to_dict()``, or None before one is opened. The Chat tab
   owns it; the Parameters tab's Chat history sub-tab loads/uploads into it and saves/downloads from it.
   Use `chat_history(state)`.
@@ -37,6 +42,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from webui.loader_api import HearthError
+from webui.sampling.presets import PresetLibrary
 
 if TYPE_CHECKING:
     from webui.app import App
@@ -49,6 +55,18 @@ log = logging.getLogger(__name__)
 
 #: A tab builder an extension (or a later issue) may add; called inside the shell's gr.Tabs.
 TabBuilder = Callable[["UIContext"], None]
+
+#: The keys of ``ctx.character`` (ChatOptions' fields the UI sets; ``default_persona`` is the API's).
+CHARACTER_STATE_KEYS: tuple[str, ...] = (
+    "character",
+    "user_name",
+    "mode",
+    "instruction_template",
+    "instruction_template_text",
+    "chat_instruct_command",
+    "system_message",
+    "start_reply_with",
+)
 
 GENERATION_DEFAULTS: dict[str, Any] = {
     "max_new_tokens": 512,
@@ -81,7 +99,7 @@ def default_params(app: App) -> dict[str, Any]:
     values = sampling.SamplingParams().model_dump()
     try:
         if app.settings.preset:
-            values = sampling.load_preset(app.settings.presets_dir, app.settings.preset).model_dump()
+            values = PresetLibrary.for_settings(app.settings).load(app.settings.preset).model_dump()
         elif isinstance(saved_sampling, dict):
             values = sampling.SamplingParams.model_validate(saved_sampling).model_dump()
     except (HearthError, ValidationError) as exc:
@@ -97,10 +115,7 @@ def default_character_state(app: App) -> dict[str, Any]:
 
     saved = app.settings.extra.get("chat")
     base = ChatOptions().__dict__ | (saved if isinstance(saved, dict) else {})
-    return {
-        k: base[k]
-        for k in ("character", "user_name", "mode", "instruction_template", "chat_instruct_command")
-    }
+    return {k: base[k] for k in CHARACTER_STATE_KEYS}
 
 
 def _as_gr_error(exc: ValidationError) -> gr.Error:
@@ -108,7 +123,7 @@ def _as_gr_error(exc: ValidationError) -> gr.Error:
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"] if p != "sampling") or "request"
         parts.append(f"{where}: {error['msg']}")
-    return gr.Error("; ".join(parts))
+    return gr.Error("; ".join(parts), print_exception=False)
 
 
 def sampling_params(params: dict[str, Any]) -> SamplingParams:
@@ -136,6 +151,11 @@ def chat_options(character: dict[str, Any]) -> ChatOptions:
     from webui.session import ChatOptions
 
     known = {k: v for k, v in (character or {}).items() if k in ChatOptions.__dataclass_fields__}
+    for key in ("system_message", "instruction_template_text", "chat_instruct_command"):
+        if not str(known.get(key) or "").strip():
+            known.pop(key, None)  # blank: the default (None, or the standard chat-instruct command)
+    if known.get("start_reply_with") is None:
+        known.pop("start_reply_with", None)
     return ChatOptions(**known)
 
 

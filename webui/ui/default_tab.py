@@ -1,12 +1,14 @@
 """The Default tab: a raw prompt box, an output box and the shared output views.
 
 No chat formatting happens here: the prompt goes to the generation core as typed, which makes this tab the
-place to try instruction templates by hand (the Parameters tab can send a template's text here).
+place to try instruction templates by hand (the Parameters tab can send a template's text here). Prompts
+can be saved and loaded (`webui.ui.saved_prompts`, shared with the Notebook tab).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -14,9 +16,12 @@ import gradio as gr
 from webui.generation import TokenLogprob
 from webui.prompts_store import PromptStore
 from webui.ui.context import UIContext
-from webui.ui.streaming import CancelBoard, toasts
+from webui.ui.saved_prompts import build_saved_prompts
+from webui.ui.streaming import CancelBoard
 from webui.ui.textviews import (
+    build_model_notice,
     build_text_views,
+    check_ready,
     stream_to_views,
     wire_prompt_box,
     wire_text_views,
@@ -28,9 +33,9 @@ RECORD_INFO = "Feeds the Probabilities view; uses Hearth's sampler path, slower 
 
 
 def build_default_tab(ctx: UIContext) -> None:
-    store = PromptStore.for_user_data(ctx.app.settings.user_data_dir)
     cancels = CancelBoard()
     recorded = gr.State([])  # the TokenLogprobs of the current output, for Continue
+    build_model_notice(ctx, "default")
     with gr.Row():
         with gr.Column(scale=1):
             prompt = gr.Textbox(label="Prompt", lines=20, max_lines=40, elem_id="default-prompt")
@@ -43,18 +48,7 @@ def build_default_tab(ctx: UIContext) -> None:
             record = gr.Checkbox(
                 label="Record token probabilities", value=True, info=RECORD_INFO, elem_id="default-record"
             )
-            with gr.Accordion("Saved prompts", open=False):
-                with gr.Row():
-                    saved = gr.Dropdown(
-                        store.names(), label="Saved prompt", value=None, elem_id="default-saved"
-                    )
-                    refresh = gr.Button("↻", scale=0, min_width=40)
-                with gr.Row():
-                    name = gr.Textbox(
-                        label="Save as", placeholder="name", scale=3, elem_id="default-save-name"
-                    )
-                    save = gr.Button("Save", scale=1, elem_id="default-save")
-                    delete = gr.Button("Delete", variant="stop", scale=1)
+            build_saved_prompts(PromptStore.for_user_data(ctx.app.settings.user_data_dir), "default", prompt)
         with gr.Column(scale=1):
             views = build_text_views("default", raw_label="Output")
     assert views.raw is not None
@@ -88,46 +82,13 @@ def build_default_tab(ctx: UIContext) -> None:
             record=record_on,
         )
 
-    generate.click(run, [prompt, ctx.params, record], streamed)
-    continue_.click(run_continue, [prompt, output, ctx.params, record, recorded], streamed)
+    ready = partial(check_ready, ctx)
+    # the check has no outputs: a refusal (no model, a bad setting) is one toast, the boxes keep their text
+    generate.click(ready, ctx.params, None, show_progress="hidden").success(
+        run, [prompt, ctx.params, record], streamed
+    )
+    continue_.click(ready, ctx.params, None, show_progress="hidden").success(
+        run_continue, [prompt, output, ctx.params, record, recorded], streamed
+    )
     stop.click(cancels.stop, None, None, queue=False)
     wire_prompt_box(ctx, prompt, token_count, "default")
-    _wire_saved_prompts(store, prompt, saved, refresh, name, save, delete)
-
-
-def _wire_saved_prompts(
-    store: PromptStore,
-    prompt: gr.Textbox,
-    saved: gr.Dropdown,
-    refresh: gr.Button,
-    name: gr.Textbox,
-    save: gr.Button,
-    delete: gr.Button,
-) -> None:
-    def choices(value: str | None = None) -> Any:
-        return gr.Dropdown(choices=store.names(), value=value)
-
-    def load(chosen: str | None) -> Any:
-        if not chosen:
-            return gr.skip(), gr.skip()
-        with toasts():
-            return store.load(chosen), chosen
-
-    def save_prompt(label: str, text: str) -> Any:
-        with toasts():
-            saved_as = store.save(label, text)
-        gr.Info(f"Saved prompt {saved_as!r}")
-        return choices(saved_as)
-
-    def delete_prompt(chosen: str | None) -> Any:
-        if not chosen:
-            raise gr.Error("choose a saved prompt to delete")
-        with toasts():
-            store.delete(chosen)
-        gr.Info(f"Deleted prompt {chosen!r}")
-        return choices(None)
-
-    saved.input(load, saved, [prompt, name])
-    refresh.click(lambda: choices(None), None, saved)
-    save.click(save_prompt, [name, prompt], saved)
-    delete.click(delete_prompt, saved, saved)

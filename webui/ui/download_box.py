@@ -67,7 +67,7 @@ class DownloadBox:
         try:
             choices, summary = quant_choices(spec)
         except HubError as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(str(exc), print_exception=False) from None
         value = choices[0][1] if len(choices) == 1 else None
         return gr.update(choices=choices, value=value, visible=bool(choices)), summary
 

@@ -66,7 +66,7 @@ def build_extensions_settings(ctx: UIContext) -> None:
         controls = _settings_controls(manager, names)
         with gr.Row():
             apply = gr.Button("Apply extensions", elem_id="extensions-apply")
-            save = gr.Button("Save extensions to settings.yaml", variant="primary", elem_id="extensions-save")
+            save = gr.Button("Apply and save extensions", variant="primary", elem_id="extensions-save")
 
         def collect(values: Sequence[Any]) -> dict[str, dict[str, Any]]:
             params: dict[str, dict[str, Any]] = {}
@@ -78,14 +78,14 @@ def build_extensions_settings(ctx: UIContext) -> None:
             try:
                 return apply_settings(manager, names, collect(values)), manager.enabled
             except (TypeError, ValueError) as exc:
-                raise gr.Error(f"extension settings not applied: {exc}") from None
+                raise gr.Error(f"extension settings not applied: {exc}", print_exception=False) from None
 
         def on_save(names: list[str], *values: Any) -> tuple[str, list[str]]:
             text, enabled = on_apply(names, *values)
             try:
                 path = manager.save_settings_file()
             except (OSError, ValueError) as exc:
-                raise gr.Error(f"settings not saved: {exc}") from None
+                raise gr.Error(f"settings not saved: {exc}", print_exception=False) from None
             return f"{text} Saved to `{path}`.", enabled
 
         inputs = [chosen, *(control for _, _, control in controls)]

@@ -15,6 +15,12 @@ _LIST_ITEM = re.compile(r"^ {0,3}([-+*]|\d{1,9}[.)])(\s|$)")
 _CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`).+?(?<!`)\1(?!`)", re.DOTALL)
 _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 _ENTITY = re.compile(r"&(?=#?\w+;)")
+_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>&])")
+
+
+def literal_text(text: str) -> str:
+    """`text` (a name from a card) shown exactly as written: every Markdown and HTML character escaped."""
+    return _PUNCTUATION.sub(r"\\\1", " ".join(text.split()))
 
 
 def _escape(text: str) -> str:

@@ -7,11 +7,15 @@ validates first), so the previous model stays loaded and the status says so; a l
 old model was freed says so, and the status shows that no model is loaded.
 
 The tab shows the truth, not the start-up values: the status and model info are read when a page opens;
-each selection of the tab re-reads the models folder and refreshes them, and the first one in a page
-shows the loaded model with its loader and the parameters it was loaded with (selecting the loaded model
-in the list shows those too, where another model shows its saved settings); otherwise the form keeps
-what the user chose and typed. (The first selection, not the page load, fills the form: Gradio can
-drop a page-load update to a dropdown in a tab that is not mounted yet.)
+each selection of the tab re-reads the models folder and refreshes them, and when the loaded model is
+not the one this page last showed (the first selection in a page, or a load made elsewhere: the API,
+another browser tab) the form shows the loaded model with its loader and the parameters it was loaded
+with (selecting the loaded model in the list shows those too, where another model shows its saved
+settings); otherwise the form keeps what the user chose and typed. (The tab selection, not the page load,
+fills the form: Gradio can drop a page-load update to a dropdown in a tab that is not mounted yet.)
+
+Loaders that cannot run on this machine (`Loader.available`, e.g. ExLlamaV2 without CUDA) are not
+offered; a line under the loader list names them with the reason.
 
 ``trust_remote_code`` is offered only when Hearth was started with --trust-remote-code: otherwise its box
 is disabled with the reason, a request that ticks it anyway is refused with a toast, and the model
@@ -28,7 +32,7 @@ import gradio as gr
 
 from webui.app import App
 from webui.config import Settings
-from webui.loader_api import HearthError, ModelInfo
+from webui.loader_api import HearthError, Loader, ModelInfo
 from webui.model_settings import ModelSettings, ModelSettingsError, save_settings, settings_for
 from webui.ui.context import UIContext, enclosing_tabs
 from webui.ui.download_box import build_download_box
@@ -50,6 +54,37 @@ def _count(n: int | None) -> str:
         if n >= size:
             return f"{n / size:.2f}{unit}"
     return str(n)
+
+
+def offered_loaders(loaders: dict[str, type[Loader]]) -> tuple[dict[str, type[Loader]], dict[str, str]]:
+    """The loaders that can run here, and the others with why not (name -> reason)."""
+    offered, missing = {}, {}
+    for name, cls in loaders.items():
+        ok, reason = cls.available()
+        if ok:
+            offered[name] = cls
+        else:
+            missing[name] = reason or "not installed"
+    return offered, missing
+
+
+def unavailable_markdown(missing: dict[str, str]) -> str:
+    """One line per reason, naming the loaders it keeps out of the list."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in missing.items():
+        by_reason.setdefault(reason, []).append(name)
+    return "\n\n".join(
+        f"Not offered on this machine: {', '.join(names)}. {html.escape(reason)}"
+        for reason, names in by_reason.items()
+    )
+
+
+def load_key(app: App) -> str | None:
+    """What is loaded, as a page remembers it (None: nothing)."""
+    models = app.models
+    if models.model is None:
+        return None
+    return repr((models.model_name, models.loader_name, sorted(models.load_params.items())))
 
 
 def status_text(app: App) -> str:
@@ -106,11 +141,15 @@ class ModelTab:
             return ModelSettings(models.loader_name, dict(models.load_params))
         try:
             try:
-                return settings_for(models, self.user_data, model)
+                chosen = settings_for(models, self.user_data, model)
+                ok, reason = models.loaders[chosen.loader].available()
+                if ok:
+                    return chosen
+                gr.Warning(f"{model}: its saved loader {chosen.loader} cannot run here: {reason}")
             except ModelSettingsError as exc:
                 gr.Warning(str(exc))
-                loader = models.choose_loader(models.resolve(model).path)
-                return ModelSettings(loader, models.loaders[loader].resolve_params({}))
+            loader = models.choose_loader(models.resolve(model).path)
+            return ModelSettings(loader, models.loaders[loader].resolve_params({}))
         except HearthError as exc:  # unknown model, no loader for it
             gr.Warning(str(exc))
             return None
@@ -157,35 +196,35 @@ class ModelTab:
 
     def load(self, model: str | None, loader: str | None, *values: Any) -> tuple[str, str]:
         if not model:
-            raise gr.Error("choose a model first")
+            raise gr.Error("choose a model first", print_exception=False)
         assert self.panels is not None
         refused = self.panels.refusal(loader or "", values)
         if refused:
-            raise gr.Error(f"{model} not loaded: {refused}.")
+            raise gr.Error(f"{model} not loaded: {refused}.", print_exception=False)
         try:
             self.app.models.load(model, loader or None, self.panels.values(loader or "", values))
         except HearthError as exc:
             kept = f" {self.app.models.model_name} is still loaded." if self.app.models.model else ""
-            raise gr.Error(f"{model} not loaded: {exc}.{kept}") from None
+            raise gr.Error(f"{model} not loaded: {exc}.{kept}", print_exception=False) from None
         return status_text(self.app), info_markdown(self.app)
 
-    def unload(self) -> tuple[str, str]:
+    def unload(self) -> tuple[str, str, str | None]:
         self.app.models.unload()
-        return status_text(self.app), info_markdown(self.app)
+        return self.loaded_view()
 
     def save(self, model: str | None, loader: str | None, *values: Any) -> None:
         if not model or not loader:
-            raise gr.Error("choose a model and a loader first")
+            raise gr.Error("choose a model and a loader first", print_exception=False)
         assert self.panels is not None
         refused = self.panels.refusal(loader, values)
         if refused:
-            raise gr.Error(f"settings not saved: {refused}.")
+            raise gr.Error(f"settings not saved: {refused}.", print_exception=False)
         try:
             path = save_settings(
                 self.app.models, self.user_data, model, loader, self.panels.values(loader, values)
             )
         except HearthError as exc:
-            raise gr.Error(f"settings not saved: {exc}") from None
+            raise gr.Error(f"settings not saved: {exc}", print_exception=False) from None
         gr.Info(f"Saved settings for {model} ({path.name}); they are applied whenever it is selected.")
 
     def refresh(self, current: str | None) -> Any:
@@ -193,18 +232,23 @@ class ModelTab:
         names = [m.name for m in self.app.models.list_models()]
         return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
-    def tab_selected(self, filled: bool, current: str | None, *values: Any) -> list[Any]:
+    def tab_selected(self, shown: str | None, current: str | None, *values: Any) -> list[Any]:
         """The tab was selected: the list is re-read and the status and info follow loads made elsewhere.
-        The first time in a page, a loaded model is shown with its loader and the parameters it was loaded
-        with; otherwise the form keeps what the user chose and typed."""
+        A load this page has not shown yet (`shown`: `load_key` of the last one) fills the form with the
+        loaded model, its loader and the parameters it was loaded with; otherwise the form keeps what the
+        user chose and typed. Returns the new `shown` first."""
         assert self.panels is not None
         names = [m.name for m in self.app.models.list_models()]
-        loaded = self.app.models.model_name
-        if filled or loaded not in names:
+        loaded, key = self.app.models.model_name, load_key(self.app)
+        if key is None or key == shown or loaded not in names:
             form = [self.refresh(current), *[gr.update()] * (len(self.panels.groups) + len(self.panels.inputs) + 2)]
         else:
             form = [gr.update(choices=names, value=loaded), *self.select_model(loaded, *values)]
-        return [True, *form, status_text(self.app), info_markdown(self.app)]
+        return [key, *form, status_text(self.app), info_markdown(self.app)]
+
+    def loaded_view(self) -> tuple[str, str, str | None]:
+        """Status, info and `load_key` after a load or unload from this page."""
+        return status_text(self.app), info_markdown(self.app), load_key(self.app)
 
     def downloaded(self, name: str) -> Any:
         return self.refresh(name) if name else gr.update()
@@ -218,6 +262,7 @@ def _initial_model(app: App) -> str | None:
 def build_model_tab(ctx: UIContext) -> None:
     app = ctx.app
     tab = ModelTab(app)
+    offered, missing = offered_loaders(app.loaders)
     model_name = _initial_model(app)
     initial = tab.settings(model_name)
     with gr.Row():
@@ -230,16 +275,20 @@ def build_model_tab(ctx: UIContext) -> None:
                     elem_id="model-dropdown",
                     scale=4,
                 )
-                refresh = gr.Button("Refresh", scale=1, elem_id="model-refresh")
+                refresh = gr.Button(
+                    "Refresh", size="sm", scale=0, min_width=80, elem_id="model-refresh", elem_classes="hearth-refresh"
+                )
                 loader = gr.Dropdown(
                     label="Loader",
-                    choices=list(app.loaders),
+                    choices=list(offered),
                     value=initial.loader if initial else None,
                     elem_id="loader-dropdown",
                     scale=2,
                 )
+            if missing:
+                gr.Markdown(unavailable_markdown(missing), elem_id="loader-unavailable", elem_classes="hearth-keys")
             tab.panels = panels = build_loader_panels(
-                app.loaders,
+                offered,
                 initial.loader if initial else None,
                 initial.params if initial else None,
                 locked_params(app.settings),
@@ -267,13 +316,14 @@ def build_model_tab(ctx: UIContext) -> None:
     # .input, not .change: filling the form for a newly selected model must not fire one estimate per widget
     gr.on([w.input for w in widgets], tab.memory, [model, loader, *widgets], memory, show_progress="hidden")
     refresh.click(tab.refresh, [model], [model])
-    filled = gr.State(False)  # per page: has the first selection shown the truth yet
+    shown = gr.State(None)  # per page: `load_key` of the load the form last showed
     for enclosing in enclosing_tabs(model):
-        enclosing.select(tab.tab_selected, [filled, model, *widgets],
-                         [filled, model, loader, *groups, *widgets, memory, status, info], show_progress="hidden")
+        enclosing.select(tab.tab_selected, [shown, model, *widgets],
+                         [shown, model, loader, *groups, *widgets, memory, status, info], show_progress="hidden")
     downloaded.change(tab.downloaded, [downloaded], [model])  # the new value fires model.change
+    # then: the true state after a failed load too
     load.click(tab.load, [model, loader, *widgets], [status, info], concurrency_limit=1).then(
-        lambda: (status_text(app), info_markdown(app)), None, [status, info]
+        tab.loaded_view, None, [status, info, shown]
     )
-    unload.click(tab.unload, None, [status, info])
+    unload.click(tab.unload, None, [status, info, shown])
     save.click(tab.save, [model, loader, *widgets], None)

@@ -1,21 +1,27 @@
 """The Notebook tab: one box that is both prompt and output, so a text can be written with the model.
 
 Generating appends to the box; Undo puts back the text from before the last generation and Regenerate
-does that and generates again (a different sample unless the seed is fixed).
+does that and generates again (a different sample unless the seed is fixed). Texts can be saved and loaded
+as prompts (`webui.ui.saved_prompts`, shared with the Default tab).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import gradio as gr
 
+from webui.prompts_store import PromptStore
 from webui.ui.context import UIContext
 from webui.ui.default_tab import RECORD_INFO, TEXT_KEYS
+from webui.ui.saved_prompts import build_saved_prompts
 from webui.ui.streaming import CancelBoard
 from webui.ui.textviews import (
+    build_model_notice,
     build_text_views,
+    check_ready,
     stream_to_views,
     wire_prompt_box,
     wire_text_views,
@@ -26,6 +32,7 @@ def build_notebook_tab(ctx: UIContext) -> None:
     cancels = CancelBoard()
     before_last = gr.State(None)  # the text before the last generation, for Undo / Regenerate
     recorded = gr.State([])
+    build_model_notice(ctx, "notebook")
     with gr.Row():
         with gr.Column(scale=3):
             box = gr.Textbox(label="Notebook", lines=25, max_lines=50, elem_id="notebook-text")
@@ -39,6 +46,7 @@ def build_notebook_tab(ctx: UIContext) -> None:
             record = gr.Checkbox(
                 label="Record token probabilities", value=True, info=RECORD_INFO, elem_id="notebook-record"
             )
+            build_saved_prompts(PromptStore.for_user_data(ctx.app.settings.user_data_dir), "notebook", box)
         with gr.Column(scale=2):
             views = build_text_views("notebook")
     wire_text_views(views, ctx, [box])
@@ -51,16 +59,22 @@ def build_notebook_tab(ctx: UIContext) -> None:
             ctx, cancels, request, prompt=text, before=text, params=params, record=record_on
         )
 
-    def restore(previous: str | None) -> str:
+    def can_undo(previous: str | None) -> None:
         if previous is None:
-            raise gr.Error("nothing to undo: generate first")
-        return previous
+            raise gr.Error("Undo: nothing to undo, generate first", print_exception=False)
 
-    def remember(text: str) -> str:
+    def same(text: str | None) -> str | None:
         return text
 
-    generate.click(remember, box, before_last).then(run, [box, ctx.params, record], streamed)
-    regenerate.click(restore, before_last, box).success(run, [box, ctx.params, record], streamed)
-    undo.click(restore, before_last, box)
+    ready = partial(check_ready, ctx)
+    # checks first, with no outputs: a refusal (no model, a bad setting) is one toast, the text stays as typed
+    quiet = {"show_progress": "hidden"}
+    generate.click(ready, ctx.params, None, **quiet).success(same, box, before_last).success(
+        run, [box, ctx.params, record], streamed
+    )
+    regenerate.click(ready, ctx.params, None, **quiet).success(can_undo, before_last, None, **quiet).success(
+        same, before_last, box
+    ).success(run, [box, ctx.params, record], streamed)
+    undo.click(can_undo, before_last, None, **quiet).success(same, before_last, box)
     stop.click(cancels.stop, None, None, queue=False)
     wire_prompt_box(ctx, box, token_count, "notebook")

@@ -2,8 +2,12 @@
 
 Widgets are generated from `SamplingParams`' pydantic fields (type and ge/le bounds), so a sampler added
 to the model appears here without retyping; `GROUPS` only decides where it is shown ("Other" catches the
-rest). Any edit rebuilds ``ctx.params`` and validates it once, naming the field on error. Under the presets,
-a panel says where the current settings run on the loaded model (`sampler_routing_view`).
+rest). An edit rebuilds ``ctx.params`` and validates it when the value is committed (a text or number box
+loses focus or gets Enter, a slider is released, a box is ticked), so typing never floods toasts; an error
+is one toast naming the field. Handlers take the widgets' raw values (``preprocess=False``) so a range error
+is ours, naming the field, not Gradio's. Presets come from the shipped folder and ``user_data/presets``
+(`PresetLibrary`); the list is re-read on page load. Under the presets, a panel says where the current
+settings run on the loaded model (`sampler_routing_view`).
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ from typing import Any
 
 import gradio as gr
 from annotated_types import Ge, Gt, Le, Lt
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from webui.loader_api import HearthError
-from webui.sampling import SamplingParams, delete_preset, list_presets, load_preset, save_preset
-from webui.ui.context import GENERATION_DEFAULTS, UIContext, sampling_params
+from webui.sampling import SamplingParams
+from webui.sampling.presets import PresetLibrary
+from webui.ui.confirm import ConfirmButton
+from webui.ui.context import GENERATION_DEFAULTS, UIContext
 from webui.ui.sampler_routing_view import build_routing_panel
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -75,6 +82,13 @@ SLIDER_MAX = {"temperature": 5.0, "dynatemp_low": 5.0, "dynatemp_high": 5.0, "dy
 #: Fields shown one entry per line; other string lists use tgw's quoted, comma-separated form ("\n", "###").
 LINE_LISTS = {"sampler_priority"}
 GENERATION_FIELDS = tuple(GENERATION_DEFAULTS)
+#: The least value of the whole-number generation settings.
+GENERATION_MINIMUM = {"max_new_tokens": 1, "truncation_length": 0}
+
+
+def field_error(label: str, message: str) -> gr.Error:
+    """A user's mistake in one field: one toast naming it, no traceback in the console."""
+    return gr.Error(f"{label}: {message}", print_exception=False)
 
 
 def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
@@ -100,8 +114,9 @@ def to_widget_value(name: str, value: Any) -> Any:
     return value
 
 
-def from_widget_value(name: str, info: FieldInfo | None, value: Any) -> Any:
-    """A widget's value back as the setting; text forms of lists and maps are parsed here."""
+def from_widget_value(name: str, info: FieldInfo | None, value: Any, label: str | None = None) -> Any:
+    """A widget's value back as the setting; text forms of lists and maps are parsed here (an error names
+    the field by `label`, else by `name`)."""
     annotation = str(info.annotation) if info else ""
     if not isinstance(value, str) or annotation in ("<class 'str'>", "str"):
         return value
@@ -112,9 +127,8 @@ def from_widget_value(name: str, info: FieldInfo | None, value: Any) -> Any:
         if annotation == "list[str]" and name not in LINE_LISTS:
             return json.loads(f"[{text}]") if text else []
     except json.JSONDecodeError as exc:
-        raise gr.Error(
-            f"{name}: {exc.msg} (expected {'a JSON object' if annotation.startswith('dict') else 'quoted strings separated by commas'})"
-        ) from None
+        expected = "a JSON object" if annotation.startswith("dict") else "quoted strings separated by commas"
+        raise field_error(label or name, f"{exc.msg} (expected {expected})") from None
     return value
 
 
@@ -185,16 +199,48 @@ class GenerationControls:
     def inputs(self) -> list[gr.components.Component]:
         return list(self.widgets.values())
 
+    def label(self, name: str) -> str:
+        return str(getattr(self.widgets.get(name), "label", None) or name)
+
     def params(self, *values: Any) -> dict[str, Any]:
-        """Widget values -> the validated ``ctx.params`` dict (gr.Error names a bad field)."""
+        """Widget values (raw or preprocessed) -> the validated ``ctx.params`` dict; a bad field raises one
+        gr.Error naming it."""
         fields = SamplingParams.model_fields
-        raw = {n: from_widget_value(n, fields.get(n), v) for n, v in zip(self.names, values, strict=True)}
+        raw = dict(zip(self.names, values, strict=True))
         generation = {n: raw.pop(n) for n in GENERATION_FIELDS}
-        generation["stop"] = from_widget_value("stop", FieldInfo(annotation=list[str]), generation["stop"])
-        for key in ("max_new_tokens", "truncation_length"):
-            generation[key] = int(generation[key] or 0)
-        sampling = sampling_params({"sampling": raw}).model_dump()
-        return {"sampling": sampling, **generation}
+        sampling = {n: from_widget_value(n, fields.get(n), v, self.label(n)) for n, v in raw.items()}
+        stop_info = FieldInfo(annotation=list[str])
+        generation["stop"] = from_widget_value("stop", stop_info, generation["stop"], self.label("stop"))
+        for key, low in GENERATION_MINIMUM.items():
+            generation[key] = self._whole(key, generation[key], low)
+        try:
+            validated = SamplingParams.model_validate(sampling)
+        except ValidationError as exc:
+            problems = [
+                f"{self.label(str(e['loc'][0])) if e['loc'] else 'sampling'}: {e['msg']}"
+                for e in exc.errors()
+            ]
+            raise gr.Error("; ".join(problems), print_exception=False) from None
+        return {"sampling": validated.model_dump(), **generation}
+
+    def _whole(self, name: str, value: Any, low: int) -> int:
+        if isinstance(value, str):
+            value = value.strip() or None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not number.is_integer() or number < low:
+            raise field_error(self.label(name), f"a whole number of at least {low} is needed")
+        return int(number)
+
+    def params_if_valid(self, *values: Any) -> Any:
+        """`params` for values still being edited (a slider dragged, its box typed in): no toast, and
+        ``ctx.params`` is left alone while something is invalid (the commit says what)."""
+        try:
+            return self.params(*values)
+        except gr.Error:
+            return gr.skip()
 
     def fill(self, sampling: SamplingParams) -> list[Any]:
         """Updates for every widget: the samplers from `sampling`, generation settings unchanged."""
@@ -203,21 +249,96 @@ class GenerationControls:
             gr.update(value=to_widget_value(n, values[n])) if n in values else gr.update() for n in self.names
         ]
 
+    def wire(self, params: gr.State) -> None:
+        """Validate into `params` when a value is committed; sliders also follow quietly while moved."""
+        commits, moving = [], []
+        for widget in self.inputs:
+            if isinstance(widget, gr.Slider):
+                commits.append(widget.release)
+                moving.append(widget.input)
+            elif isinstance(widget, gr.Number | gr.Textbox):
+                commits += [widget.blur, widget.submit]
+            else:
+                commits.append(widget.input)
+        options: dict[str, Any] = {"show_progress": "hidden", "preprocess": False}
+        gr.on(commits, self.params, self.inputs, params, **options)
+        gr.on(moving, self.params_if_valid, self.inputs, params, trigger_mode="always_last", **options)
+
+
+class PresetPanel:
+    """The preset row: choose (fills the widgets), save as (a user preset), delete (asks first)."""
+
+    def __init__(self, library: PresetLibrary):
+        self.library = library
+
+    def choices(self, value: str | None = None) -> Any:
+        names = self.library.names()
+        return gr.update(choices=names, value=value if value in names else None)
+
+    def on_load(self) -> Any:
+        """The list as it is now (presets saved or deleted since the server started included); the choice
+        shown is left alone."""
+        return gr.update(choices=self.library.names())
+
+    def load(self, name: str | None) -> SamplingParams:
+        try:
+            return self.library.load(name) if name else SamplingParams()
+        except HearthError as exc:
+            raise field_error("Preset", str(exc)) from None
+
+    def save(self, name: str, params: dict[str, Any]) -> Any:
+        name = (name or "").strip()
+        if not name:
+            raise field_error("Save as", "give the preset a name")
+        try:
+            sampling = SamplingParams.model_validate(params.get("sampling") or {})
+            path, shadows = self.library.save(name, sampling)
+        except (HearthError, ValueError) as exc:
+            raise field_error("Save as", f"preset not saved: {exc}") from None
+        if shadows:
+            gr.Info(
+                f"Saved preset {path.stem} as your own copy in {path.parent}; "
+                "the shipped preset of that name is unchanged (delete yours to use it again)"
+            )
+        else:
+            gr.Info(f"Saved preset {path.stem}")
+        return self.choices(path.stem)
+
+    def check_delete(self, name: str | None) -> str:
+        if not name:
+            raise field_error("Preset", "choose a preset to delete")
+        if not self.library.is_user(name):
+            if self.library.is_shipped(name):
+                raise field_error("Preset", f"{name!r} is shipped with Hearth and cannot be deleted")
+            raise field_error("Preset", f"no preset named {name!r}")
+        return name
+
+    def delete(self, name: str) -> Any:
+        try:
+            shipped_again = self.library.delete(name)
+        except (HearthError, ValueError) as exc:
+            raise field_error("Preset", str(exc)) from None
+        gr.Info(
+            f"Deleted preset {name}" + ("; the shipped one of that name shows again" if shipped_again else "")
+        )
+        return self.choices(name if shipped_again else None)
+
 
 def build_generation_tab(ctx: UIContext) -> GenerationControls:
     settings = ctx.app.settings
     start = ctx.params.value
+    panel = PresetPanel(PresetLibrary.for_settings(settings))
     with gr.Row():
         preset = gr.Dropdown(
             label="Preset",
-            choices=list_presets(settings.presets_dir),
+            choices=panel.library.names(),
             value=settings.preset,
             elem_id="preset-dropdown",
             scale=3,
         )
         preset_name = gr.Textbox(label="Save as", placeholder="preset name", scale=2, elem_id="preset-name")
         save = gr.Button("Save preset", scale=1, elem_id="preset-save")
-        delete = gr.Button("Delete preset", scale=1, variant="stop", elem_id="preset-delete")
+        delete = ConfirmButton("Delete preset", "preset-delete")
     build_routing_panel(ctx)
     widgets: dict[str, gr.components.Component] = {}
     fields = SamplingParams.model_fields
@@ -234,35 +355,13 @@ def build_generation_tab(ctx: UIContext) -> GenerationControls:
                         for name in GROUPS.get(group, other):
                             widgets[name] = field_widget(name, fields[name], start["sampling"][name])
     controls = GenerationControls(widgets)
-
-    def pick(name: str | None) -> list[Any]:
-        try:
-            sampling = load_preset(settings.presets_dir, name) if name else SamplingParams()
-        except HearthError as exc:
-            raise gr.Error(str(exc)) from None
-        return controls.fill(sampling)
-
-    def save_current(name: str, params: dict[str, Any]) -> Any:
-        if not name.strip():
-            raise gr.Error("give the preset a name")
-        try:
-            path = save_preset(settings.presets_dir, name.strip(), sampling_params(params))
-        except (HearthError, ValueError) as exc:
-            raise gr.Error(f"preset not saved: {exc}") from None
-        gr.Info(f"Saved preset {path.stem}")
-        return gr.update(choices=list_presets(settings.presets_dir), value=path.stem)
-
-    def delete_current(name: str | None) -> Any:
-        try:
-            delete_preset(settings.presets_dir, name or "")
-        except (HearthError, ValueError) as exc:
-            raise gr.Error(str(exc)) from None
-        gr.Info(f"Deleted preset {name}")
-        return gr.update(choices=list_presets(settings.presets_dir), value=None)
-
     inputs = controls.inputs
-    preset.input(pick, [preset], inputs).then(controls.params, inputs, ctx.params)
-    save.click(save_current, [preset_name, ctx.params], [preset])
-    delete.click(delete_current, [preset], [preset])
-    gr.on([w.input for w in inputs], controls.params, inputs, ctx.params, show_progress="hidden")
+
+    gr.on(None, panel.on_load, None, [preset], show_progress="hidden")  # no inputs: page load only
+    preset.input(lambda name: controls.fill(panel.load(name)), [preset], inputs).then(
+        controls.params, inputs, ctx.params, preprocess=False
+    )
+    save.click(panel.save, [preset_name, ctx.params], [preset])
+    delete.wire(panel.check_delete, [preset], panel.delete, [preset], cancel_on=[preset.input])
+    controls.wire(ctx.params)
     return controls

@@ -57,6 +57,11 @@ class CancelBoard:
                 if self._events.get(key) is event:
                     del self._events[key]
 
+    def busy(self, request: gr.Request | None) -> bool:
+        """Whether this browser session has a generation running here (a second one would be refused)."""
+        with self._lock:
+            return session_key(request) in self._events
+
     def stop(self, request: gr.Request | None) -> None:
         """Signal this session's running generation, if any (the Stop button's handler: no outputs)."""
         with self._lock:
@@ -67,7 +72,9 @@ class CancelBoard:
 
 @contextmanager
 def toasts() -> Iterator[None]:
-    """Turn Hearth's own errors into a Gradio error toast (the callback's outputs keep their values)."""
+    """Turn Hearth's own errors into one Gradio error toast, without a traceback in the console: they are a
+    person's mistakes or the state of things (no model), not bugs. The callback's outputs keep their values
+    (the shell hides Gradio's "Error" badge over them, see `webui.ui.CSS`)."""
     try:
         yield
     except HearthError as exc:

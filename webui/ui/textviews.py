@@ -5,20 +5,26 @@ The pure renderers (`probability_html`, `logits_rows`, `token_rows`, `text_html`
 Gradio wiring so they can be unit-tested without a browser. The Probabilities view is Hearth's own: each
 generated token is shaded from red (unlikely) to green (likely) and hovering or clicking it shows the
 model's top alternatives at that position, which makes a surprising continuation easy to diagnose.
+Probabilities are written with `percent` (rare tokens keep their digits: 0.042%, 3.1e-05%, never "0.0%")
+beside their log-probability.
+
+Both tabs also say up front when no model is loaded (`build_model_notice`), check that before generating
+(`check_ready`: one toast, nothing written to the outputs) and re-read what they show from disk or from
+the model manager when the page loads and when their tab is selected (`refresh_when_shown`).
 """
 
 from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from webui.generation import TokenLogprob
-from webui.ui.context import generation_request, sampling_params
+from webui.ui.context import enclosing_tabs, generation_request, sampling_params
 from webui.ui.markup import literal_markdown
 from webui.ui.streaming import CancelBoard, stream_text, throttle, toasts
 
@@ -27,11 +33,16 @@ if TYPE_CHECKING:
 
     from webui.ui.context import UIContext
 
-LOGITS_HEADERS = ["Rank", "Token", "Probability", "Id"]
+LOGITS_HEADERS = ["Rank", "Token", "Probability", "Logprob", "Id"]
 TOKENS_HEADERS = ["#", "Id", "Piece"]
 LOGITS_COUNT = 50
 #: Top alternatives recorded per generated token for the Probabilities view.
 LOGPROBS = 5
+NO_MODEL = "No model is loaded: load one in the Model tab to generate."
+NO_MODEL_NOTICE = (
+    "**No model is loaded.** Load one in the **Model** tab to generate, see probabilities or count tokens; "
+    "you can write and save prompts meanwhile."
+)
 EMPTY_PROBABILITIES = (
     "<p class='hearth-probs-empty'>Generate with <em>Record token probabilities</em> on to see how likely "
     "each generated token was.</p>"
@@ -68,19 +79,37 @@ def _probability(logprob: float) -> float:
     return math.exp(logprob) if logprob > -math.inf else 0.0
 
 
+def percent(probability: float) -> str:
+    """A probability as a percentage that stays readable when small: 25.0%, 1.5%, 0.42%, 0.0042%, 3.1e-05%
+    (two significant digits below 1%), so rare tokens do not all read 0.0%; 0% only for exactly zero."""
+    pct = 100 * probability
+    if pct >= 0.995 or pct == 0:
+        return f"{pct:.1f}%" if pct else "0%"
+    if pct >= 1e-3:
+        return f"{pct:.2g}%"
+    return f"{pct:.1e}%"
+
+
+def logprob_label(logprob: float) -> str:
+    """A log-probability with three decimals ("-inf" for a token the samplers removed)."""
+    return f"{logprob:.3f}" if logprob > -math.inf else "-inf"
+
+
+def _chance(logprob: float, sep: str = "  ") -> str:
+    return f"{percent(_probability(logprob))}{sep}logprob {logprob_label(logprob)}"
+
+
 def _visible(text: str) -> str:
     """Escape for HTML and mark newlines (a token that is only a newline would be invisible)."""
     return html.escape(text).replace("\n", "↵\n")
 
 
 def _alternatives(token: TokenLogprob) -> str:
-    rows = [
-        f"<span class='chosen'>{html.escape(piece_label(token.text))}  {_probability(token.logprob):.1%}</span>"
-    ]
+    rows = [f"<span class='chosen'>{html.escape(piece_label(token.text))}  {_chance(token.logprob)}</span>"]
     for token_id, text, logprob in token.top:
         if token_id == token.token_id:
             continue
-        rows.append(f"{html.escape(piece_label(text))}  {_probability(logprob):.1%}")
+        rows.append(f"{html.escape(piece_label(text))}  {_chance(logprob)}")
     return "\n".join(rows)
 
 
@@ -92,22 +121,23 @@ def probability_html(tokens: Sequence[TokenLogprob]) -> str:
     lowest = min(range(len(tokens)), key=probabilities.__getitem__)
     summary = (
         f"<div class='summary'>{len(tokens)} tokens · mean probability "
-        f"{sum(probabilities) / len(probabilities):.1%} · least likely {html.escape(piece_label(tokens[lowest].text))}"
-        f" ({probabilities[lowest]:.1%})</div>"
+        f"{percent(sum(probabilities) / len(probabilities))} · least likely "
+        f"{html.escape(piece_label(tokens[lowest].text))} ({_chance(tokens[lowest].logprob, ', ')})</div>"
     )
     spans = []
     for token, p in zip(tokens, probabilities, strict=True):
         spans.append(
-            f"<span class='hearth-tok' tabindex='0' data-p='{p:.4f}' style='--tok-bg: {probability_color(p)}'>"
+            f"<span class='hearth-tok' tabindex='0' data-p='{p:.6g}' data-logprob='{logprob_label(token.logprob)}' "
+            f"style='--tok-bg: {probability_color(p)}'>"
             f"{_visible(token.text)}<span class='hearth-alts' role='tooltip'>{_alternatives(token)}</span></span>"
         )
     return f"<div class='hearth-probs'>{summary}{''.join(spans)}</div>"
 
 
 def logits_rows(top: Sequence[TokenLogprob]) -> list[list[Any]]:
-    """Rows for the Logits table, most likely first."""
+    """Rows for the Logits table, most likely first (probability as `percent`, and the logprob)."""
     return [
-        [rank, piece_label(t.text), round(_probability(t.logprob), 5), t.token_id]
+        [rank, piece_label(t.text), percent(_probability(t.logprob)), logprob_label(t.logprob), t.token_id]
         for rank, t in enumerate(top, start=1)
     ]
 
@@ -274,3 +304,32 @@ def wire_prompt_box(ctx: UIContext, box: gr.Textbox, token_count: gr.Markdown, t
         show_progress="hidden",
     )
     ctx.prompt_transfer.change(receive_transfer(target), ctx.prompt_transfer, box)
+
+
+def refresh_when_shown(
+    block: Component, fn: Callable[..., Any], outputs: Sequence[Component], inputs: Sequence[Component] = ()
+) -> None:
+    """Run `fn` when the page loads and each time a tab holding `block` is selected, so what `outputs` show
+    is read then, not when the server started. On page load `fn` gets None for each input (a fresh page
+    holds only start values); a tab selection passes the inputs' current values."""
+    gr.on(None, lambda: fn(*[None] * len(inputs)), None, list(outputs), show_progress="hidden")
+    selects = [tab.select for tab in enclosing_tabs(block)]
+    if selects:
+        gr.on(selects, fn, list(inputs), list(outputs), show_progress="hidden")
+
+
+def build_model_notice(ctx: UIContext, name: str) -> gr.Markdown:
+    """A notice shown while no model is loaded (checked on page load and when the tab is selected)."""
+    notice = gr.Markdown(
+        NO_MODEL_NOTICE, visible=ctx.app.models.model is None, elem_id=f"{name}-no-model", elem_classes="hearth-notice"
+    )
+    refresh_when_shown(notice, lambda: gr.update(visible=ctx.app.models.model is None), [notice])
+    return notice
+
+
+def check_ready(ctx: UIContext, params: dict[str, Any]) -> None:
+    """Before a generation (an event with no outputs, so a refusal is one toast and every box keeps its
+    text): a model is loaded and the settings make a valid request."""
+    if ctx.app.models.model is None:
+        raise gr.Error(NO_MODEL, print_exception=False)
+    generation_request(params, "")
