@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from webui.loader_api import LoaderError
+from webui.errors import LoaderError
 
 INSTALL_HINT = (
     "ExLlamaV2 needs an NVIDIA GPU with CUDA and `pip install .[exllamav2]` "

@@ -31,15 +31,8 @@ from loaders.exl2_detect import (
     read_json,
 )
 from loaders.hf_tokenized import HFTokenized
-from webui.loader_api import (
-    Loader,
-    LoaderError,
-    LoaderParam,
-    Model,
-    ModelInfo,
-    ModelRuntimeError,
-    common_prefix_length,
-)
+from webui.errors import LoaderError, ModelRuntimeError
+from webui.loader_api import Loader, LoaderParam, Model, ModelInfo, common_prefix_length
 from webui.plugins import hookimpl
 from webui.sampling.vocabulary import sequence_breaker_ids
 

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from loaders import llamacpp_sampling as native
 from loaders.llamacpp_sequence import LlamaSequence
+from webui.errors import LoaderError
 from webui.input_errors import InvalidGrammar, check_token_ids
-from webui.loader_api import Loader, LoaderError, LoaderParam, Model, ModelInfo
+from webui.loader_api import Loader, LoaderParam, Model, ModelInfo
 from webui.memory import AUTO_GPU_LAYERS, MemoryEstimateError, auto_gpu_layers
 from webui.plugins import hookimpl
 

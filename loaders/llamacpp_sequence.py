@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from webui.loader_api import ModelRuntimeError, common_prefix_length
+from webui.errors import ModelRuntimeError
+from webui.loader_api import common_prefix_length
 
 
 class LlamaSequence:

@@ -14,15 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from loaders.hf_tokenized import HFTokenized
-from webui.loader_api import (
-    Loader,
-    LoaderError,
-    LoaderParam,
-    Model,
-    ModelInfo,
-    ModelRuntimeError,
-    common_prefix_length,
-)
+from webui.errors import LoaderError, ModelRuntimeError
+from webui.loader_api import Loader, LoaderParam, Model, ModelInfo, common_prefix_length
 from webui.memory import TRANSFORMERS_PREFILL_CHUNK
 from webui.plugins import hookimpl
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from webui.loader_api import Loader, LoaderError, LoaderParam, Model, ModelInfo, common_prefix_length
+from webui.errors import LoaderError
+from webui.loader_api import Loader, LoaderParam, Model, ModelInfo, common_prefix_length
 from webui.plugins import hookimpl
 from webui.sampling import SamplingParams
 

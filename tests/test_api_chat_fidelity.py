@@ -16,8 +16,8 @@ import openai
 import pytest
 
 from tests.test_api_server import Served, serve_api
+from webui.errors import LoaderError
 from webui.generation import GenerationRequest
-from webui.loader_api import LoaderError
 from webui.memory import estimate
 from webui.models import ModelManager
 from webui.session import ChatOptions, ChatService

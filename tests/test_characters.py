@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.characters import (
     Character,
     CharacterError,

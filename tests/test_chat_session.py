@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from webui.loader_api import HearthError
-from webui.models import NoModelLoaded
+from webui.errors import HearthError, NoModelLoaded
 from webui.prompts.characters import Character
 from webui.prompts.history import ChatHistory
 from webui.session import ChatError, ChatOptions, ChatService

@@ -25,7 +25,8 @@ from loaders.exllamav2 import ExLlamav2Loader, ExLlamav2Model
 from loaders.exllamav2_hf import ExLlamav2HFLoader
 from loaders.transformers_loader import TransformersLoader
 from webui.config import build_parser, parse_settings
-from webui.loader_api import LoaderError, ModelInfo
+from webui.errors import LoaderError
+from webui.loader_api import ModelInfo
 from webui.models import ModelManager
 from webui.sampling import SamplingParams
 

@@ -12,14 +12,8 @@ import time
 import pytest
 
 from tests.scripted_loader import EOS
-from webui.generation import (
-    Finished,
-    GenerationCore,
-    GenerationError,
-    GenerationRequest,
-    TextChunk,
-    fit_context,
-)
+from webui.errors import GenerationError
+from webui.generation import Finished, GenerationCore, GenerationRequest, TextChunk, fit_context
 from webui.models import ModelManager
 from webui.sampling import SamplingParams
 

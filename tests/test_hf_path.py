@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from webui.generation import GenerationCore, GenerationError, GenerationRequest, TextChunk
+from webui.errors import GenerationError
+from webui.generation import GenerationCore, GenerationRequest, TextChunk
 from webui.hf_path import guided_scores
 from webui.models import ModelManager
 from webui.sampling import SamplingParams

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts import safe_files
 from webui.prompts.history import ChatHistory, HistoryError, HistoryStore, Turn
 

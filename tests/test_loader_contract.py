@@ -21,8 +21,9 @@ from tests.scripted_loader import ScriptedLoader, ScriptedModel, write_script
 from webui.__main__ import main
 from webui.app import App
 from webui.config import Settings
+from webui.errors import LoaderError
 from webui.generation import GenerationRequest
-from webui.loader_api import Loader, LoaderError, Model
+from webui.loader_api import Loader, Model
 from webui.plugins import BUILTIN_LOADER_MODULES, collect_loaders, hookimpl, make_plugin_manager
 from webui.sampling import SamplingParams
 

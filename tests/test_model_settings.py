@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from webui.loader_api import LoaderError
+from webui.errors import LoaderError, ModelNotFound
 from webui.model_settings import (
     ModelSettingsError,
     delete_settings,
@@ -15,7 +15,7 @@ from webui.model_settings import (
     settings_for,
     settings_path,
 )
-from webui.models import ModelManager, ModelNotFound
+from webui.models import ModelManager
 from webui.prompts.safe_files import UnsafeNameError
 
 GGUF = "tiny-llama.gguf"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from loaders.llamacpp import ntk_rope_freq_base
-from webui.loader_api import LoaderError
-from webui.models import ModelManager, ModelNotFound, discover_models
+from webui.errors import LoaderError, ModelNotFound
+from webui.models import ModelManager, discover_models
 
 
 def test_discovery_lists_gguf_files_and_model_folders(models_dir: Path, tmp_path: Path):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from webui.config import Settings
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.safe_files import UnsafeNameError
 from webui.sampling import (
     SamplingError,

@@ -22,8 +22,9 @@ from webui.__main__ import check_startup
 from webui.api import create_api
 from webui.app import App
 from webui.config import Settings
+from webui.errors import ModelNotFound, RemoteCodeNotAllowed
 from webui.input_errors import InvalidTokenId
-from webui.models import ModelManager, ModelNotFound, RemoteCodeNotAllowed
+from webui.models import ModelManager
 from webui.plugins import hookimpl
 
 KEYS = ("key-one", "key-two")

@@ -23,9 +23,9 @@ from PIL import Image
 from tests.fake_hub import FakeHub
 from webui.config import Settings
 from webui.download import download
+from webui.errors import HearthError
 from webui.extensions import ExtensionManager
 from webui.hub import ChecksumMismatch, UnsafeRemotePath, list_repo
-from webui.loader_api import HearthError
 from webui.plugins import make_plugin_manager
 from webui.prompts import png_card
 from webui.prompts.characters import Character, CharacterError, CharacterStore, parse_png_card

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.safe_files import UnsafeNameError
 from webui.prompts.templates import (
     DEFAULT_TEMPLATE,

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from webui.config import Settings
-from webui.generation import GenerationError
+from webui.errors import GenerationError
 from webui.prompts.characters import Character
 from webui.prompts.history import ChatHistory, HistoryStore
 from webui.session import ChatOptions, ChatService

@@ -9,7 +9,7 @@ import sys
 from webui.access import plan_access
 from webui.app import App
 from webui.config import parse_settings
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.plugins import collect_loaders, make_plugin_manager
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webui.config import Settings
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 
 #: A login: (user, password). Keep these out of logs and reprs.
 Login = tuple[str, str]

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from webui.loader_api import HearthError, Loader, LoaderParam
+from webui.errors import HearthError
+from webui.loader_api import Loader, LoaderParam
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_NAME = "settings.yaml"

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from webui.errors import ContextLengthError, GenerationError
 from webui.events import Event, Finished, PromptRead, TextChunk, TokenLogprob, Usage
 from webui.hf_path import SampledTokens, TokenSource
-from webui.loader_api import HearthError, Model
+from webui.loader_api import Model
 from webui.model_worker import ModelWorker
 from webui.models import ModelManager
 from webui.prompt_scoring import added_tokens, prompt_entries
@@ -32,12 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class GenerationError(HearthError):
-    """A request that cannot be served as asked (bad combination of settings, prompt too long, ...)."""
-
-
-class ContextLengthError(GenerationError):
-    """A text that must be read whole (no truncation makes sense) is longer than the model's context."""
 
 
 class GenerationRequest(BaseModel):

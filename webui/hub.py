@@ -28,7 +28,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.safe_files import UnsafeNameError, relative_path_inside
 
 try:  # huggingface_hub 2.x talks through httpx2, 1.x through httpx

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 
 
 class InvalidInput(HearthError):

@@ -17,6 +17,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from webui.errors import HearthError, LoaderError, ModelRuntimeError  # noqa: F401  (re-exported: the loader contract)
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,16 +26,7 @@ if TYPE_CHECKING:
     from webui.sampling.vocabulary import Vocabulary
 
 
-class HearthError(Exception):
-    """Base of the errors Hearth reports to a person (UI toast, API error body, CLI message)."""
 
-
-class LoaderError(HearthError):
-    """A model could not be loaded: wrong loader, corrupt file, missing dependency, bad parameter."""
-
-
-class ModelRuntimeError(HearthError):
-    """The backend failed while evaluating tokens (out of memory, no KV slot, ...)."""
 
 
 @dataclass(frozen=True)

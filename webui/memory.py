@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from webui.loader_api import HearthError, LoaderError
+from webui.errors import HearthError, LoaderError
 from webui.models import ModelManager
 from webui.prompts.safe_files import atomic_write_text, path_inside
 

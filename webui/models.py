@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webui.errors import HearthError, LoaderError, ModelNotFound, NoModelLoaded, RemoteCodeNotAllowed
 from webui.fifo import FifoLock
-from webui.loader_api import HearthError, Loader, LoaderError, Model
+from webui.loader_api import Loader, Model
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,7 @@ log = logging.getLogger(__name__)
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 
 
-class ModelNotFound(HearthError):
-    """A model name that is not in the models folder."""
 
-
-class RemoteCodeNotAllowed(HearthError):
-    """A load asked for trust_remote_code, but Hearth was not started with --trust-remote-code."""
-
-
-class NoModelLoaded(HearthError):
-    """A request that needs a model came while none is loaded."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.safe_files import atomic_write_text, is_plain_name, path_inside
 
 SUFFIX = ".txt"

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from webui.errors import HearthError
 from webui.extensions import add_context
 from webui.generation import GenerationRequest
-from webui.loader_api import HearthError
 from webui.plugins import hookimpl
 from webui.sampling import SamplingParams
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 
 BEFORE, AFTER = 0, 1  # SillyTavern positions: before / after the character definitions
 # selectiveLogic: how secondary keys combine with a primary match.

@@ -17,10 +17,15 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from webui.generation import ContextLengthError
+from webui.errors import (
+    ContextLengthError,
+    HearthError,
+    ModelNotFound,
+    ModelRuntimeError,
+    NoModelLoaded,
+    RemoteCodeNotAllowed,
+)
 from webui.input_errors import InvalidInput
-from webui.loader_api import HearthError, ModelRuntimeError
-from webui.models import ModelNotFound, NoModelLoaded, RemoteCodeNotAllowed
 
 log = logging.getLogger(__name__)
 

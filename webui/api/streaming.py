@@ -24,8 +24,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from webui.api.errors import APIError, error_body, from_hearth
+from webui.errors import HearthError
 from webui.events import Event, Finished
-from webui.loader_api import HearthError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.characters import Character
 from webui.prompts.history import ChatHistory, HistoryError, Turn
 from webui.prompts.templates import TemplateError, render

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.safe_files import atomic_write_text, is_plain_name, path_inside, safe_name
 
 FORMAT = "hearth-chat"

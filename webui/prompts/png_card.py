@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Largest card or picture file accepted (cards with embedded lorebooks run to a few MB).

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 
 if TYPE_CHECKING:
     from webui.config import Settings

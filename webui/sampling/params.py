@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.sampling.registry import DEFAULT_SAMPLER_PRIORITY, SAMPLER_BY_NAME, active_chain
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.characters import Character, CharacterStore
 from webui.prompts.png_card import check_upload_size
 from webui.prompts.safe_files import path_inside

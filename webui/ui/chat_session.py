@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts import chat as chat_ops
 from webui.prompts.chat import substitute_names, user_name_for
 from webui.prompts.history import ChatHistory, HistoryError

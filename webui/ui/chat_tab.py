@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.chat import CHAT_MODES
 from webui.prompts.history import ChatHistory
 from webui.session import ChatOptions, ChatService

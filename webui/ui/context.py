@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from pydantic import ValidationError
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.sampling.presets import PresetLibrary
 
 if TYPE_CHECKING:

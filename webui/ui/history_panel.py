@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.history import HistoryStore
 from webui.prompts.safe_files import path_inside, safe_name
 from webui.ui.context import UIContext, chat_history

@@ -17,7 +17,8 @@ from typing import Any
 
 import gradio as gr
 
-from webui.loader_api import HearthError, Loader, LoaderParam
+from webui.errors import HearthError
+from webui.loader_api import Loader, LoaderParam
 
 #: Int/float ranges with at most this many steps become sliders; wider ones (n_ctx up to 1M) a number box.
 MAX_SLIDER_STEPS = 2000

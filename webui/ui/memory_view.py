@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.memory import GiB, MemoryEstimate, available_memory, estimate
 
 

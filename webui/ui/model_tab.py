@@ -32,7 +32,8 @@ import gradio as gr
 
 from webui.app import App
 from webui.config import Settings
-from webui.loader_api import HearthError, Loader, ModelInfo
+from webui.errors import HearthError
+from webui.loader_api import Loader, ModelInfo
 from webui.model_settings import ModelSettings, ModelSettingsError, save_settings, settings_for
 from webui.ui.context import UIContext, enclosing_tabs
 from webui.ui.download_box import build_download_box

@@ -20,7 +20,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.sampling import SamplingParams
 from webui.sampling.presets import PresetLibrary
 from webui.ui.confirm import ConfirmButton

@@ -22,8 +22,8 @@ from typing import TypeVar
 
 import gradio as gr
 
+from webui.errors import HearthError
 from webui.generation import Finished, GenerationCore, GenerationRequest, TokenLogprob
-from webui.loader_api import HearthError
 
 T = TypeVar("T")
 

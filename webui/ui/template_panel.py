@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from webui.app import App
-from webui.loader_api import HearthError
+from webui.errors import HearthError
 from webui.prompts.templates import MODEL_TEMPLATE_NAME, TemplateError, check_template, render
 from webui.ui.context import UIContext, enclosing_tabs
 
