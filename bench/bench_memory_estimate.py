@@ -1,4 +1,4 @@
-"""How close webui.memory's estimate is to what a loader really takes on the CPU.
+"""How close webui.memory_estimate's estimate is to what a loader really takes on the CPU.
 
 Run: .venv/bin/python bench/bench_memory_estimate.py [--loader llama.cpp|Transformers] [--model PATH] [--ctx 2048]
 The goal is a ratio measured/estimate within 0.90-1.10, where measured is the RSS increase of a fresh child
@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from webui.memory import MemoryEstimate, MiB, estimate  # noqa: E402
+from webui.memory_estimate import MemoryEstimate, MiB, estimate  # noqa: E402
 
 
 def _rss() -> int:

@@ -15,7 +15,7 @@ from loaders.llamacpp_sequence import LlamaSequence
 from webui.errors import LoaderError
 from webui.input_errors import InvalidGrammar, check_token_ids
 from webui.loader_api import Loader, LoaderParam, Model, ModelInfo
-from webui.memory import AUTO_GPU_LAYERS, MemoryEstimateError, auto_gpu_layers
+from webui.memory_estimate import AUTO_GPU_LAYERS, MemoryEstimateError, auto_gpu_layers
 from webui.plugins import hookimpl
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Transformers loader: an HF folder (config.json + safetensors/bin) through AutoModelForCausalLM.
 
 Generation goes through Hearth's own loop (`Model.logits` + the sampler pipeline), so every sampler,
-CFG and the negative prompt work the same here as on the llama.cpp HF path.
+CFG and the negative prompt work the same here as on llama.cpp through the pipeline path.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from loaders.hf_tokenized import HFTokenized
 from webui.errors import LoaderError, ModelRuntimeError
 from webui.loader_api import Loader, LoaderParam, Model, ModelInfo, common_prefix_length
-from webui.memory import TRANSFORMERS_PREFILL_CHUNK
+from webui.memory_estimate import TRANSFORMERS_PREFILL_CHUNK
 from webui.plugins import hookimpl
 
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")

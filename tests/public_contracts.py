@@ -45,7 +45,7 @@ def saved_files(user_data: Path) -> dict[str, str]:
     from webui.config import Settings
     from webui.prompts.characters import Character, CharacterStore, character_from_dict
     from webui.prompts.history import ChatHistory, HistoryStore, Turn
-    from webui.prompts_store import PromptStore
+    from webui.prompts.prompt_store import PromptStore
     from webui.sampling import SamplingParams
     from webui.sampling.presets import save_preset
     from webui.ui.context import default_character_state, default_params

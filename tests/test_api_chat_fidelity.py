@@ -16,11 +16,11 @@ import openai
 import pytest
 
 from tests.test_api_server import Served, serve_api
+from webui.chat_service import ChatOptions, ChatService
 from webui.errors import LoaderError
 from webui.generation import GenerationRequest
-from webui.memory import estimate
+from webui.memory_estimate import estimate
 from webui.models import ModelManager
-from webui.session import ChatOptions, ChatService
 
 CONVERSATION = [
     {"role": "user", "content": "Hi there"},

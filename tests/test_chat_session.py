@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from webui.chat_service import ChatError, ChatOptions, ChatService
 from webui.errors import HearthError, NoModelLoaded
 from webui.prompts.characters import Character
 from webui.prompts.history import ChatHistory
-from webui.session import ChatError, ChatOptions, ChatService
 from webui.ui.chat_session import ChatSession, TokenCount, chat_label, unique
 from webui.ui.chat_view import TYPING, chat_messages, token_label
 from webui.ui.markup import literal_text

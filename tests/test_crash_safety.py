@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from webui.app import App
+from webui.chat_service import ChatOptions, ChatService
 from webui.config import Settings
 from webui.plugins import hookimpl
 from webui.prompts import safe_files
 from webui.prompts.history import ChatHistory
 from webui.sampling import SamplingParams
-from webui.session import ChatOptions, ChatService
 
 
 # -- crash leftovers -----------------------------------------------------------------------------------

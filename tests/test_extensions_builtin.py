@@ -21,12 +21,12 @@ from extensions.lorebook.book import (
     triggered,
 )
 from webui.app import App
+from webui.chat_service import ChatOptions, ChatService
 from webui.config import Settings
 from webui.generation import GenerationRequest
 from webui.plugins import hookimpl
 from webui.prompts.history import ChatHistory
 from webui.sampling import SamplingParams
-from webui.session import ChatOptions, ChatService
 
 GREEDY = SamplingParams(do_sample=False, ban_eos_token=True).model_dump()
 CHAT = ChatOptions(mode="chat")

@@ -95,7 +95,7 @@ def test_ntk_alpha_formula():
 
 def test_auto_gpu_layers_without_a_gpu_is_zero(manager: ModelManager, models_dir: Path):
     from loaders.llamacpp import AUTO_LAYERS
-    from webui.memory import auto_gpu_layers
+    from webui.memory_estimate import auto_gpu_layers
 
     assert auto_gpu_layers(models_dir / "tiny-llama.gguf", {"n_ctx": 512, "cache_type": "f16", "flash_attn": False}) == 0
     model = manager.load("tiny-llama.gguf", params={"n_gpu_layers": AUTO_LAYERS})

@@ -18,13 +18,13 @@ import torch
 
 from tests.scripted_loader import ScriptedModel, write_script
 from webui.app import App
+from webui.chat_service import ChatOptions, ChatService, ChatUpdate
 from webui.config import Settings
 from webui.generation import Finished, GenerationRequest, TextChunk
 from webui.plugins import hookimpl, make_plugin_manager
 from webui.prompts.chat import ChatPrompt
 from webui.prompts.history import ChatHistory
 from webui.sampling import SamplingParams
-from webui.session import ChatOptions, ChatService, ChatUpdate
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = (ROOT / "docs" / "extensions.md", ROOT / "docs" / "loaders.md")

@@ -10,7 +10,7 @@ import yaml
 
 from webui.config import Settings
 from webui.errors import HearthError
-from webui.prompts.safe_files import UnsafeNameError
+from webui.safe_files import UnsafeNameError
 from webui.sampling import (
     SamplingError,
     SamplingParams,

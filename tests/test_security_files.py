@@ -30,9 +30,9 @@ from webui.plugins import make_plugin_manager
 from webui.prompts import png_card
 from webui.prompts.characters import Character, CharacterError, CharacterStore, parse_png_card
 from webui.prompts.history import ChatHistory, HistoryStore
-from webui.prompts.safe_files import UnsafeNameError, check_name, safe_name
+from webui.prompts.prompt_store import PromptStore
 from webui.prompts.templates import load_template
-from webui.prompts_store import PromptStore
+from webui.safe_files import UnsafeNameError, check_name, safe_name
 from webui.sampling import SamplingParams, delete_preset, load_preset, save_preset
 from webui.ui.character_panel import CharacterPanel
 from webui.ui.history_panel import HistoryPanel

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from webui.errors import HearthError
-from webui.prompts.safe_files import UnsafeNameError
 from webui.prompts.templates import (
     DEFAULT_TEMPLATE,
     MODEL_TEMPLATE_NAME,
@@ -21,6 +20,7 @@ from webui.prompts.templates import (
     render,
     user_templates_dir,
 )
+from webui.safe_files import UnsafeNameError
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 CONVERSATION = [

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from webui.chat_service import ChatOptions, ChatService
 from webui.config import Settings
 from webui.errors import GenerationError
 from webui.prompts.characters import Character
 from webui.prompts.history import ChatHistory, HistoryStore
-from webui.session import ChatOptions, ChatService
 from webui.ui.chat_session import ChatSession
 from webui.ui.chat_view import TYPING, chat_messages, dropped_notice
 

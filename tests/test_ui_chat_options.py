@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from webui.chat_service import ChatError, ChatOptions, ChatService, request_from_settings
 from webui.config import Settings
 from webui.prompts import chat as chat_ops
 from webui.prompts.history import ChatHistory, HistoryStore
-from webui.session import ChatError, ChatOptions, ChatService, request_from_settings
 from webui.ui.context import chat_options, default_character_state
 from webui.ui.template_panel import AUTO, edited_state, template_choices
 

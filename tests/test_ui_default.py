@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from webui.config import Settings
-from webui.prompts.safe_files import UnsafeNameError
-from webui.prompts_store import PromptStore, PromptStoreError
+from webui.prompts.prompt_store import PromptStore, PromptStoreError
+from webui.safe_files import UnsafeNameError
 
 if TYPE_CHECKING:
     from tests.ui_harness import UIServer

@@ -14,7 +14,7 @@ import gradio as gr
 import pytest
 
 from webui.loader_api import LoaderParam
-from webui.memory import GiB, MemoryEstimate, kv_cache_bytes, read_gguf
+from webui.memory_estimate import GiB, MemoryEstimate, kv_cache_bytes, read_gguf
 from webui.ui.loader_params import build_loader_panels, elem_prefix, use_slider, widget_for
 from webui.ui.memory_view import memory_html
 from webui.ui.model_tab import ModelTab, info_markdown, offered_loaders

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.test_ui_default import assert_no_error_badge, toasts
-from webui.prompts_store import PromptStore
+from webui.prompts.prompt_store import PromptStore
 
 if TYPE_CHECKING:
     from tests.ui_harness import UIServer

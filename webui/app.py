@@ -13,7 +13,7 @@ from webui.generation import GenerationCore
 from webui.loader_api import Loader
 from webui.models import ModelManager
 from webui.plugins import collect_loaders, make_plugin_manager
-from webui.prompts.safe_files import remove_crash_leftovers
+from webui.safe_files import remove_crash_leftovers
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from webui.config import ROOT
-from webui.prompts.safe_files import path_inside
+from webui.safe_files import path_inside
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from webui.errors import ContextLengthError, GenerationError
 from webui.events import Event, Finished, PromptRead, TextChunk, TokenLogprob, Usage
-from webui.hf_path import SampledTokens, TokenSource
 from webui.loader_api import Model
 from webui.model_worker import ModelWorker
 from webui.models import ModelManager
+from webui.pipeline_path import SampledTokens, TokenSource
 from webui.prompt_scoring import added_tokens, prompt_entries
 from webui.sampling import SamplingParams, build_sampler
 from webui.textstream import BannedStringGuard, IncrementalDecoder, StopMatcher, token_index

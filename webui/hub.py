@@ -29,7 +29,7 @@ from huggingface_hub.errors import (
 )
 
 from webui.errors import HearthError
-from webui.prompts.safe_files import UnsafeNameError, relative_path_inside
+from webui.safe_files import UnsafeNameError, relative_path_inside
 
 try:  # huggingface_hub 2.x talks through httpx2, 1.x through httpx
     from httpx2 import TransportError

@@ -16,7 +16,7 @@ import yaml
 
 from webui.errors import HearthError, LoaderError
 from webui.models import ModelManager
-from webui.prompts.safe_files import atomic_write_text, path_inside
+from webui.safe_files import atomic_write_text, path_inside
 
 
 class ModelSettingsError(HearthError):

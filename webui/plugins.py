@@ -33,11 +33,11 @@ from webui.loader_api import Loader
 
 if TYPE_CHECKING:
     from webui.app import App
+    from webui.chat_service import ChatOptions
     from webui.generation import GenerationRequest
     from webui.prompts.characters import Character
     from webui.prompts.chat import ChatPrompt
     from webui.prompts.history import ChatHistory
-    from webui.session import ChatOptions
     from webui.ui.context import UIContext
 
 PROJECT = "hearth"
@@ -153,7 +153,7 @@ class ExtensionSpecs:
     def logits_processor(self, request: GenerationRequest, state: dict[str, Any]) -> list[Any] | None:
         """Called by the generation core before every generation. Return transformers
         LogitsProcessor-compatible objects (``__call__(input_ids, scores) -> scores``); they run after
-        Hearth's samplers. Returning any forces the HF path (logits through Hearth's pipeline)."""
+        Hearth's samplers. Returning any forces the pipeline path (logits through Hearth's pipeline)."""
 
     @hookspec
     def tokenizer_modifier(self, state: dict[str, Any], prompt: str, input_ids: list[int]) -> list[int] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from webui.events import TokenLogprob
-from webui.hf_path import logprob_entry
+from webui.pipeline_path import logprob_entry
 
 if TYPE_CHECKING:
     from webui.loader_api import Model

@@ -15,7 +15,7 @@ from typing import Any
 
 from webui.extensions import add_context
 from webui.plugins import hookimpl
-from webui.prompts.safe_files import atomic_write_text, path_inside, safe_name
+from webui.safe_files import atomic_write_text, path_inside, safe_name
 
 from .book import Entry, LorebookError, entries_from_data, load_book, render, select
 

@@ -17,8 +17,8 @@ from webui.api.auth import Keys
 from webui.api.errors import install_error_handlers
 from webui.api.guard import RequestGuard
 from webui.app import App
+from webui.chat_service import ChatService
 from webui.host_guard import AllowedHosts
-from webui.session import ChatService
 
 
 def create_api(app: App) -> FastAPI:

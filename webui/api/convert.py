@@ -19,10 +19,10 @@ from webui.api.schemas import (
     CompletionRequest,
     GenerationFields,
 )
+from webui.chat_service import ChatOptions, ChatService, ReplyPlan
 from webui.generation import GenerationRequest
 from webui.sampling import SamplingParams, load_preset
 from webui.sampling.presets import PresetFolders
-from webui.session import ChatOptions, ChatService, ReplyPlan
 
 M = TypeVar("M", bound=BaseModel)
 

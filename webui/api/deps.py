@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from webui.app import App
-from webui.session import ChatService
+from webui.chat_service import ChatService
 
 
 def get_hearth(request: Request) -> App:

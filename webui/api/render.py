@@ -28,7 +28,7 @@ from webui.api.schemas import (
 from webui.events import Event, Finished, PromptRead, TextChunk, TokenLogprob
 
 if TYPE_CHECKING:
-    from webui.session import ReplyPlan
+    from webui.chat_service import ReplyPlan
 
 
 def finish_reason(done: Finished) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from webui.prompts.png_card import PNG_SIGNATURE, CharacterError, check_picture, png_text_chunks
-from webui.prompts.safe_files import (
+from webui.safe_files import (
     atomic_write_bytes,
     atomic_write_text,
     check_name,

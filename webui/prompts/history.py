@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.errors import HearthError
-from webui.prompts.safe_files import atomic_write_text, is_plain_name, path_inside, safe_name
+from webui.safe_files import atomic_write_text, is_plain_name, path_inside, safe_name
 
 FORMAT = "hearth-chat"
 FORMAT_VERSION = 1

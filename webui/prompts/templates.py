@@ -26,7 +26,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from webui.errors import HearthError
-from webui.prompts.safe_files import atomic_write_text, check_name, path_inside
+from webui.safe_files import atomic_write_text, check_name, path_inside
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import ValidationError
 
-from webui.prompts.safe_files import atomic_write_text, is_plain_name, path_inside
+from webui.safe_files import atomic_write_text, is_plain_name, path_inside
 from webui.sampling.params import SamplingError, SamplingParams
 
 if TYPE_CHECKING:

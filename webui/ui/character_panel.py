@@ -19,7 +19,7 @@ import gradio as gr
 from webui.errors import HearthError
 from webui.prompts.characters import Character, CharacterStore
 from webui.prompts.png_card import check_upload_size
-from webui.prompts.safe_files import path_inside
+from webui.safe_files import path_inside
 from webui.ui.confirm import ConfirmButton
 from webui.ui.context import UIContext
 

@@ -1,7 +1,7 @@
 """The Chat tab's prompt options (text-generation-webui's): "Start reply with", "Custom system message" and
 "Command for chat-instruct mode".
 
-Each box writes its field of ``ctx.character`` as it is typed (`webui.session.ChatOptions` documents what
+Each box writes its field of ``ctx.character`` as it is typed (`webui.chat_service.ChatOptions` documents what
 the fields do; `webui.ui.context.chat_options` reads a blank box as the default), so the next reply uses it
 and "Save UI settings" keeps it. The system message box shows in the instruct modes and the command box in
 chat-instruct mode only, following the Mode radio through ``ctx.character["mode"]``.

@@ -17,11 +17,11 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from webui.chat_service import ChatError, ChatOptions, ChatService, ChatUpdate, request_from_settings
 from webui.errors import HearthError
 from webui.prompts import chat as chat_ops
 from webui.prompts.chat import substitute_names, user_name_for
 from webui.prompts.history import ChatHistory, HistoryError
-from webui.session import ChatError, ChatOptions, ChatService, ChatUpdate, request_from_settings
 from webui.ui.context import chat_history, chat_options
 
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import gradio as gr
 
+from webui.chat_service import ChatOptions, ChatService
 from webui.errors import HearthError
 from webui.prompts.chat import CHAT_MODES
 from webui.prompts.history import ChatHistory
-from webui.session import ChatOptions, ChatService
 from webui.ui.chat_options_panel import build_chat_options_panel
 from webui.ui.chat_session import ChatRef, ChatSession, Reply
 from webui.ui.chat_view import NO_MODEL, TYPING, chat_messages, dropped_notice, message, token_label

@@ -13,7 +13,7 @@ State shapes (the Parameters tab writes them, the Chat/Default/Notebook tabs rea
 - ``character``: ``{"character": str | None, "user_name": str | None, "mode": "chat" | "chat-instruct" |
   "instruct", "instruction_template": str | None, "instruction_template_text": str | None,
   "chat_instruct_command": str, "system_message": str | None, "start_reply_with": str}``: exactly the
-  fields of `webui.session.ChatOptions` (see there) bar the API-only ``default_persona``. ``character``
+  fields of `webui.chat_service.ChatOptions` (see there) bar the API-only ``default_persona``. ``character``
   None or "Assistant" means the built-in Assistant; ``user_name`` None the card's name, else "You";
   ``instruction_template`` None means detected from the loaded model; ``instruction_template_text`` the
   edited Jinja text used instead (None: the named/detected template's own); ``system_message`` None the
@@ -46,10 +46,10 @@ from webui.sampling.presets import PresetLibrary
 
 if TYPE_CHECKING:
     from webui.app import App
+    from webui.chat_service import ChatOptions
     from webui.generation import GenerationRequest
     from webui.prompts.history import ChatHistory
     from webui.sampling import SamplingParams
-    from webui.session import ChatOptions
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def default_params(app: App) -> dict[str, Any]:
 
 def default_character_state(app: App) -> dict[str, Any]:
     """The starting value of ``ctx.character`` (the session's saved choices, else ChatOptions' defaults)."""
-    from webui.session import ChatOptions
+    from webui.chat_service import ChatOptions
 
     saved = app.settings.extra.get("chat")
     base = ChatOptions().__dict__ | (saved if isinstance(saved, dict) else {})
@@ -138,7 +138,7 @@ def sampling_params(params: dict[str, Any]) -> SamplingParams:
 
 def generation_request(params: dict[str, Any], prompt: str, **overrides: Any) -> GenerationRequest:
     """A validated GenerationRequest from ``ctx.params`` and a prompt (overrides win, e.g. stop=[...])."""
-    from webui.session import request_from_settings
+    from webui.chat_service import request_from_settings
 
     try:
         return request_from_settings(params, prompt=prompt, **overrides)
@@ -148,7 +148,7 @@ def generation_request(params: dict[str, Any], prompt: str, **overrides: Any) ->
 
 def chat_options(character: dict[str, Any]) -> ChatOptions:
     """``ctx.character`` as the chat service's options."""
-    from webui.session import ChatOptions
+    from webui.chat_service import ChatOptions
 
     known = {k: v for k, v in (character or {}).items() if k in ChatOptions.__dataclass_fields__}
     for key in ("system_message", "instruction_template_text", "chat_instruct_command"):

@@ -16,7 +16,7 @@ import gradio as gr
 
 from webui.errors import HearthError
 from webui.prompts.history import HistoryStore
-from webui.prompts.safe_files import path_inside, safe_name
+from webui.safe_files import path_inside, safe_name
 from webui.ui.context import UIContext, chat_history
 
 

@@ -1,6 +1,6 @@
 """The memory estimate rendered for the Model tab: numbers and a small HTML/CSS bar chart.
 
-The arithmetic is `webui.memory`'s; this only draws weights / KV cache / overhead against the memory that
+The arithmetic is `webui.memory_estimate`'s; this only draws weights / KV cache / overhead against the memory that
 is free where the model will live (VRAM when layers go to the GPU, RAM otherwise), so a person sees at a
 glance whether the chosen n_ctx or cache type fits before pressing Load.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.errors import HearthError
-from webui.memory import GiB, MemoryEstimate, available_memory, estimate
+from webui.memory_estimate import GiB, MemoryEstimate, available_memory, estimate
 
 
 def _gib(n: float) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.prompts_store import PromptStore
+from webui.prompts.prompt_store import PromptStore
 from webui.ui.context import UIContext
 from webui.ui.default_tab import RECORD_INFO, TEXT_KEYS
 from webui.ui.saved_prompts import build_saved_prompts

@@ -1,5 +1,5 @@
 """Saved prompts in the Default and Notebook tabs: pick one to load it, Save as, and Delete with a
-confirmation step, over `webui.prompts_store.PromptStore` (user_data/prompts/<name>.txt, one folder for
+confirmation step, over `webui.prompts.prompt_store.PromptStore` (user_data/prompts/<name>.txt, one folder for
 both tabs).
 
 The list is read from the folder when the page loads, when the tab is selected and after each change, so
@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.prompts_store import PromptStore
+from webui.prompts.prompt_store import PromptStore
 from webui.ui.confirm import ConfirmButton
 from webui.ui.streaming import toasts
 from webui.ui.textviews import refresh_when_shown

@@ -20,7 +20,7 @@ import yaml
 from webui.app import App
 from webui.config import ConfigError, read_settings_file
 from webui.extensions import PARAMS_KEY
-from webui.prompts.safe_files import atomic_write_text
+from webui.safe_files import atomic_write_text
 from webui.sampling import SamplingParams
 from webui.ui import is_dark
 from webui.ui.context import UIContext

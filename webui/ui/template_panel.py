@@ -25,7 +25,7 @@ EXAMPLE = [{"role": "user", "content": "Write a haiku about the sea."}]
 
 
 def _service(app: App) -> Any:
-    from webui.session import ChatService
+    from webui.chat_service import ChatService
 
     return ChatService(app)
 

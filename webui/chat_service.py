@@ -1,4 +1,4 @@
-"""The chat session service: history + character + template -> prompt -> generation core -> new history.
+"""The chat service: history + character + template -> prompt -> generation core -> new history.
 
 The Chat tab and the API's chat completions both go through here, so a chat means the same thing
 everywhere. Prompt text itself is built by `webui.prompts.chat` (pure); this module adds what needs the

@@ -1,4 +1,4 @@
-"""Features of the HF path on real tiny models: CFG, banned strings, logprobs, grammar, logits inspection."""
+"""Features of the pipeline path on real tiny models: CFG, banned strings, logprobs, grammar, logits inspection."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 
 from webui.errors import GenerationError
 from webui.generation import GenerationCore, GenerationRequest, TextChunk
-from webui.hf_path import guided_scores
 from webui.models import ModelManager
+from webui.pipeline_path import guided_scores
 from webui.sampling import SamplingParams
 
 PROMPT = "Once upon a time there was a little village"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from webui.errors import HearthError
-from webui.prompts.safe_files import atomic_write_text, is_plain_name, path_inside
+from webui.safe_files import atomic_write_text, is_plain_name, path_inside
 
 SUFFIX = ".txt"
 

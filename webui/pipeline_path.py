@@ -1,6 +1,6 @@
-"""The HF path: the model gives next-token logits, Hearth's sampler pipeline picks the token.
+"""The pipeline path: the model gives next-token logits, Hearth's sampler pipeline picks the token.
 
-Used for Transformers and the *_HF loaders, and for any llama.cpp request the native chain cannot honour
+Any backend can take it (it needs only `Model.logits`), beside a loader's native path. Used for Transformers and the *_HF loaders, and for any llama.cpp request the native chain cannot honour
 (a sampler it lacks, logprobs, classifier-free guidance, banned strings, extension processors).
 """
 

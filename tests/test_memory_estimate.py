@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from webui.memory import (
+from webui.memory_estimate import (
     CUDA_RESERVE,
     GiB,
     MemoryEstimateError,

@@ -1,7 +1,7 @@
 """Decode speed of Hearth's own sampler pipeline on llama.cpp logits (llamacpp_HF) vs llama.cpp's
 native chain (the llama.cpp loader), doing the same sampling work.
 
-Run: .venv/bin/python bench/bench_hf_path.py [--tokens 256] [--rounds 7] [--no-extra-buffers]
+Run: .venv/bin/python bench/bench_pipeline_path.py [--tokens 256] [--rounds 7] [--no-extra-buffers]
 Same ~0.25B-parameter 32k-vocab Q8_0 random GGUF as bench_llamacpp.py. Every setting below runs natively
 on the llama.cpp loader (checked), with the same meaning in both paths (tests/test_sampler_parity.py
 holds them to the same numbers; ranges 0 = the whole context on both). The greedy setting must give
