@@ -29,7 +29,8 @@ from bench.interleave import interleaved, report, without_extra_buffers  # noqa:
 from loaders import llamacpp_sampling as native  # noqa: E402
 from loaders.llamacpp import LlamaCppLoader  # noqa: E402
 from tests.model_factory import build_bench_gguf  # noqa: E402
-from webui.generation import Finished, GenerationCore, GenerationRequest, TextChunk  # noqa: E402
+from webui.events import Finished, TextChunk  # noqa: E402
+from webui.generation import GenerationCore, GenerationRequest  # noqa: E402
 from webui.models import ModelManager  # noqa: E402
 from webui.plugins import collect_loaders, make_plugin_manager  # noqa: E402
 from webui.sampling import SamplingParams  # noqa: E402

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from webui import safe_files
 from webui.app import App
 from webui.chat_service import ChatOptions, ChatService
 from webui.config import Settings
 from webui.plugins import hookimpl
-from webui.prompts import safe_files
 from webui.prompts.history import ChatHistory
 from webui.sampling import SamplingParams
 

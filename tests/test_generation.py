@@ -13,7 +13,8 @@ import pytest
 
 from tests.scripted_loader import EOS
 from webui.errors import GenerationError
-from webui.generation import Finished, GenerationCore, GenerationRequest, TextChunk, fit_context
+from webui.events import Finished, TextChunk
+from webui.generation import GenerationCore, GenerationRequest, fit_context
 from webui.models import ModelManager
 from webui.sampling import SamplingParams
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from webui import safe_files
 from webui.errors import HearthError
-from webui.prompts import safe_files
 from webui.prompts.history import ChatHistory, HistoryError, HistoryStore, Turn
 
 
@@ -80,7 +80,7 @@ def test_import_and_export(tmp_path: Path) -> None:
     store = HistoryStore(tmp_path)
     original = sample()
     store.save(original)
-    exported = store.export_chat("Aria", original.chat_id)
+    exported = store.load("Aria", original.chat_id).to_json()  # what Download serves
     imported = store.import_chat("Bob", exported)
     assert imported.turns == original.turns and imported.character == "Bob"
     assert imported.chat_id != original.chat_id

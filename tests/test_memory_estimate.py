@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import gguf
@@ -154,10 +153,6 @@ def test_gguf_estimate_splits_weights_by_gpu_layers(tiny_gguf: Path) -> None:
         "ram",
         "total",
     }
-    assert re.fullmatch(
-        r"\d+\.\d\d GiB weights \+ \d+\.\d\d GiB KV cache \+ \d+\.\d\d GiB overhead = \d+\.\d\d GiB",
-        cpu.describe(),
-    )
 
 
 def test_n_ctx_zero_means_the_models_context_capped_like_the_loader(tiny_gguf: Path) -> None:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from webui.errors import GenerationError
-from webui.generation import GenerationCore, GenerationRequest, TextChunk
+from webui.events import TextChunk
+from webui.generation import GenerationCore, GenerationRequest
 from webui.models import ModelManager
 from webui.pipeline_path import guided_scores
 from webui.sampling import SamplingParams

@@ -20,7 +20,8 @@ from tests.scripted_loader import ScriptedModel, write_script
 from webui.app import App
 from webui.chat_service import ChatOptions, ChatService, ChatUpdate
 from webui.config import Settings
-from webui.generation import Finished, GenerationRequest, TextChunk
+from webui.events import Finished, TextChunk
+from webui.generation import GenerationRequest
 from webui.plugins import hookimpl, make_plugin_manager
 from webui.prompts.chat import ChatPrompt
 from webui.prompts.history import ChatHistory

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from webui.generation import GenerationCore, GenerationRequest, TokenLogprob
+from webui.events import TokenLogprob
+from webui.generation import GenerationCore, GenerationRequest
 from webui.models import ModelManager
 from webui.ui.markup import literal_markdown
 from webui.ui.streaming import CancelBoard, stream_text, throttle

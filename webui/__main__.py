@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except HearthError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from webui.server import serve
+    from webui.server import serve  # here: --help and errors above answer without loading the servers
 
     return serve(app, access)
 

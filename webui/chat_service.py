@@ -14,7 +14,8 @@ from typing import Any
 
 from webui.app import App
 from webui.errors import HearthError
-from webui.generation import Finished, GenerationRequest
+from webui.events import Finished
+from webui.generation import GenerationRequest
 from webui.plugins import PromptBuilder
 from webui.prompts.characters import Character, CharacterStore, default_character
 from webui.prompts.chat import DEFAULT_CHAT_INSTRUCT_COMMAND, ChatMode, ChatPrompt, build_chat_prompt

@@ -38,16 +38,6 @@ class FifoLock:
             self._held = False
             self._cond.notify_all()
 
-    @property
-    def waiting(self) -> int:
-        """How many are queued behind the holder."""
-        with self._cond:
-            return len(self._queue)
-
-    @property
-    def locked(self) -> bool:
-        with self._cond:
-            return self._held
 
     def __enter__(self) -> FifoLock:
         self.acquire()

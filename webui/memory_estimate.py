@@ -80,10 +80,6 @@ class ModelFacts:
     bytes_by_type: dict[str, int] = field(default_factory=dict)
     quantizable_params: int = 0  # HF: 2-D weights inside blocks, what bitsandbytes quantizes
 
-    @property
-    def bytes_per_weight(self) -> float:
-        return self.weight_bytes / self.n_params if self.n_params else 0.0
-
 
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -103,12 +99,6 @@ class MemoryEstimate:
     def as_dict(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total}
 
-    def describe(self) -> str:
-        """One line for the Model tab, e.g. "4.07 GiB weights + 0.50 GiB KV cache + 0.31 GiB overhead = 4.88 GiB"."""
-        weights = (self.weights_gpu + self.weights_cpu) / GiB
-        line = f"{weights:.2f} GiB weights + {self.kv_cache / GiB:.2f} GiB KV cache + {self.overhead / GiB:.2f} GiB overhead"
-        line += f" = {self.total / GiB:.2f} GiB"
-        return line + (f" ({self.vram / GiB:.2f} GiB on GPU)" if self.vram else "")
 
 
 def kv_cache_bytes(n_layers: int, n_ctx: int, n_kv_heads: int, head_dim: int, cache_type: str = "f16") -> int:

@@ -39,10 +39,6 @@ class LocalModel:
     path: Path
     size_bytes: int
 
-    @property
-    def is_gguf(self) -> bool:
-        return self.path.is_file() and self.path.suffix.lower() == ".gguf"
-
 
 def _size(path: Path) -> int:
     if path.is_file():

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from webui.events import TokenLogprob
+
 if TYPE_CHECKING:
-    from webui.generation import GenerationRequest, TokenLogprob
+    from webui.generation import GenerationRequest
     from webui.loader_api import Model
     from webui.sampling import Sampler
 
@@ -39,7 +41,6 @@ def negative_ids(model: Model, request: GenerationRequest) -> list[int]:
 
 def logprob_entry(model: Model, raw: torch.Tensor, token: int, n: int) -> TokenLogprob:
     """`token`'s log-probability under the raw logits `raw`, with the top `n` alternatives."""
-    from webui.generation import TokenLogprob
 
     logprobs = torch.log_softmax(raw.float(), dim=-1)
     top = torch.topk(logprobs, min(n, logprobs.numel()))

@@ -44,7 +44,7 @@ def startup_lines(what: str, host: str, port: int, path: str = "") -> list[str]:
 
 def start_api(app: App) -> tuple[object, threading.Thread]:
     """Run the API with uvicorn in a background thread; returns (server, thread)."""
-    import uvicorn
+    import uvicorn  # here and below: an API-only or UI-only run loads only what it serves
 
     from webui.api import create_api
 

@@ -321,10 +321,3 @@ def send_dummy_reply(history: ChatHistory, text: str) -> ChatHistory:
     """Add a reply written by hand, as if the character had said it."""
     return history.with_turn("assistant", text)
 
-
-def replace_last_reply(history: ChatHistory, text: str) -> ChatHistory:
-    """Update the last reply in place (streaming, continue, edits)."""
-    if not history.turns or history.turns[-1].role != "assistant":
-        raise HistoryError("the chat does not end with a reply")
-    last = history.turns[-1]
-    return history.with_turns((*history.turns[:-1], Turn("assistant", text, last.metadata)))

@@ -258,7 +258,3 @@ class HistoryStore:
         imported = ChatHistory.from_data(parsed, character, chat_id=fresh.chat_id)
         self.save(imported)
         return imported
-
-    def export_chat(self, character: str, chat_id: str) -> str:
-        """The JSON text a download button serves."""
-        return self.load(character, chat_id).to_json()

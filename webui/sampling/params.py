@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from webui.errors import HearthError
-from webui.sampling.registry import DEFAULT_SAMPLER_PRIORITY, SAMPLER_BY_NAME, active_chain
+from webui.sampling.registry import DEFAULT_SAMPLER_PRIORITY, active_chain
 
 
 class SamplingError(HearthError):
@@ -262,10 +262,6 @@ class SamplingParams(BaseModel):
     def greedy(self) -> bool:
         """Argmax decoding: do_sample off, or temperature 0 (unless dynamic temperature replaces it)."""
         return not self.do_sample or (self.temperature == 0 and not self.dynamic_temperature)
-
-    def is_active(self, name: str) -> bool:
-        """Whether the sampler `name` would change anything with these settings."""
-        return SAMPLER_BY_NAME[name].active(self)
 
     def active_samplers(self) -> list[str]:
         """The samplers that will run, in the order they run (`registry.active_chain`). logit_bias

@@ -1,13 +1,12 @@
 """The Gradio shell: shared states, the tabs in order, and launching (for real and for tests).
 
 Each tab lives in its own module and is built by ``build_<name>_tab(ctx: UIContext) -> None`` inside the
-shell's ``gr.Tabs``. A tab module that is not there yet is skipped, so the shell runs while tabs are being
-written. Gradio 6 takes css/theme/js in ``launch()``, not ``Blocks()``.
+shell's ``gr.Tabs`` (`TABS`); extensions' own blocks follow on an Extensions tab. Gradio 6 takes
+css/theme/js in ``launch()``, not ``Blocks()``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import socket
 from collections.abc import Callable
@@ -18,7 +17,14 @@ from starlette.middleware import Middleware
 
 from webui.access import Login, ui_logins
 from webui.host_guard import AllowedHosts, HostGuard
+from webui.ui.chat_tab import build_chat_tab
 from webui.ui.context import UIContext, default_character_state, default_params
+from webui.ui.default_tab import build_default_tab
+from webui.ui.extensions_ui import build_extension_blocks, watch_notices
+from webui.ui.model_tab import build_model_tab
+from webui.ui.notebook_tab import build_notebook_tab
+from webui.ui.parameters_tab import build_parameters_tab
+from webui.ui.session_tab import build_session_tab, is_dark
 
 if TYPE_CHECKING:
     from webui.app import App
@@ -26,13 +32,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: (tab label, module, builder) in display order.
-TABS: tuple[tuple[str, str, str], ...] = (
-    ("Chat", "webui.ui.chat_tab", "build_chat_tab"),
-    ("Default", "webui.ui.default_tab", "build_default_tab"),
-    ("Notebook", "webui.ui.notebook_tab", "build_notebook_tab"),
-    ("Parameters", "webui.ui.parameters_tab", "build_parameters_tab"),
-    ("Model", "webui.ui.model_tab", "build_model_tab"),
-    ("Session", "webui.ui.session_tab", "build_session_tab"),
+#: (tab label, builder) in display order.
+TABS: tuple[tuple[str, Callable[[UIContext], None]], ...] = (
+    ("Chat", build_chat_tab),
+    ("Default", build_default_tab),
+    ("Notebook", build_notebook_tab),
+    ("Parameters", build_parameters_tab),
+    ("Model", build_model_tab),
+    ("Session", build_session_tab),
 )
 
 CSS = """
@@ -95,16 +102,6 @@ KEYS_JS = """() => {
 }"""
 
 
-def _tab_builder(module: str, name: str) -> Callable[[UIContext], None] | None:
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:  # a real missing dependency inside the tab: report it
-            raise
-        log.warning("UI tab module %s not found; tab skipped", module)
-        return None
-
-
 def build_ui(app: App) -> gr.Blocks:
     """The whole UI. States are created first so every tab shares them."""
     with gr.Blocks(title="Hearth") as blocks:
@@ -116,10 +113,7 @@ def build_ui(app: App) -> gr.Blocks:
             prompt_transfer=gr.State(None),
         )
         with gr.Tabs():
-            for label, module, name in TABS:
-                builder = _tab_builder(module, name)
-                if builder is None:
-                    continue
+            for label, builder in TABS:
                 with gr.Tab(label, id=label.lower(), elem_id=f"tab-{label.lower()}"):
                     builder(ctx)
             _extension_tab(ctx)  # runs the extensions' ui hooks, which may add tabs of their own
@@ -130,8 +124,6 @@ def build_ui(app: App) -> gr.Blocks:
 
 def _extension_tab(ctx: UIContext) -> None:
     """Enabled extensions' own blocks in an Extensions tab; their failure notices as toasts everywhere."""
-    from webui.ui.extensions_ui import build_extension_blocks, watch_notices
-
     manager = ctx.app.extensions
     if manager is None:
         return
@@ -140,10 +132,6 @@ def _extension_tab(ctx: UIContext) -> None:
             build_extension_blocks(ctx)
     else:
         watch_notices(manager)
-
-
-def is_dark(app: App) -> bool:
-    return str(app.settings.extra.get("theme", "light")).lower() == "dark"
 
 
 def _launch(

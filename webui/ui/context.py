@@ -41,19 +41,20 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from pydantic import ValidationError
 
+from webui import sampling
+from webui.chat_service import ChatOptions, request_from_settings
 from webui.errors import HearthError
+from webui.prompts.history import ChatHistory
+from webui.sampling import SamplingParams
 from webui.sampling.presets import PresetLibrary
 
 if TYPE_CHECKING:
     from webui.app import App
-    from webui.chat_service import ChatOptions
     from webui.generation import GenerationRequest
-    from webui.prompts.history import ChatHistory
-    from webui.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
-#: A tab builder an extension (or a later issue) may add; called inside the shell's gr.Tabs.
+#: A tab builder an extension's `ui` hook may add (`UIContext.extra_tabs`); called inside the shell's gr.Tabs.
 TabBuilder = Callable[["UIContext"], None]
 
 #: The keys of ``ctx.character`` (ChatOptions' fields the UI sets; ``default_persona`` is the API's).
@@ -93,7 +94,6 @@ class UIContext:
 def default_params(app: App) -> dict[str, Any]:
     """The starting value of ``ctx.params``: the --preset if given, else the samplers saved in
     settings.yaml (``sampling``), else neutral; generation settings from ``generation`` over defaults."""
-    from webui import sampling
 
     saved_sampling = app.settings.extra.get("sampling")
     values = sampling.SamplingParams().model_dump()
@@ -111,7 +111,6 @@ def default_params(app: App) -> dict[str, Any]:
 
 def default_character_state(app: App) -> dict[str, Any]:
     """The starting value of ``ctx.character`` (the session's saved choices, else ChatOptions' defaults)."""
-    from webui.chat_service import ChatOptions
 
     saved = app.settings.extra.get("chat")
     base = ChatOptions().__dict__ | (saved if isinstance(saved, dict) else {})
@@ -128,7 +127,6 @@ def _as_gr_error(exc: ValidationError) -> gr.Error:
 
 def sampling_params(params: dict[str, Any]) -> SamplingParams:
     """``ctx.params["sampling"]`` validated; a bad field raises gr.Error naming it."""
-    from webui.sampling import SamplingParams
 
     try:
         return SamplingParams.model_validate(params.get("sampling") or {})
@@ -138,7 +136,6 @@ def sampling_params(params: dict[str, Any]) -> SamplingParams:
 
 def generation_request(params: dict[str, Any], prompt: str, **overrides: Any) -> GenerationRequest:
     """A validated GenerationRequest from ``ctx.params`` and a prompt (overrides win, e.g. stop=[...])."""
-    from webui.chat_service import request_from_settings
 
     try:
         return request_from_settings(params, prompt=prompt, **overrides)
@@ -148,7 +145,6 @@ def generation_request(params: dict[str, Any], prompt: str, **overrides: Any) ->
 
 def chat_options(character: dict[str, Any]) -> ChatOptions:
     """``ctx.character`` as the chat service's options."""
-    from webui.chat_service import ChatOptions
 
     known = {k: v for k, v in (character or {}).items() if k in ChatOptions.__dataclass_fields__}
     for key in ("system_message", "instruction_template_text", "chat_instruct_command"):
@@ -161,7 +157,6 @@ def chat_options(character: dict[str, Any]) -> ChatOptions:
 
 def chat_history(history: dict[str, Any] | None, character: str = "Assistant") -> ChatHistory | None:
     """``ctx.history`` as a ChatHistory (None when no chat is open)."""
-    from webui.prompts.history import ChatHistory
 
     if not history:
         return None

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.generation import TokenLogprob
+from webui.events import TokenLogprob
 from webui.prompts.prompt_store import PromptStore
 from webui.ui.context import UIContext
 from webui.ui.saved_prompts import build_saved_prompts

@@ -22,11 +22,15 @@ from webui.config import ConfigError, read_settings_file
 from webui.extensions import PARAMS_KEY
 from webui.safe_files import atomic_write_text
 from webui.sampling import SamplingParams
-from webui.ui import is_dark
 from webui.ui.context import UIContext
 from webui.ui.extensions_ui import build_extensions_settings
 
 TOGGLE_JS = "(theme) => { document.body.classList.toggle('dark', theme === 'dark'); return theme; }"
+
+
+def is_dark(app: App) -> bool:
+    """Whether the saved theme is dark (applied on page load)."""
+    return str(app.settings.extra.get("theme", "light")).lower() == "dark"
 
 
 def ui_state(app: App, params: dict[str, Any], character: dict[str, Any], theme: str) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from typing import TypeVar
 import gradio as gr
 
 from webui.errors import HearthError
-from webui.generation import Finished, GenerationCore, GenerationRequest, TokenLogprob
+from webui.events import Finished, TokenLogprob
+from webui.generation import GenerationCore, GenerationRequest
 
 T = TypeVar("T")
 

@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from webui.app import App
+from webui.chat_service import ChatService
 from webui.errors import HearthError
 from webui.prompts.templates import MODEL_TEMPLATE_NAME, TemplateError, check_template, render
 from webui.ui.context import UIContext, enclosing_tabs
@@ -25,8 +26,6 @@ EXAMPLE = [{"role": "user", "content": "Write a haiku about the sea."}]
 
 
 def _service(app: App) -> Any:
-    from webui.chat_service import ChatService
-
     return ChatService(app)
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from webui.generation import TokenLogprob
+from webui.events import TokenLogprob
 from webui.ui.context import enclosing_tabs, generation_request, sampling_params
 from webui.ui.markup import literal_markdown
 from webui.ui.streaming import CancelBoard, stream_text, throttle, toasts
