@@ -4,20 +4,23 @@ changing a real generation or chat prompt, and a failing extension being disable
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel, Field
 
 from webui.app import App
+from webui.chat_service import ChatOptions, ChatService
 from webui.config import Settings, parse_settings
 from webui.extension_sources import discover
 from webui.generation import GenerationRequest
+from webui.param_specs import ParamSpec
 from webui.plugins import hookimpl
 from webui.prompts.history import ChatHistory
 from webui.sampling import SamplingParams
-from webui.session import ChatOptions, ChatService
 
 GREEDY = SamplingParams(do_sample=False, ban_eos_token=True)
 PROMPT = "Once upon a time there was a little village"
@@ -163,6 +166,48 @@ def test_params_defaults_apply_and_persist_in_settings_yaml(make_app, tmp_path: 
     again = App.create(settings)
     assert again.extensions.enabled == ["example", "character_bias"]
     assert again.extensions.params("example")["max_new_tokens"] == 3
+
+
+class TypedSettings(BaseModel):
+    depth: int = Field(4, ge=1, le=100, description="Messages searched.")
+
+
+class Typed:
+    """An extension declaring typed settings (specs with ranges and descriptions) through the real hook."""
+
+    def __init__(self, declared: Any):
+        self.declared = declared
+
+    @hookimpl
+    def params(self) -> Any:
+        return self.declared
+
+    @hookimpl
+    def output_modifier(self, text: str, state: dict[str, Any]) -> str:
+        return f"{text} [{state['params']}]"
+
+
+def test_typed_params_are_validated_against_their_ranges(make_app, tmp_path: Path) -> None:
+    app = make_app(extra={"extension_params": {"typed": {"budget": 99999, "shout": "yes"}}})  # saved: one no longer fits
+    spec = ParamSpec("", "int", 512, "Most tokens of entries added to the prompt.", 0, 8192)
+    app.extensions.add("typed", Typed({"budget": spec, "shout": False}))
+    assert app.extensions.enable("typed")
+    assert app.extensions.specs("typed")["budget"] == replace(spec, name="budget")
+    assert app.extensions.params("typed") == {"budget": 512, "shout": True}  # the bad saved value is ignored
+    with pytest.raises(ValueError, match="extension 'typed': budget: 9000 is above the maximum 8192"):
+        app.extensions.set_params("typed", {"budget": 9000})
+    assert app.extensions.set_params("typed", {"budget": 256.0}) == {"budget": 256, "shout": True}
+    assert generate(app).text.endswith(" [{'budget': 256, 'shout': True}]")  # plain values reach the hooks
+
+    app.extensions.add("model", Typed(TypedSettings))
+    assert app.extensions.enable("model") and app.extensions.params("model") == {"depth": 4}
+    assert app.extensions.specs("model")["depth"].help == "Messages searched."
+    with pytest.raises(ValueError, match="depth: 0 is below the minimum 1"):
+        app.extensions.set_params("model", {"depth": 0})
+
+    app.extensions.add("nonsense", Typed({"depth": ParamSpec("", "int", 500, "", 1, 100)}))
+    assert not app.extensions.enable("nonsense")
+    assert "500 is above the maximum 100" in app.extensions.drain_notices()[-1].message
 
 
 def test_disabling_at_runtime_stops_the_hooks(make_app) -> None:

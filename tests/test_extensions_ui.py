@@ -14,6 +14,8 @@ import yaml
 
 from webui.app import App
 from webui.config import Settings
+from webui.param_specs import ParamSpec
+from webui.plugins import hookimpl
 from webui.ui import free_port
 from webui.ui.context import UIContext, default_character_state, default_params
 from webui.ui.extensions_ui import apply_settings, build_extension_blocks, build_extensions_settings
@@ -88,3 +90,51 @@ def test_extension_blocks_settings_and_failure_toast(extension_page: tuple[App, 
     while app.extensions.params("lorebook")["budget_tokens"] != 256 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert app.extensions.params("lorebook")["budget_tokens"] == 256
+
+
+class TypedSettings:
+    """An extension declaring typed settings: a range that makes a slider, one too wide for a slider."""
+
+    @hookimpl
+    def params(self) -> dict[str, Any]:
+        return {
+            "depth": ParamSpec("", "int", 4, "Messages searched for keywords.", 1, 100),
+            "budget": ParamSpec("", "int", 512, "Most tokens of entries added to the prompt.", 0, 100_000),
+        }
+
+
+@pytest.mark.browser
+def test_typed_extension_settings_get_ranged_widgets_tooltips_and_named_errors(
+    browser: Any, models_dir: Path, tmp_path: Path
+) -> None:
+    app = App.create(Settings(models_dir=models_dir, user_data_dir=tmp_path / "user"))
+    app.extensions.add("typed", TypedSettings())
+    assert app.extensions.set_enabled(["typed"]) == ["typed"]
+    with gr.Blocks() as blocks:
+        ctx = UIContext(app, gr.State(default_params(app)), gr.State(default_character_state(app)),
+                        gr.State(None), gr.State(None))
+        build_extensions_settings(ctx)
+    _, url, _ = blocks.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                      quiet=True)
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(90_000)
+    try:
+        page.goto(url)
+        page.locator("#extension-settings-typed").get_by_text("typed settings").click()
+        page.locator("#extension-typed-depth input[type=range]").wait_for()  # a slider: 1..100
+        page.locator("#extension-typed-depth").get_by_text("Messages searched for keywords.").wait_for()
+        budget = page.locator("#extension-typed-budget input[type=number]")
+        page.locator("#extension-typed-budget").get_by_text("Most tokens of entries").wait_for()
+        budget.fill("200000")
+        page.locator("#extensions-apply").click()
+        error = page.locator(".toast-body.error", has_text="budget: 200000 is above the maximum 100000")
+        error.wait_for()
+        assert budget.input_value() == "200000" and app.extensions.params("typed")["budget"] == 512
+        budget.fill("256")
+        page.locator("#extensions-apply").click()
+        page.locator("#extensions-status").get_by_text("Enabled: typed.").wait_for()
+        assert app.extensions.params("typed") == {"depth": 4, "budget": 256}
+    finally:
+        context.close()
+        blocks.close()

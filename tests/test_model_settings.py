@@ -16,7 +16,7 @@ from webui.model_settings import (
     settings_path,
 )
 from webui.models import ModelManager
-from webui.prompts.safe_files import UnsafeNameError
+from webui.safe_files import UnsafeNameError
 
 GGUF = "tiny-llama.gguf"
 

@@ -15,9 +15,10 @@ import pytest
 
 from webui.loader_api import LoaderParam
 from webui.memory_estimate import GiB, MemoryEstimate, kv_cache_bytes, read_gguf
-from webui.ui.loader_params import build_loader_panels, elem_prefix, use_slider, widget_for
+from webui.ui.loader_params import build_loader_panels, elem_prefix
 from webui.ui.memory_view import memory_html
 from webui.ui.model_tab import ModelTab, info_markdown, offered_loaders
+from webui.ui.param_widgets import use_slider, widget_for
 
 if TYPE_CHECKING:
     from tests.ui_harness import UIServer

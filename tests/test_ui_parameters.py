@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 from webui.prompts.history import ChatHistory, HistoryStore
 from webui.sampling import SamplingParams
 from webui.ui.context import GENERATION_DEFAULTS, generation_request
-from webui.ui.sampler_controls import (
+from webui.ui.generation_panel import (
     GROUPS,
     GenerationControls,
     field_widget,

@@ -24,6 +24,7 @@ import yaml
 
 from webui.errors import HearthError
 from webui.loader_api import Loader, LoaderParam
+from webui.param_specs import ParamSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_NAME = "settings.yaml"
@@ -167,25 +168,29 @@ def build_parser(loaders: dict[str, type[Loader]]) -> argparse.ArgumentParser:
         key = ", ".join(users)
         group = by_loader.get(key) or parser.add_argument_group(f"Loader parameters ({key})")
         by_loader[key] = group
-        _add_param_flag(group, name, param, negatable=f"no_{name}" not in table and not name.startswith("no_"))
+        add_param_flag(group, param, negatable=f"no_{name}" not in table and not name.startswith("no_"))
     return parser
 
 
-def _add_param_flag(group: argparse._ArgumentGroup, name: str, param: LoaderParam, negatable: bool = True) -> None:
-    help_text = f"{param.help} (default: {param.default})"
-    if param.kind == "bool":
+def add_param_flag(group: argparse._ArgumentGroup, spec: ParamSpec, negatable: bool = True) -> None:
+    """The command-line flag of one declared setting (`webui.param_specs.ParamSpec`): ``--name VALUE``,
+    or for a bool ``--name`` / ``--no-name``; the value lands under ``loader:<name>``."""
+    help_text = f"{spec.help} (default: {spec.default})"
+    dest = f"loader:{spec.name}"
+    if spec.kind == "bool":
         # --name / --no-name, unless another parameter is itself called no_name (then --name sets True).
         action = argparse.BooleanOptionalAction if negatable else "store_const"
         extra = {} if negatable else {"const": True}
-        group.add_argument(_flag(name), dest=f"loader:{name}", action=action, help=help_text, **extra)
+        group.add_argument(_flag(spec.name), dest=dest, action=action, help=help_text, **extra)
         return
-    kwargs: dict[str, Any] = {"dest": f"loader:{name}", "help": help_text, "metavar": param.kind.upper()}
-    if param.kind == "choice":
-        kwargs["choices"] = param.choices
-        kwargs.pop("metavar")
-    elif param.kind in {"int", "float"}:
-        kwargs["type"] = int if param.kind == "int" else float
-    group.add_argument(_flag(name), **kwargs)
+    kwargs: dict[str, Any] = {"dest": dest, "help": help_text}
+    if spec.kind == "choice":
+        kwargs["choices"] = spec.choices
+    else:
+        kwargs["metavar"] = spec.kind.upper()
+    if spec.numeric:
+        kwargs["type"] = int if spec.kind == "int" else float
+    group.add_argument(_flag(spec.name), **kwargs)
 
 
 def read_cmd_flags(path: Path) -> list[str]:

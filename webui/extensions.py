@@ -23,16 +23,17 @@ import yaml
 
 from webui.config import Settings
 from webui.extension_sources import EXTENSIONS_DIR, Source, discover
+from webui.param_specs import ParamError, ParamSpec, specs_from
 from webui.plugins import ExtensionSpecs, PromptBuilder
 from webui.prompts.chat import ChatPrompt
-from webui.prompts.safe_files import atomic_write_text
+from webui.safe_files import atomic_write_text
 
 if TYPE_CHECKING:
     from webui.app import App
+    from webui.chat_service import ChatOptions
     from webui.generation import GenerationRequest
     from webui.prompts.characters import Character
     from webui.prompts.history import ChatHistory
-    from webui.session import ChatOptions
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,6 @@ class Notice:
 
 #: Set on errors raised by the prompt builder an extension delegated to: they are not that extension's fault.
 _UNATTRIBUTED = "_hearth_from_builder"
-
-
-def _coerce(value: Any, default: Any) -> Any:
-    """A saved or UI value converted to the type of its default (Gradio numbers arrive as floats)."""
-    if isinstance(default, bool):
-        return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
-    if isinstance(default, str):
-        return "" if value is None else str(value)
-    return value
 
 
 def add_context(options: ChatOptions, character: Character, text: str, *,
@@ -118,7 +106,7 @@ class ExtensionManager:
         self._sources = discover(folders, entry_points)
         self._loaded: dict[str, object] = {}
         self._enabled: list[str] = []
-        self._defaults: dict[str, dict[str, Any]] = {}
+        self._specs: dict[str, dict[str, ParamSpec]] = {}
         self._values: dict[str, dict[str, Any]] = {}
         self._notices: list[Notice] = []
         self._lock = threading.RLock()
@@ -159,8 +147,7 @@ class ExtensionManager:
                 return False
             self._loaded[name] = plugin
             self._enabled.append(name)
-        defaults = self._first(name, "params", {}, validate=_as_params) or {}
-        self._defaults[name] = defaults
+        self._specs[name] = self._first(name, "params", {}, validate=specs_from) or {}
         self._values.setdefault(name, self._saved_params(name))
         if self.app is not None:
             self._first(name, "setup", {"app": self.app})
@@ -212,29 +199,37 @@ class ExtensionManager:
         values = saved.get(name) if isinstance(saved, dict) else None
         return dict(values) if isinstance(values, dict) else {}
 
+    def specs(self, name: str) -> dict[str, ParamSpec]:
+        """The extension's declared settings (from its ``params`` hook), by name."""
+        return dict(self._specs.get(name, {}))
+
     def defaults(self, name: str) -> dict[str, Any]:
-        return dict(self._defaults.get(name, {}))
+        return {key: spec.default for key, spec in self._specs.get(name, {}).items()}
 
     def params(self, name: str) -> dict[str, Any]:
-        """The extension's settings: declared defaults, overridden by saved and applied values."""
-        defaults = self._defaults.get(name, {})
-        values = dict(defaults)
+        """The extension's settings: declared defaults, overridden by saved and applied values (a saved
+        value that no longer fits its declaration is ignored, with a warning)."""
+        specs = self._specs.get(name, {})
+        values = self.defaults(name)
         for key, value in self._values.get(name, {}).items():
-            if key in defaults:
+            if key in specs:
                 try:
-                    values[key] = _coerce(value, defaults[key])
-                except (TypeError, ValueError):
-                    log.warning("extension %s: ignoring %s=%r (expected %s)", name, key, value,
-                                type(defaults[key]).__name__)
+                    values[key] = specs[key].coerce(value)
+                except ParamError as exc:
+                    log.warning("extension %s: ignoring saved %s", name, exc)
         return values
 
     def set_params(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
-        """Apply new values (validated against the defaults' types); returns the resulting params."""
-        defaults = self._defaults.get(name, {})
-        unknown = set(values) - set(defaults)
+        """Apply new values, each validated against its declaration (a ParamError, a ValueError, names
+        the setting); returns the resulting params."""
+        specs = self._specs.get(name, {})
+        unknown = set(values) - set(specs)
         if unknown:
             raise ValueError(f"extension {name!r} has no setting {', '.join(sorted(unknown))}")
-        coerced = {k: _coerce(v, defaults[k]) for k, v in values.items()}
+        try:
+            coerced = {k: specs[k].coerce(v) for k, v in values.items()}
+        except ParamError as exc:
+            raise ParamError(f"extension {name!r}: {exc}") from None
         self._values[name] = {**self._values.get(name, {}), **coerced}
         return self.params(name)
 
@@ -242,8 +237,9 @@ class ExtensionManager:
         """Copy the enabled list and changed params into Settings (what settings.yaml saving writes)."""
         saved = self.settings.extra.get(PARAMS_KEY)
         table = dict(saved) if isinstance(saved, dict) else {}
-        for name in self._defaults:
-            changed = {k: v for k, v in self.params(name).items() if v != self._defaults[name][k]}
+        for name in self._specs:
+            defaults = self.defaults(name)
+            changed = {k: v for k, v in self.params(name).items() if v != defaults[k]}
             if changed:
                 table[name] = changed
             else:
@@ -414,12 +410,6 @@ def _expect(kind: type | tuple[type, ...], what: str) -> Callable[[Any], Any]:
 
 _as_str = _expect(str, "a string")
 _as_prompt_or_text = _expect((ChatPrompt, str), "a ChatPrompt or a string")
-
-
-def _as_params(result: Any) -> dict[str, Any]:
-    if not isinstance(result, dict) or not all(isinstance(k, str) for k in result):
-        raise TypeError(f"params must return a dict of name -> default, got {type(result).__name__}")
-    return dict(result)
 
 
 def _as_text_pair(result: Any) -> tuple[str, str]:

@@ -18,59 +18,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from webui.errors import HearthError, LoaderError, ModelRuntimeError  # noqa: F401  (re-exported: the loader contract)
+from webui.param_specs import ParamSpec
+from webui.sampling.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
     import torch
 
     from webui.sampling import SamplingParams
-    from webui.sampling.vocabulary import Vocabulary
 
 
 
 
 
 @dataclass(frozen=True)
-class LoaderParam:
-    """One parameter a loader accepts. `kind` is one of bool, int, float, str, choice."""
+class LoaderParam(ParamSpec):
+    """One parameter a loader accepts (`webui.param_specs.ParamSpec`: kind is one of bool, int, float, str,
+    choice); `coerce` raises LoaderError naming it."""
 
-    name: str
-    kind: str
-    default: Any
-    help: str
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()
-    step: float | None = None
-
-    def coerce(self, value: Any) -> Any:
-        """Validate and convert one value (from the CLI, a settings file, JSON or a UI widget)."""
-        if value is None:
-            return self.default
-        try:
-            if self.kind == "bool":
-                if isinstance(value, str):
-                    lowered = value.strip().lower()
-                    if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
-                        raise ValueError(value)
-                    return lowered in {"1", "true", "yes", "on"}
-                return bool(value)
-            if self.kind == "int":
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError(value)
-                converted: Any = int(value)
-            elif self.kind == "float":
-                converted = float(value)
-            else:
-                converted = str(value)
-        except (TypeError, ValueError):
-            raise LoaderError(f"{self.name}: expected {self.kind}, got {value!r}") from None
-        if self.kind == "choice" and converted not in self.choices:
-            raise LoaderError(f"{self.name}: {converted!r} is not one of {', '.join(self.choices)}")
-        if self.minimum is not None and converted < self.minimum:
-            raise LoaderError(f"{self.name}: {converted} is below the minimum {self.minimum}")
-        if self.maximum is not None and converted > self.maximum:
-            raise LoaderError(f"{self.name}: {converted} is above the maximum {self.maximum}")
-        return converted
+    error: ClassVar[type[HearthError]] = LoaderError
 
 
 @dataclass
@@ -152,8 +117,6 @@ class Model(ABC):
     @cached_property
     def vocabulary(self) -> Vocabulary:
         """The tokens as the samplers see them, built on first use and kept with the model."""
-        from webui.sampling.vocabulary import Vocabulary
-
         return Vocabulary(self.vocab_size, self.token_text, lambda text: self.tokenize(text, add_bos=False))
 
     @abstractmethod

@@ -97,10 +97,11 @@ class ExtensionSpecs:
     def params(self) -> dict[str, Any]:
         """Called once when the extension is enabled: its settings and their defaults.
 
-        Return ``{name: default}`` with bool, int, float or str values; the Session tab shows one
-        control per entry (the default's type picks it) and settings.yaml keeps the changed ones under
-        ``extension_params: {extension: {name: value}}``. The current values arrive as
-        ``state["params"]``."""
+        Return ``{name: default}`` (bool, int, float or str values; the default's type picks the control),
+        ``{name: webui.param_specs.ParamSpec(...)}`` (typed, with a range and a one-line description, shown
+        as the tooltip), or a pydantic model class (its fields' ge/le and description). Values are
+        validated against the declaration; the settings file keeps the changed ones under
+        ``extension_params: {extension: {name: value}}``; the current values arrive as ``state["params"]``."""
 
     @hookspec
     def input_modifier(self, text: str, state: dict[str, Any], is_chat: bool) -> str | None:

@@ -167,7 +167,7 @@ class CharacterPanel:
         return [self._choices("Assistant"), *self._chosen("Assistant", state)]
 
 
-def build_character_tab(ctx: UIContext) -> None:
+def build_character_panel(ctx: UIContext) -> None:
     panel = CharacterPanel(CharacterStore(ctx.app.settings.user_data_dir))
     current = ctx.character.value.get("character") or "Assistant"
     names = panel.store.names()

@@ -2,10 +2,11 @@
 that report a failing extension.
 
 The Session tab calls `build_extensions_settings(ctx)` (checkboxes to enable, one control per declared
-param, Apply and Save) and `build_extension_blocks(ctx)` (every enabled extension's ``ui`` hook, each in
-its own accordion, plus the notice watcher). Hooks and settings take effect on Apply, and the settings
-panel is re-drawn (`gr.render`) for the extensions then on; an extension's own blocks are built with the
-page, so one enabled later shows them after a restart.
+param built by the shared `widget_for` with its description as the tooltip, Apply and Save) and
+`build_extension_blocks(ctx)` (every enabled extension's ``ui`` hook, each in its own accordion, plus the
+notice watcher). Hooks and settings take effect on Apply, and the settings panel is re-drawn
+(`gr.render`) for the extensions then on; an extension's own blocks are built with the page, so one
+enabled later shows them after a restart.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from typing import Any
 import gradio as gr
 
 from webui.extensions import ExtensionManager
+from webui.param_specs import ParamSpec
 from webui.ui.context import UIContext
+from webui.ui.param_widgets import widget_for
 
 NOTICE_SECONDS = 2.0
+#: Kinds of setting the panel shows a widget for.
+EDITABLE = ("bool", "int", "float", "str", "choice")
 
 
 def apply_settings(manager: ExtensionManager, names: Sequence[str], params: dict[str, dict[str, Any]]) -> str:
@@ -36,19 +41,13 @@ def apply_settings(manager: ExtensionManager, names: Sequence[str], params: dict
     return text
 
 
-def _control(name: str, key: str, value: Any) -> gr.components.Component | None:
-    # interactive=True: inside gr.render Gradio cannot infer it from the (re-attached) event inputs
-    common = {"label": key.replace("_", " "), "elem_id": f"extension-{name}-{key}", "interactive": True}
-    if isinstance(value, bool):
-        return gr.Checkbox(value=value, **common)
-    if isinstance(value, int):
-        return gr.Number(value=value, precision=0, **common)
-    if isinstance(value, float):
-        return gr.Number(value=value, **common)
-    if isinstance(value, str):
-        lines = 3 if "\n" in value or len(value) > 80 else 1
-        return gr.Textbox(value=value, lines=lines, **common)
-    return None  # other types are kept in settings.yaml but not editable here
+def _control(name: str, spec: ParamSpec, value: Any) -> gr.components.Component | None:
+    """The shared widget for one setting; lists, maps and other values are kept in settings.yaml but not
+    editable here."""
+    if spec.kind not in EDITABLE:
+        return None
+    lines = 3 if isinstance(value, str) and ("\n" in value or len(value) > 80) else 1
+    return widget_for(spec, value, f"extension-{name}-", label=spec.name.replace("_", " "), lines=lines)
 
 
 def build_extensions_settings(ctx: UIContext) -> None:
@@ -89,20 +88,21 @@ def build_extensions_settings(ctx: UIContext) -> None:
             return f"{text} Saved to `{path}`.", enabled
 
         inputs = [chosen, *(control for _, _, control in controls)]
-        apply.click(on_apply, inputs, [status, shown])
-        save.click(on_save, inputs, [status, shown])
+        # raw values: a range error is ours, naming the setting, not Gradio's
+        apply.click(on_apply, inputs, [status, shown], preprocess=False)
+        save.click(on_save, inputs, [status, shown], preprocess=False)
 
 
 def _settings_controls(manager: ExtensionManager, names: Sequence[str]) -> list[tuple[str, str, Any]]:
     """One accordion of controls per extension in `names` that declares settings: (name, key, control)."""
     controls: list[tuple[str, str, Any]] = []
     for name in names:
-        values = manager.params(name)
+        values, specs = manager.params(name), manager.specs(name)
         if not values:
             continue
         with gr.Accordion(f"{name} settings", open=False, elem_id=f"extension-settings-{name}"):
             for key, value in values.items():
-                control = _control(name, key, value)
+                control = _control(name, specs[key], value)
                 if control is not None:
                     controls.append((name, key, control))
     return controls

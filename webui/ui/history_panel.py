@@ -86,7 +86,7 @@ class HistoryPanel:
         return str(path)
 
 
-def build_history_tab(ctx: UIContext) -> None:
+def build_history_panel(ctx: UIContext) -> None:
     export_dir = Path(tempfile.mkdtemp(prefix="hearth-chats-"))
     panel = HistoryPanel(HistoryStore(ctx.app.settings.user_data_dir), export_dir)
     with gr.Row():

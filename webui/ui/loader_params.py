@@ -1,4 +1,5 @@
-"""Loader parameter widgets generated from `LoaderParam` declarations (never retyped per loader).
+"""Loader parameter widgets generated from `LoaderParam` declarations (never retyped per loader) by the
+shared builder, `webui.ui.param_widgets.widget_for`.
 
 Every loader gets its own group of widgets, built once; the Model tab shows the selected loader's group
 and hides the others. Handlers receive all widgets' values as one flat list and `LoaderPanels.values`
@@ -19,42 +20,7 @@ import gradio as gr
 
 from webui.errors import HearthError
 from webui.loader_api import Loader, LoaderParam
-
-#: Int/float ranges with at most this many steps become sliders; wider ones (n_ctx up to 1M) a number box.
-MAX_SLIDER_STEPS = 2000
-
-
-def use_slider(param: LoaderParam) -> bool:
-    if param.kind not in {"int", "float"} or param.minimum is None or param.maximum is None:
-        return False
-    step = param.step or (1 if param.kind == "int" else (param.maximum - param.minimum) / 100)
-    return (param.maximum - param.minimum) / step <= MAX_SLIDER_STEPS
-
-
-def widget_for(
-    param: LoaderParam, value: Any = None, elem_prefix: str = "", locked: str | None = None
-) -> gr.components.Component:
-    """One Gradio input for one declared parameter; `value` (else the default) is shown first. A `locked`
-    parameter (the reason) is disabled at its default."""
-    value = param.default if value is None or locked else value
-    common: dict[str, Any] = {
-        "label": param.name,
-        "info": f"{param.help} Disabled: {locked}." if locked else param.help,
-        "value": value,
-        "elem_id": f"{elem_prefix}{param.name}" if elem_prefix else None,
-        "interactive": not locked,
-    }
-    if param.kind == "bool":
-        return gr.Checkbox(**common)
-    if param.kind == "choice":
-        return gr.Dropdown(choices=list(param.choices), **common)
-    if param.kind == "str":
-        return gr.Textbox(**common)
-    step = param.step or (1 if param.kind == "int" else None)
-    if use_slider(param):
-        return gr.Slider(minimum=param.minimum, maximum=param.maximum, step=step, **common)
-    precision = 0 if param.kind == "int" else None
-    return gr.Number(minimum=param.minimum, maximum=param.maximum, step=step, precision=precision, **common)
+from webui.ui.param_widgets import widget_for
 
 
 def elem_prefix(loader_name: str) -> str:

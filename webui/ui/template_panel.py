@@ -71,7 +71,7 @@ def example_prompt(text: str) -> str:
     return render(text, EXAMPLE, add_generation_prompt=True)
 
 
-def build_template_tab(ctx: UIContext) -> None:
+def build_template_panel(ctx: UIContext) -> None:
     app = ctx.app
 
     def show(name: str | None, state: dict[str, Any]) -> tuple[str, dict[str, Any]]:

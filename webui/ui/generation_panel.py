@@ -1,13 +1,14 @@
 """The Generation sub-tab: presets, every sampler setting, and the request-level generation settings.
 
-Widgets are generated from `SamplingParams`' pydantic fields (type and ge/le bounds), so a sampler added
-to the model appears here without retyping; `GROUPS` only decides where it is shown ("Other" catches the
-rest). An edit rebuilds ``ctx.params`` and validates it when the value is committed (a text or number box
-loses focus or gets Enter, a slider is released, a box is ticked), so typing never floods toasts; an error
-is one toast naming the field. Handlers take the widgets' raw values (``preprocess=False``) so a range error
-is ours, naming the field, not Gradio's. Presets come from the shipped folder and ``user_data/presets``
-(`PresetLibrary`); the list is re-read on page load. Under the presets, a panel says where the current
-settings run on the loaded model (`sampler_routing_view`).
+Widgets are generated from `SamplingParams`' pydantic fields (type, ge/le bounds and description, read as
+a `ParamSpec` and built by the shared `widget_for`), so a sampler added to the model appears here without
+retyping; `GROUPS` only decides where it is shown ("Other" catches the rest). An edit rebuilds
+``ctx.params`` and validates it when the value is committed (a text or number box loses focus or gets
+Enter, a slider is released, a box is ticked), so typing never floods toasts; an error is one toast naming
+the field. Handlers take the widgets' raw values (``preprocess=False``) so a range error is ours, naming
+the field, not Gradio's. Presets come from the shipped folder and ``user_data/presets`` (`PresetLibrary`);
+the list is re-read on page load. Under the presets, a panel says where the current settings run on the
+loaded model (`sampler_routing_view`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import json
 from typing import Any
 
 import gradio as gr
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from webui.errors import HearthError
+from webui.param_specs import spec_from_field
 from webui.sampling import SamplingParams
 from webui.sampling.presets import PresetLibrary
 from webui.ui.confirm import ConfirmButton
 from webui.ui.context import GENERATION_DEFAULTS, UIContext
+from webui.ui.param_widgets import widget_for
 from webui.ui.sampler_routing_view import build_routing_panel
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -78,7 +80,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "Sampler order and seed": ("sampler_priority", "do_sample", "seed"),
 }
 #: Practical slider ends where the validated range is far wider than anyone uses (typing still allows more).
-SLIDER_MAX = {"temperature": 5.0, "dynatemp_low": 5.0, "dynatemp_high": 5.0, "dynatemp_exponent": 5.0}
+SLIDER_MAX = {
+    "temperature": 5.0,
+    "dynatemp_low": 5.0,
+    "dynatemp_high": 5.0,
+    "dynatemp_exponent": 5.0,
+    "smoothing_factor": 10.0,
+}
 #: Fields shown one entry per line; other string lists use tgw's quoted, comma-separated form ("\n", "###").
 LINE_LISTS = {"sampler_priority"}
 GENERATION_FIELDS = tuple(GENERATION_DEFAULTS)
@@ -89,16 +97,6 @@ GENERATION_MINIMUM = {"max_new_tokens": 1, "truncation_length": 0}
 def field_error(label: str, message: str) -> gr.Error:
     """A user's mistake in one field: one toast naming it, no traceback in the console."""
     return gr.Error(f"{label}: {message}", print_exception=False)
-
-
-def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
-    low = high = None
-    for item in info.metadata:
-        if isinstance(item, Ge | Gt):
-            low = item.ge if isinstance(item, Ge) else item.gt
-        elif isinstance(item, Le | Lt):
-            high = item.le if isinstance(item, Le) else item.lt
-    return low, high
 
 
 def to_widget_value(name: str, value: Any) -> Any:
@@ -133,23 +131,16 @@ def from_widget_value(name: str, info: FieldInfo | None, value: Any, label: str 
 
 
 def field_widget(name: str, info: FieldInfo, value: Any) -> gr.components.Component:
-    """One widget for one setting, chosen from its type and bounds."""
-    common = {
-        "label": name,
-        "value": to_widget_value(name, value),
-        "elem_id": f"param-{name}",
-        "info": info.description,
-    }
-    low, high = _bounds(info)
-    if info.annotation is bool:
-        return gr.Checkbox(**common)
-    if info.annotation in (int, float) and low is not None and high is not None and high <= 100:
-        step = 1 if info.annotation is int else 0.01
-        return gr.Slider(minimum=low, maximum=SLIDER_MAX.get(name, high), step=step, **common)
-    if info.annotation in (int, float):
-        return gr.Number(minimum=low, maximum=high, precision=0 if info.annotation is int else None, **common)
+    """One widget for one setting, from its field read as a spec (type, bounds, description)."""
     lines = 4 if name in LINE_LISTS or name in ("grammar_string", "negative_prompt") else 1
-    return gr.Textbox(lines=lines, max_lines=20 if lines > 1 else 1, **common)
+    return widget_for(
+        spec_from_field(name, info),
+        to_widget_value(name, value),
+        "param-",
+        slider_max=SLIDER_MAX.get(name),
+        lines=lines,
+        max_lines=20 if lines > 1 else 1,
+    )
 
 
 def generation_widgets(values: dict[str, Any]) -> dict[str, gr.components.Component]:
@@ -324,7 +315,7 @@ class PresetPanel:
         return self.choices(name if shipped_again else None)
 
 
-def build_generation_tab(ctx: UIContext) -> GenerationControls:
+def build_generation_panel(ctx: UIContext) -> GenerationControls:
     settings = ctx.app.settings
     start = ctx.params.value
     panel = PresetPanel(PresetLibrary.for_settings(settings))
