@@ -64,7 +64,9 @@ def unsupported(params: SamplingParams) -> list[str]:
     if "repetition_penalty" in active and any(math.isfinite(v) and v != 0 for v in params.logit_bias.values()):
         missing.append("logit_bias")  # Hearth biases before the penalty, ExLlamaV2 after: they differ
     if params.grammar_string:
-        missing.append("grammar_string")
+        missing.append("grammar_string")  # ExLlamaV2's sampler has no grammar: Hearth's pipeline runs it
+    if params.json_schema is not None:
+        missing.append("json_schema")
     if not missing and temperature_last(params) is None:
         missing.append("sampler_priority")
     return list(dict.fromkeys(missing))

@@ -10,13 +10,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from loaders import llamacpp_sampling as native
 from loaders.llamacpp_sequence import LlamaSequence
-from webui.errors import LoaderError
+from webui.errors import GenerationError, LoaderError
 from webui.input_errors import InvalidGrammar, check_token_ids
 from webui.loader_api import Loader, LoaderParam, Model, ModelInfo
 from webui.memory_estimate import AUTO_GPU_LAYERS, MemoryEstimateError, auto_gpu_layers
 from webui.plugins import hookimpl
+from webui.sampling.constraints import Constraint, build_constraint, runs_in_llguidance
 
 if TYPE_CHECKING:
     import torch
@@ -111,6 +114,11 @@ class LlamaCppModel(Model):
         check_token_ids(ids, self._n_vocab)
         return self._llm.detokenize(ids).decode("utf-8", errors="replace")
 
+    def detokenize_special(self, ids: Sequence[int]) -> str:
+        ids = list(ids)
+        check_token_ids(ids, self._n_vocab)
+        return self._llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+
     def token_bytes(self, token_id: int) -> bytes:
         check_token_ids([token_id], self._n_vocab, "token_id")
         return self._llm.detokenize([token_id])
@@ -152,7 +160,12 @@ class LlamaCppModel(Model):
     def native_generate(self, ids: Sequence[int], params: SamplingParams, seed: int) -> Iterator[int] | None:
         if not self.prefer_native or self.unsupported_native(params):
             return None
-        grammar = self._grammar_sampler(params.grammar_string) if params.grammar_string else None
+        # GBNF runs in llama.cpp's grammar sampler; a JSON schema or a %llguidance grammar is masked by llguidance
+        # (as llama.cpp built with llguidance does), which is ~30x faster per token than the GBNF sampler
+        if runs_in_llguidance(params):
+            grammar = build_constraint(self, params)
+        else:
+            grammar = self._grammar_sampler(params.grammar_string) if params.grammar_string else None
         chain = self.native_chain(params, seed)
         return self._native_loop(list(ids), chain, grammar, native.needs_history(params))
 
@@ -167,13 +180,17 @@ class LlamaCppModel(Model):
         return sampler
 
     def _native_loop(self, ids: list[int], chain: Any, grammar: Any, history: int) -> Iterator[int]:
+        """llama.cpp's chain picks each token; `grammar` (llama.cpp's grammar sampler, or a llguidance
+        `Constraint`) first removes what it does not allow, and ends the reply once it allows only the end."""
         seq = self._slots[0]
         capi = self._capi
+        masked = isinstance(grammar, Constraint)
         try:
             seq.sync(ids)
             for token in ids if history < 0 else ids[len(ids) - history :] if history else ():
                 chain.accept(token)  # penalties and DRY see the prompt, as in llama.cpp's server
             candidates = None
+            end = np.array(sorted(self._eos), dtype=np.intc)
             while True:
                 if grammar is None:
                     token = chain.sample(seq.ctx, -1)
@@ -181,17 +198,34 @@ class LlamaCppModel(Model):
                     from llama_cpp._internals import LlamaTokenDataArray
 
                     candidates = candidates or LlamaTokenDataArray(n_vocab=self._n_vocab)
-                    candidates.copy_logits(seq.last_logits())
-                    ref = ctypes.byref(candidates.candidates)
-                    capi.llama_sampler_apply(grammar, ref)
-                    capi.llama_sampler_apply(chain.sampler, ref)
-                    token = int(candidates.candidates_data.id[candidates.candidates.selected])
-                    capi.llama_sampler_accept(grammar, token)
+                    logits = seq.last_logits()
+                    if masked:
+                        allowed = grammar.allowed(self._n_vocab).astype(bool)
+                        candidates.copy_logits(np.where(allowed, logits, np.float32("-inf")))
+                    else:
+                        candidates.copy_logits(logits)
+                        capi.llama_sampler_apply(grammar, ctypes.byref(candidates.candidates))
+                        allowed = np.isfinite(candidates.candidates_data.logit)
+                    left = int(allowed.sum())
+                    if left == 0 or (end.size and left <= end.size and int(allowed[end].sum()) == left):
+                        # the grammar is complete (only the end is left): the reply ends, even with EOS banned
+                        if end.size:
+                            yield int(end[0])
+                        return
+                    capi.llama_sampler_apply(chain.sampler, ctypes.byref(candidates.candidates))
+                    selected = candidates.candidates.selected
+                    token = int(candidates.candidates_data.id[selected])
+                    if masked:
+                        grammar.advance(token)
+                    elif np.isfinite(candidates.candidates_data.logit[selected]):
+                        capi.llama_sampler_accept(grammar, token)
+                    else:  # llama.cpp would abort the process on a token its grammar refuses
+                        raise GenerationError("grammar_string: token bans or logit_bias leave no token the grammar allows")
                     chain.accept(token)
                 yield token
                 seq.append([token])
         finally:
-            if grammar is not None:
+            if grammar is not None and not masked:
                 capi.llama_sampler_free(grammar)
             chain.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from webui.errors import GenerationError
 from webui.events import TextChunk
 from webui.generation import GenerationCore, GenerationRequest
 from webui.models import ModelManager
@@ -96,10 +95,12 @@ def test_grammar_constrains_the_native_path(manager: ModelManager, core: Generat
         generate(core, prompt=PROMPT, max_new_tokens=4, sampling=SamplingParams(grammar_string="root ::= ("))
 
 
-def test_grammar_where_it_cannot_run_is_a_clear_error(manager: ModelManager, core: GenerationCore):
-    manager.load("tiny-llama")
-    with pytest.raises(GenerationError, match="grammar_string"):
-        generate(core, prompt=PROMPT, max_new_tokens=4, sampling=SamplingParams(grammar_string='root ::= "a"'))
+def test_grammar_constrains_the_pipeline_too(manager: ModelManager, core: GenerationCore):
+    manager.load("tiny-llama")  # Transformers: Hearth's pipeline masks with llguidance (tests/test_structured_output.py)
+    for seed in range(3):
+        done = generate(core, prompt=PROMPT, max_new_tokens=10,
+                        sampling=SamplingParams(grammar_string='root ::= ("yes" | "no") "."', seed=seed))[1]
+        assert done.text in ("yes.", "no.") and done.reason == "stop"
 
 
 def test_native_chain_refuses_what_it_cannot_honour(manager: ModelManager):

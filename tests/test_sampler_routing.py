@@ -103,7 +103,7 @@ def test_overview_of_every_setting_on_llama_cpp(served: Served) -> None:
     assert (
         settings["logprobs"]["runs"] == "pipeline" and "log-probabilities" in settings["logprobs"]["reason"]
     )
-    assert settings["grammar_string"]["runs"] == "native"
+    assert settings["grammar_string"]["runs"] == settings["json_schema"]["runs"] == "native"
     assert all(s["reason"] for s in settings.values() if s["runs"] != "native")
 
 
@@ -119,7 +119,7 @@ def test_panel_text_follows_the_settings(served: Served) -> None:
     assert "No sampler setting is active" in panel()
 
 
-def test_hf_loaders_have_no_native_sampler_and_no_grammar(served: Served) -> None:
+def test_hf_loaders_have_no_native_sampler_and_run_grammars_in_the_pipeline(served: Served) -> None:
     models = served.app.models
     grammar = EXAMPLES["grammar_string"]
     try:
@@ -127,20 +127,19 @@ def test_hf_loaders_have_no_native_sampler_and_no_grammar(served: Served) -> Non
         with served.client() as c:
             overview = c.get("/v1/internal/samplers").json()
         assert overview["loader"] == "llamacpp_HF" and overview["native_sampler"] is None
-        assert {s["runs"] for s in overview["settings"].values()} == {"pipeline", "unavailable"}
-        assert overview["settings"]["grammar_string"]["runs"] == "unavailable"
+        assert {s["runs"] for s in overview["settings"].values()} == {"pipeline"}
+        assert overview["settings"]["grammar_string"]["runs"] == overview["settings"]["json_schema"]["runs"] == "pipeline"
         assert not any(s["slower"] for s in overview["settings"].values())
 
         models.load("tiny-llama", "Transformers")
         body = where(served, {"top_k": 40, **grammar})
         assert body["loader"] == "Transformers" and body["native_sampler"] is None
-        assert body["path"] == "pipeline" and not body["slower"] and body["pipeline"] == ["top_k"]
-        assert (
-            list(body["unavailable"]) == ["grammar_string"]
-            and "llama.cpp" in body["unavailable"]["grammar_string"]
-        )
+        assert body["path"] == "pipeline" and not body["slower"]
+        assert body["pipeline"] == ["top_k", "grammar_string"] and body["unavailable"] == {}
+        schema = where(served, {"json_schema": '{"type": "object"}'})  # JSON text, as a form would send it
+        assert schema["pipeline"] == ["json_schema"] and schema["unavailable"] == {}
         text = routing_markdown(served.app, {"sampling": SamplingParams(**grammar).model_dump()})
-        assert "no native sampler" in text and "Not available with Transformers: `grammar_string`" in text
+        assert "no native sampler" in text and "Not available" not in text
 
         models.unload()
         with served.client() as c:

@@ -19,7 +19,15 @@ from webui.generation import GenerationRequest
 from webui.plugins import PromptBuilder
 from webui.prompts.characters import Character, CharacterStore, default_character
 from webui.prompts.chat import DEFAULT_CHAT_INSTRUCT_COMMAND, ChatMode, ChatPrompt, build_chat_prompt
-from webui.prompts.history import ChatHistory, HistoryStore
+from webui.prompts.history import ChatHistory, HistoryStore, Turn
+from webui.prompts.reasoning import (
+    RULES_NAME,
+    ReasoningFormat,
+    detect_reasoning,
+    disabled_thinking_prefill,
+    reasoning_rules,
+    starts_inside,
+)
 from webui.prompts.templates import (
     MODEL_TEMPLATE_NAME,
     DetectedTemplate,
@@ -28,6 +36,9 @@ from webui.prompts.templates import (
     check_template,
     user_templates_dir,
 )
+from webui.prompts.tool_calls import ContentDelta, detect_tool_format
+from webui.reply_parts import ReasoningDelta, ReplyShape
+from webui.thinking_budget import ThinkingBudget
 
 
 class ChatError(HearthError):
@@ -53,6 +64,15 @@ class ChatOptions:
     #: False: no character's context unless one is named, so an instruct prompt is the model's own template
     #: of the messages (the API's instruct mode); True: the built-in Assistant when none is named.
     default_persona: bool = True
+    #: OpenAI function tools the template is given (instruct mode; the API's `tools`).
+    tools: tuple[dict[str, Any], ...] = ()
+    #: Extra template variables (`chat_template_kwargs`, `enable_thinking`, `reasoning_effort`).
+    template_kwargs: tuple[tuple[str, Any], ...] = ()
+    #: Whether a thinking model thinks (passed to its template as `enable_thinking`; a template without
+    #: that switch gets its reasoning block closed up front). None: on, as llama-server's default.
+    enable_thinking: bool | None = None
+    #: Most tokens of reasoning before the block is closed and the answer starts (0: no limit).
+    thinking_budget: int = 0
 
 
 @dataclass
@@ -65,6 +85,10 @@ class ChatUpdate:
     dropped_turns: int = 0
     finish_reason: str | None = None
     finished: Finished | None = None
+    #: A thinking model's reasoning so far (kept apart from `text`).
+    reasoning: str = ""
+    #: The reply is still in its reasoning block.
+    thinking: bool = False
 
 
 @dataclass
@@ -78,12 +102,24 @@ class ReplyPlan:
     state: dict[str, Any]
     impersonate: bool = False
     continue_last: bool = False
+    #: How the reply splits into reasoning, answer and tool calls.
+    shape: ReplyShape = ReplyShape()
+    #: The thinking budget the generation keeps (None: no limit).
+    budget: ThinkingBudget | None = None
 
     def reply(self, generated: str, trim: bool = True) -> str:
         """The reply text for what the model generated (before the output modifier); `trim` strips the
         whitespace around a new reply for display (the API returns it as generated)."""
         reply = self.prefix + generated
         return reply.strip() if trim and not self.continue_last else reply
+
+
+def template_kwargs(options: ChatOptions) -> dict[str, Any]:
+    """The extra variables the template gets: the client's `chat_template_kwargs` and the thinking switch."""
+    kwargs = dict(options.template_kwargs)
+    # on unless turned off, as llama-server passes it: some templates close the block when it is undefined
+    kwargs["enable_thinking"] = options.enable_thinking is not False
+    return kwargs
 
 
 def request_from_settings(settings: dict[str, Any], **overrides: Any) -> GenerationRequest:
@@ -100,6 +136,7 @@ class ChatService:
         self.characters = CharacterStore(app.settings.user_data_dir)
         self.histories = HistoryStore(app.settings.user_data_dir)
         self.templates = TemplateLibrary(app.settings.templates_dir, user_templates_dir(app.settings.user_data_dir))
+        self._reasoning: dict[tuple[int, str], ReasoningFormat | None] = {}  # the last model + template's
 
     # -- ingredients ------------------------------------------------------------------------------
     def template(self, name: str | None = None, text: str | None = None) -> DetectedTemplate:
@@ -160,6 +197,7 @@ class ChatService:
                 bos_token=model.info.bos_token or "", eos_token=model.info.eos_token or "",
                 impersonate=impersonate, continue_last=continue_last,
                 chat_instruct_command=options.chat_instruct_command, system_message=options.system_message,
+                tools=options.tools, template_kwargs=template_kwargs(options),
             )
 
         return build
@@ -192,7 +230,42 @@ class ChatService:
         else:
             prompt = self.build_prompt(history, user_input, options, **sizes, impersonate=impersonate,
                                        continue_last=continue_last)
-        return ReplyPlan(prompt, base, prefix, state, impersonate, continue_last)
+        template = self.template(options.instruction_template, options.instruction_template_text)
+        prompt, shape = self._thinking(prompt, template.text, options, reasoning=not impersonate)
+        budget = None
+        if shape.reasoning is not None and options.thinking_budget > 0:
+            budget = ThinkingBudget(tokens=options.thinking_budget, end=shape.reasoning.end,
+                                    start="" if shape.inside else shape.reasoning.start)
+        return ReplyPlan(prompt, base, prefix, state, impersonate, continue_last, shape, budget)
+
+    def reasoning_format(self, template_text: str) -> ReasoningFormat | None:
+        """The loaded model's reasoning markers: from its template, else marker texts that are one token of
+        its vocabulary."""
+        model = self.app.models.require()
+        key = (id(model), template_text)
+        if key not in self._reasoning:
+            rules = self.app.settings.templates_dir / RULES_NAME
+            markers = {m for f in reasoning_rules(rules) for m in (f.start, f.end) if m} if rules.is_file() else set()
+            single = [m for m in markers if len(model.tokenize(m, add_bos=False)) == 1]
+            self._reasoning = {key: detect_reasoning(template_text, single, rules_path=rules)}
+        return self._reasoning[key]
+
+    def _thinking(self, prompt: ChatPrompt, template_text: str, options: ChatOptions,
+                  reasoning: bool) -> tuple[ChatPrompt, ReplyShape]:
+        """The reply's shape; with thinking turned off, a template without its own switch gets the block
+        closed in the prompt (the peers' prefill), so the model answers at once."""
+        fmt = self.reasoning_format(template_text) if reasoning else None
+        tool_format = detect_tool_format(template_text) if options.tools else None
+        if fmt is None:
+            return prompt, ReplyShape(tool_format=tool_format, tools=options.tools)
+        inside = starts_inside(prompt.text, fmt)
+        if options.enable_thinking is False and options.mode != "chat":
+            if inside:
+                prompt = replace(prompt, text=prompt.text + fmt.end + "\n\n")
+            elif "enable_thinking" not in template_text:
+                prompt = replace(prompt, text=prompt.text + disabled_thinking_prefill(fmt))
+            inside = False
+        return prompt, ReplyShape(fmt, inside, tool_format, options.tools)
 
     def plan_reply_to_messages(self, messages: Sequence[dict[str, Any]], options: ChatOptions,
                                probe: GenerationRequest, *, continue_last: bool = False) -> ReplyPlan:
@@ -218,34 +291,53 @@ class ChatService:
 
     def stream_reply(self, history: ChatHistory, user_input: str | None, options: ChatOptions,
                      settings: dict[str, Any], cancel: threading.Event | None = None, *,
-                     impersonate: bool = False, continue_last: bool = False, save: bool = True) -> Iterator[ChatUpdate]:
+                     impersonate: bool = False, continue_last: bool = False, save: bool = True,
+                     replacing: Turn | None = None) -> Iterator[ChatUpdate]:
         """Generate the next reply (or continue the last one, or impersonate the user), streaming.
 
         With impersonate the history is left as it is and `text` is the user's message to edit.
+        `replacing`: the reply being regenerated (`history` ends before it): the new reply becomes its
+        newest version, the earlier ones kept; stopped before any text, it stays as it was.
         With `save`, a new user message is saved before the reply starts (a crash mid-reply keeps it), and
         the history again when the reply ends (including a stopped reply), never half-written. A reply
         stopped before any text leaves no assistant turn."""
         probe = request_from_settings(settings, prompt="")
         plan = self.plan_reply(history, user_input, options, probe, impersonate=impersonate, continue_last=continue_last)
         prompt, base, prefix = plan.prompt, plan.base, plan.prefix
-        request = request_from_settings(settings, prompt=prompt.text, stop=[*probe.stop, *prompt.stop_strings])
+        request = request_from_settings(settings, prompt=prompt.text, stop=[*probe.stop, *prompt.stop_strings],
+                                        thinking_budget=plan.budget, special_tokens=plan.shape.reads_markers)
         if save and (user_input or "").strip() and not (impersonate or continue_last):
             self.histories.save(base)  # the user's new message, before the reply starts
-        text = ""
+        text, reasoning = "", ""
         kept = dict(history.turns[-1].metadata) if continue_last else {}  # a continued turn stays what it was
+        if continue_last:
+            reasoning = kept.pop("reasoning", "")
+        parts = plan.shape.streamer()
         for event in self.app.core.stream(request, cancel, is_chat=True):
-            if isinstance(event, Finished):
+            finished = isinstance(event, Finished)
+            for piece in parts.finish() if finished else parts.feed(event.text):
+                if isinstance(piece, ReasoningDelta):
+                    reasoning += piece.text
+                elif isinstance(piece, ContentDelta):
+                    text += piece.text
+            thought = {"reasoning": reasoning} if reasoning else {}
+            if finished:
                 reply = self.finish_reply(plan, text)
-                stopped_empty = event.reason == "cancelled" and not reply.strip()  # Stop before any text
-                final = base if impersonate or stopped_empty else base.with_turn("assistant", reply, **kept)
+                stopped_empty = event.reason == "cancelled" and not (reply.strip() or reasoning)  # Stop before any text
+                if impersonate or (stopped_empty and replacing is None):
+                    final = base
+                elif stopped_empty:
+                    final = base.with_turns((*base.turns, replacing))
+                else:
+                    final = _with_reply(base, reply, {**kept, **thought}, replacing)
                 if save and not impersonate:
                     self.histories.save(final)
-                yield ChatUpdate(final, reply, True, prompt.dropped_turns, event.reason, event)
+                yield ChatUpdate(final, reply, True, prompt.dropped_turns, event.reason, event, reasoning)
                 return
-            text += event.text
             partial = prefix + text
-            yield ChatUpdate(base if impersonate else base.with_turn("assistant", partial, **kept), partial,
-                             dropped_turns=prompt.dropped_turns)
+            turn = base if impersonate else _with_reply(base, partial, {**kept, **thought}, replacing)
+            yield ChatUpdate(turn, partial, dropped_turns=prompt.dropped_turns, reasoning=reasoning,
+                             thinking=bool(reasoning) and not text)
 
     @staticmethod
     def _reply_base(history: ChatHistory, user_input: str | None, impersonate: bool,
@@ -262,22 +354,33 @@ class ChatService:
         return (history.with_turn("user", user_input or "", **shown) if text else history), ""
 
 
+def _with_reply(base: ChatHistory, reply: str, metadata: dict[str, Any], replacing: Turn | None) -> ChatHistory:
+    """`base` plus the reply: a new turn, or the newest version of the turn being regenerated."""
+    turn = Turn("assistant", reply, metadata) if replacing is None else replacing.with_version(reply, **metadata)
+    return base.with_turns((*base.turns, turn))
+
+
+#: Message fields kept with a turn (as its metadata) for the template, per role: tool calling and reasoning.
+_KEPT_FIELDS = {"assistant": ("tool_calls", "reasoning_content"), "tool": ("tool_call_id", "name"), "user": ()}
+
+
 def messages_to_history(messages: Sequence[dict[str, Any]], character: str) -> tuple[ChatHistory, str | None, str | None]:
-    """Split OpenAI messages into (earlier turns, the new user input, the system message)."""
+    """Split OpenAI messages into (earlier turns, the new user input, the system message). An assistant's
+    `tool_calls`, a tool result's `tool_call_id` / `name` and a reply's `reasoning_content` stay with the turn."""
     system_parts, turns = [], []
     for index, message in enumerate(messages):
         role = message.get("role")
         content = _content_text(message.get("content"), index)
         if role in ("system", "developer"):
             system_parts.append(content)
-        elif role in ("user", "assistant"):
-            turns.append((role, content))
+        elif role in ("user", "assistant", "tool"):
+            turns.append((role, content, {k: message[k] for k in _KEPT_FIELDS[role] if message.get(k) is not None}))
         else:
-            raise ChatError(f"messages[{index}].role must be system, user or assistant, got {role!r}")
+            raise ChatError(f"messages[{index}].role must be system, user, assistant or tool, got {role!r}")
     user_input = turns.pop()[1] if turns and turns[-1][0] == "user" else None
     history = ChatHistory.new(character)
-    for role, content in turns:
-        history = history.with_turn(role, content)
+    for role, content, fields in turns:
+        history = history.with_turn(role, content, **fields)
     return history, user_input, "\n\n".join(system_parts) if system_parts else None
 
 

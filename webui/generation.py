@@ -25,7 +25,9 @@ from webui.models import ModelManager
 from webui.pipeline_path import SampledTokens, TokenSource
 from webui.prompt_scoring import added_tokens, prompt_entries
 from webui.sampling import SamplingParams, build_sampler
+from webui.sampling.constraints import build_constraint
 from webui.textstream import BannedStringGuard, IncrementalDecoder, StopMatcher, token_index
+from webui.thinking_budget import BudgetedTokens, ThinkingBudget
 
 if TYPE_CHECKING:
     from webui.extensions import ExtensionManager
@@ -54,6 +56,10 @@ class GenerationRequest(BaseModel):
     #: prompt is never truncated: one longer than the context is an error.
     prompt_logprobs: int | None = Field(None, ge=0, le=50)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    #: Close a thinking model's reasoning block after this many tokens (None: no limit).
+    thinking_budget: ThinkingBudget | None = None
+    #: Write special tokens out in the text (the reasoning and tool-call markers a chat reply is split by).
+    special_tokens: bool = False
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerationRequest:
@@ -88,9 +94,13 @@ def _check_fits(ids: list[int], n_ctx: int, truncation_length: int) -> None:
                                  "cannot be computed (shorten it, or load the model with a larger n_ctx)")
 
 
-def _replay(model: Model, ids: list[int], generated: list[int]) -> IncrementalDecoder:
+def _detokenizer(model: Model, request: GenerationRequest) -> Callable[[Sequence[int]], str]:
+    return model.detokenize_special if request.special_tokens else model.detokenize
+
+
+def _replay(model: Model, request: GenerationRequest, ids: list[int], generated: list[int]) -> IncrementalDecoder:
     """A decoder that has seen `generated` (after a rollback)."""
-    decoder = IncrementalDecoder(model.detokenize, ids)
+    decoder = IncrementalDecoder(_detokenizer(model, request), ids)
     for token in generated:
         decoder.push(token)
     return decoder
@@ -266,7 +276,12 @@ class GenerationCore:
             vocabulary=model.vocabulary,
             extra_processors=extra,
         )
-        source = self._token_source(model, ids, request, sampler, bool(extra))
+        if request.thinking_budget is not None:
+            source: TokenSource = BudgetedTokens(
+                model, ids, request.thinking_budget,
+                lambda seq: self._token_source(model, seq, request, sampler, bool(extra)))
+        else:
+            source = self._token_source(model, ids, request, sampler, bool(extra))
         for event in self._decode_stream(model, ids, request, source, sampler.seed, max_new, dropped, cancel):
             if ext is not None and isinstance(event, Finished):
                 event.extension_errors = ext.processor_failures(extra)
@@ -278,23 +293,20 @@ class GenerationCore:
                       has_extra: bool = False) -> TokenSource:
         params = request.sampling
         wants_hf = request.logprobs > 0 or params.guidance_scale != 1 or params.banned_strings or has_extra
-        if not wants_hf:
+        # a grammar or schema goes native only to a backend that says it runs them (`supports_grammar`)
+        if not wants_hf and (not params.constrained or model.supports_grammar()):
             native = model.native_generate(ids, params, sampler.seed)
             if native is not None:
                 return ((token, None) for token in native)
-        if params.grammar_string:
-            raise GenerationError(
-                "grammar_string works only on llama.cpp's native path: use the llama.cpp loader and turn off "
-                f"{', '.join(model.unsupported_native(params) or ['logprobs / guidance / banned strings'])}"
-            )
-        return SampledTokens(model, ids, request, sampler)
+        return SampledTokens(model, ids, request, sampler, build_constraint(model, params))
 
     def _decode_stream(self, model: Model, ids: list[int], request: GenerationRequest, source: TokenSource,
                        seed: int, max_new: int, dropped: int, cancel: threading.Event) -> Iterator[Event]:
-        decoder = IncrementalDecoder(model.detokenize, ids)
+        decoder = IncrementalDecoder(_detokenizer(model, request), ids)
         stops = StopMatcher(request.stop)
         guard = BannedStringGuard(request.sampling.banned_strings)
-        eos = set() if request.sampling.ban_eos_token else model.eos_token_ids
+        # a complete grammar ends the reply with EOS even when EOS is banned (as llama.cpp's grammar does)
+        eos = set() if request.sampling.ban_eos_token and not request.sampling.constrained else model.eos_token_ids
         generated: list[int] = []
         offsets: list[int] = []  # char offset in decoder.text where each generated token starts
         emitted = 0  # chars of decoder.text passed on to the stop matcher
@@ -319,7 +331,7 @@ class GenerationCore:
                     source.rollback(keep, generated[keep])  # type: ignore[attr-defined]
                     del generated[keep:], offsets[keep:]
                     reported = min(reported, keep)
-                    decoder = _replay(model, ids, generated)
+                    decoder = _replay(model, request, ids, generated)
                     rollbacks += 1
                     continue
                 end = guard.safe_end(decoder.text, offsets)

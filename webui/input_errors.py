@@ -1,7 +1,7 @@
 """Mistakes in what a client sent that only the backend can see: a token id past the vocabulary, a grammar
-that does not parse. Each is the client's to fix (a 400 naming the field in the API, a message in the UI),
-never a crash: llama.cpp aborts the whole process on an id outside its vocabulary, so ids are checked
-before they reach it.
+that does not parse, a JSON schema the grammar library cannot enforce. Each is the client's to fix (a 400
+naming the field in the API, a message in the UI), never a crash: llama.cpp aborts the whole process on an
+id outside its vocabulary, so ids are checked before they reach it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ class InvalidTokenId(InvalidInput):
 
 class InvalidGrammar(InvalidInput):
     """A grammar_string that is not a valid GBNF grammar."""
+
+
+class InvalidSchema(InvalidInput):
+    """A json_schema that is not a valid JSON schema, or asks for what the grammar library cannot enforce."""
 
 
 def check_token_ids(ids: Sequence[int], vocab_size: int, param: str = "tokens") -> None:

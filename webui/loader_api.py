@@ -106,6 +106,11 @@ class Model(ABC):
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of `ids` (special tokens skipped)."""
 
+    def detokenize_special(self, ids: Sequence[int]) -> str:
+        """Text of `ids` with special tokens written out (``[TOOL_CALLS]``, ``<|channel|>``): what the
+        reasoning and tool-call readers need. Default: `detokenize` (a backend that cannot show them)."""
+        return self.detokenize(ids)
+
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes of one token, for byte-exact streaming; default goes through detokenize."""
         return self.detokenize([token_id]).encode("utf-8")

@@ -1,7 +1,9 @@
 """The pipeline path: the model gives next-token logits, Hearth's sampler pipeline picks the token.
 
-Any backend can take it (it needs only `Model.logits`), beside a loader's native path. Used for Transformers and the *_HF loaders, and for any llama.cpp request the native chain cannot honour
-(a sampler it lacks, logprobs, classifier-free guidance, banned strings, extension processors).
+Any backend can take it (it needs only `Model.logits`), beside a loader's native path. Used for Transformers
+and the *_HF loaders, and for any llama.cpp request the native chain cannot honour (a sampler it lacks,
+logprobs, classifier-free guidance, banned strings, extension processors). Grammars and JSON schemas run
+here too, as a mask before the sampler (`webui.sampling.constraints`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from webui.generation import GenerationRequest
     from webui.loader_api import Model
     from webui.sampling import Sampler
+    from webui.sampling.constraints import Constraint
 
 TokenSource = Iterator[tuple[int, "TokenLogprob | None"]]
 
@@ -52,11 +55,15 @@ class SampledTokens:
     """Iterator of (token, logprob entry or None), endless: the caller stops it.
 
     It can be rewound (`rollback`) with a token banned at the rewound position, which is how banned
-    strings are enforced."""
+    strings are enforced. A `constraint` (grammar or JSON schema) masks the scores before the sampler
+    picks, follows each token and rewinds with it; once it is complete the next token is EOS."""
 
-    def __init__(self, model: Model, ids: list[int], request: GenerationRequest, sampler: Sampler):
+    def __init__(self, model: Model, ids: list[int], request: GenerationRequest, sampler: Sampler,
+                 constraint: Constraint | None = None):
         self._model = model
         self._sampler = sampler
+        self._constraint = constraint
+        self._end = min(model.eos_token_ids, default=None)
         self._n_prompt = len(ids)
         self._logprobs = request.logprobs
         self._scale = request.sampling.guidance_scale
@@ -70,25 +77,40 @@ class SampledTokens:
         return self
 
     def __next__(self) -> tuple[int, TokenLogprob | None]:
-        model, current = self._model, self._current
+        model, current, constraint = self._model, self._current, self._constraint
+        if constraint is not None and constraint.complete:
+            return self._complete()
         raw = model.logits(current)
         if self._scale != 1:
             negative = self._neg_prompt + current[self._n_prompt :]
             scores = guided_scores(raw, model.logits(negative, slot=1), self._scale)
         else:
             scores = raw  # samplers never write to their input (see Sampler)
+        if constraint is not None:
+            scores = constraint.mask(scores)  # a copy: raw may be the model's cache
         banned = self._bans.get(len(current))
         if banned:
-            scores = scores.index_fill(0, torch.tensor(banned), float("-inf"))  # raw may be the model's cache
+            scores = scores.index_fill(0, torch.tensor(banned), float("-inf"))
         token = self._sampler.choose(self._seq[: len(current)].unsqueeze(0), scores.unsqueeze(0))
+        if constraint is not None:
+            constraint.advance(token)
         entry = logprob_entry(model, raw, token, self._logprobs) if self._logprobs else None
         self._seq[len(current)] = token
         current.append(token)
         return token, entry
 
+    def _complete(self) -> tuple[int, TokenLogprob | None]:
+        """The grammar allows nothing more: EOS, without asking the sampler (EOS may be banned)."""
+        if self._end is None:
+            raise StopIteration
+        entry = logprob_entry(self._model, self._model.logits(self._current), self._end, self._logprobs) if self._logprobs else None
+        return self._end, entry
+
     def rollback(self, n_generated: int, ban: int) -> None:
         """Forget generated tokens from index `n_generated` on, and never pick `ban` there again."""
         position = self._n_prompt + n_generated
+        if self._constraint is not None:
+            self._constraint.rollback(len(self._current) - position)
         del self._current[position:]
         self._bans = {p: t for p, t in self._bans.items() if p <= position}
         self._bans.setdefault(position, []).append(ban)

@@ -20,6 +20,7 @@ from webui.api.convert import (
     completion_prompts,
     completion_requests,
     generation_request,
+    tool_use,
     with_chat_prompt,
 )
 from webui.api.deps import Chat, Hearth
@@ -89,13 +90,18 @@ def _echoes(model: Any, prompts: list[dict[str, Any]]) -> list[str]:
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_streamed(ChatCompletionChunk))
 async def chat_completions(body: ChatCompletionRequest, request: Request, hearth: Hearth, chat: Chat) -> Any:
     """Chat completion. mode=instruct (default): the messages through the model's template, nothing added;
-    chat modes use a character."""
+    chat modes use a character. A thinking model's reasoning comes apart as `reasoning_content`; with
+    `tools` the model's calls come as `tool_calls` (finish_reason `tool_calls`)."""
     hearth.models.require()
     top = (body.top_logprobs or 0) if body.logprobs else None
     probe = generation_request(body, PresetLibrary.for_settings(hearth.settings).folders, default_max=DEFAULT_CHAT_TOKENS,
                                logprobs=0 if top is None else max(top, 1), prompt="")
-    plan = await run_in_threadpool(chat_plan, chat, body, probe)  # the Chat tab's extension hooks included
-    generation = with_chat_prompt(probe, plan)
+    tools = tool_use(body)
+    if tools.forced and probe.sampling.constrained:
+        raise APIError(400, "tool_choice: a forced call is written by a grammar; it cannot be combined with "
+                            "grammar_string, json_schema or response_format", param="tool_choice", code="invalid_value")
+    plan = await run_in_threadpool(chat_plan, chat, body, probe, tools)  # the Chat tab's extension hooks included
+    generation = with_chat_prompt(probe, plan, tools)
     renderer = ChatRenderer(hearth.models.model_name or "", top, plan=plan,  # the reply as generated: untrimmed
                             finish=lambda plan, text: chat.finish_reply(plan, text, trim=False))
     return await respond(request, lambda cancel, sink: hearth.core.start(generation, cancel, sink, is_chat=True),

@@ -25,7 +25,10 @@ from webui.api.schemas import (
     TopLogprob,
     Usage,
 )
+from webui.api.tool_schemas import FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta
 from webui.events import Event, Finished, PromptRead, TextChunk, TokenLogprob
+from webui.prompts.tool_calls import CallStartDelta, ContentDelta
+from webui.reply_parts import Piece, ReasoningDelta, ReplyShape
 
 if TYPE_CHECKING:
     from webui.chat_service import ReplyPlan
@@ -154,9 +157,12 @@ def _token_bytes(text: str) -> list[int]:
 class ChatRenderer:
     """Chat completion shapes for a planned reply (see `ChatService.plan_reply`).
 
-    An extension's bot prefix starts the reply: it is the first streamed content. A continued message
-    (continue_) is answered with the new text only. `finish` (the output modifier) shapes the whole
-    reply of a non-streamed response; streamed deltas are the model's text, as text-generation-webui's."""
+    The reply splits by the plan's `ReplyShape`: reasoning as `reasoning_content`, the answer as `content`,
+    tool calls as `tool_calls` (streamed as OpenAI's incremental deltas: a call's id and name first, then
+    pieces of its arguments). An extension's bot prefix starts the answer: it is the first streamed content.
+    A continued message (continue_) is answered with the new text only. `finish` (the output modifier)
+    shapes the whole answer of a non-streamed response; streamed deltas are the model's text, as
+    text-generation-webui's."""
 
     def __init__(self, model: str, top_logprobs: int | None = None, *, plan: ReplyPlan | None = None,
                  finish: Callable[[ReplyPlan, str], str] | None = None):
@@ -164,6 +170,8 @@ class ChatRenderer:
         self.top_n = top_logprobs
         self.plan, self.finish = plan, finish
         self.prefix = plan.prefix if plan is not None and not plan.continue_last else ""
+        self.shape = plan.shape if plan is not None else ReplyShape()
+        self._parts = self.shape.streamer()
         self._started = False
 
     def _content(self, generated: str) -> str:
@@ -190,8 +198,12 @@ class ChatRenderer:
         choice = ChatChunkChoice(delta=delta, finish_reason=reason, logprobs=logprobs)  # type: ignore[arg-type]
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice], usage=used)
 
+    def _finish_reason(self, done: Finished, calls: int) -> str:
+        return "tool_calls" if calls and done.reason == "stop" else finish_reason(done)
+
     def stream(self, event: Event) -> list[ChatCompletionChunk]:
-        """The chunks one event streams as; the first event is preceded by the role (and prefix) chunks."""
+        """The chunks one event streams as; the first event is preceded by the role (and prefix) chunks.
+        An event's logprobs ride on its first chunk (an empty content delta when its text is held back)."""
         out = []
         if not self._started:
             self._started = True
@@ -199,16 +211,49 @@ class ChatRenderer:
             if self.prefix:
                 out.append(self._chunk(ChatDelta(content=self.prefix)))
         if isinstance(event, Finished):
-            out.append(self._chunk(ChatDelta(), finish_reason(event), used=usage(event)))
+            out += [self._chunk(delta) for delta in _deltas(self._parts.finish())]
+            out.append(self._chunk(ChatDelta(), self._finish_reason(event, self._parts.calls), used=usage(event)))
         elif isinstance(event, TextChunk) and (event.text or event.logprobs):
-            out.append(self._chunk(ChatDelta(content=event.text), logprobs=self._logprobs(event.logprobs)))
+            deltas = _deltas(self._parts.feed(event.text))
+            logprobs = self._logprobs(event.logprobs) if event.logprobs else None
+            if logprobs is not None and not deltas:
+                deltas = [ChatDelta(content="")]
+            out += [self._chunk(delta, logprobs=logprobs if i == 0 else None) for i, delta in enumerate(deltas)]
         return out
 
     def whole(self, events: list[Event]) -> ChatCompletionResponse:
         done = events[-1]
         assert isinstance(done, Finished)
         logprobs = self._logprobs([lp for e in events if isinstance(e, TextChunk) for lp in e.logprobs])
-        choice = ChatChoice(message=AssistantMessage(content=self._content(done.text)), finish_reason=finish_reason(done),  # type: ignore[arg-type]
+        parts = self.shape.split(done.text)
+        content = self._content(parts.content)
+        calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in parts.tool_calls]
+        message = AssistantMessage(content=None if calls and not content.strip() else content,
+                                   reasoning_content=parts.reasoning or None, tool_calls=calls or None)
+        choice = ChatChoice(message=message, finish_reason=self._finish_reason(done, len(calls)),  # type: ignore[arg-type]
                             logprobs=logprobs)
         return ChatCompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice],
                                       usage=usage(done))
+
+
+def _deltas(pieces: list[Piece]) -> list[ChatDelta]:
+    """Reply pieces as chat deltas; consecutive text of one kind is merged into one delta."""
+    out: list[ChatDelta] = []
+    for piece in pieces:
+        if isinstance(piece, ReasoningDelta):
+            if out and out[-1].reasoning_content is not None and out[-1].tool_calls is None:
+                out[-1].reasoning_content += piece.text
+            else:
+                out.append(ChatDelta(reasoning_content=piece.text))
+        elif isinstance(piece, ContentDelta):
+            if out and out[-1].content is not None and out[-1].tool_calls is None:
+                out[-1].content += piece.text
+            else:
+                out.append(ChatDelta(content=piece.text))
+        elif isinstance(piece, CallStartDelta):
+            out.append(ChatDelta(tool_calls=[ToolCallDelta(index=piece.index, id=piece.id, type="function",
+                                                           function=FunctionCallDelta(name=piece.name, arguments=""))]))
+        else:
+            out.append(ChatDelta(tool_calls=[ToolCallDelta(index=piece.index,
+                                                           function=FunctionCallDelta(arguments=piece.text))]))
+    return out

@@ -23,6 +23,14 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from webui.api.tool_schemas import (
+    HistoryToolCall,
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+)
 from webui.prompts.chat import ChatMode
 from webui.sampling import DEFAULT_SAMPLER_PRIORITY, SamplingParams
 
@@ -92,6 +100,9 @@ class GenerationFields(SamplerFields):  # type: ignore[misc, valid-type]
     truncation_length: int | None = Field(
         None, ge=0, description="Context budget (prompt + reply); longer prompts lose their oldest tokens. 0/absent = the model's context."
     )
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object: the reply is a JSON object; json_schema: JSON that follows the schema (constrained decoding, every loader)."
+    )
 
 
 #: Most choices one completion request may ask for (prompts x n).
@@ -129,9 +140,20 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[HistoryToolCall] | None = Field(None, description="An assistant's calls (assistant messages).")
+    tool_call_id: str | None = Field(None, description="The call a tool message answers (required on tool messages).")
+    reasoning_content: str | None = Field(None, description="An earlier reply's reasoning, for templates that keep it.")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_role(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id: the id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"tool_calls belong to assistant messages, not {self.role}")
+        return self
 
 
 class ChatFields(GenerationFields):
@@ -144,6 +166,16 @@ class ChatFields(GenerationFields):
     user_name: str | None = Field(None, validation_alias=AliasChoices("user_name", "name1"), description="Your name in chat modes (alias name1).")
     chat_instruct_command: str | None = None
     continue_: bool = Field(False, description="Continue the last assistant message instead of answering.")
+    tools: list[Tool] | None = Field(None, description="Functions the model may call (instruct mode), given to the model's own chat template.")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="auto (default with tools): the model decides; none: no call; required or a named function: "
+                          "a call is forced (by a grammar, so it always parses).")
+    parallel_tool_calls: bool = Field(True, description="Whether one reply may hold several calls.")
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="Extra variables for the chat template, e.g. {\"enable_thinking\": false}.")
+    enable_thinking: bool | None = Field(None, description="Turn a thinking model's reasoning on or off (its template's enable_thinking).")
+    reasoning_effort: str | None = Field(None, description="low / medium / high, for templates that read it (gpt-oss).")
+    thinking_budget: int | None = Field(None, ge=0, le=MAX_NEW_TOKENS, description="Most reasoning tokens; then the reasoning "
+                                        "block is closed and the answer starts. 0/absent: no limit.")
 
 
 class ChatCompletionRequest(ChatFields):
@@ -214,13 +246,18 @@ class ChatLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = Field(description="The answer; null when the reply is only tool calls.")
+    reasoning_content: str | None = Field(None, description="A thinking model's reasoning, split from the answer.")
+    tool_calls: list[ToolCall] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
     logprobs: ChatLogprobs | None = None
 
 
@@ -236,12 +273,14 @@ class ChatCompletionResponse(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
     logprobs: ChatLogprobs | None = None
 
 

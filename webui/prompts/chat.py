@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from webui.errors import HearthError
 from webui.prompts.characters import Character
+from webui.prompts.chat_template import render_chat
 from webui.prompts.history import ChatHistory, HistoryError, Turn
 from webui.prompts.templates import TemplateError, render
 
@@ -74,18 +75,22 @@ class _Request:
     continue_last: bool
     command: str
     system_message: str | None
+    tools: tuple[dict[str, Any], ...] = ()
+    template_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def sub(self, text: str) -> str:
         return substitute_names(text, self.user_name, self.character.name)
 
     def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return render(
+        return render_chat(
             self.template_text,
             messages,
-            add_generation_prompt,
-            self.bos_token,
-            self.eos_token,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+            tools=list(self.tools) or None,
             template_name=self.template_name,
+            **dict(self.template_kwargs),
         )
 
 
@@ -106,6 +111,8 @@ def build_chat_prompt(
     chat_instruct_command: str = DEFAULT_CHAT_INSTRUCT_COMMAND,
     system_message: str | None = None,
     template_name: str = "instruction template",
+    tools: Sequence[dict[str, Any]] = (),
+    template_kwargs: dict[str, Any] | None = None,
 ) -> ChatPrompt:
     """Build the prompt for the next reply (or, with impersonate, the user's next message).
 
@@ -114,6 +121,8 @@ def build_chat_prompt(
     ``user_name`` None or empty: the character card's "your name", else "You" (see `user_name_for`).
     ``system_message`` overrides the character context as the instruct system prompt (instruct modes).
     ``max_prompt_tokens`` is truncation_length - max_new_tokens; oldest exchanges drop until it fits.
+    ``tools`` (OpenAI function tools) and ``template_kwargs`` (``enable_thinking``, ``reasoning_effort``...)
+    reach the template (instruct modes; see `render_chat`).
     """
     if mode not in CHAT_MODES:
         raise ValueError(f"mode must be one of {CHAT_MODES}, got {mode!r}")
@@ -140,6 +149,8 @@ def build_chat_prompt(
         continue_last,
         chat_instruct_command,
         system_message,
+        tuple(tools),
+        tuple((template_kwargs or {}).items()),
     )
 
     pinned = turns[:1] if turns and turns[0].role == "assistant" else []
@@ -150,7 +161,9 @@ def build_chat_prompt(
         return _build(request, [*pinned, *kept, *tail])
 
     # Fewer kept turns never makes a prompt longer, so binary search keeps tokenizer calls at O(log n).
-    low, high = 0, len(groups)
+    # Without a new message the last exchange is the one being answered (a tool's result, a regenerated
+    # reply): it is never dropped.
+    low, high = 0, len(groups) - (1 if groups and not tail and not continue_last and not impersonate else 0)
     if count_tokens(prompt_for(high)) > max_prompt_tokens:
         raise PromptTooLongError(
             f"the prompt needs {count_tokens(prompt_for(high))} tokens with only the context, greeting and "
@@ -221,7 +234,7 @@ def _instruct_prompt(request: _Request, turns: list[Turn]) -> str:
         if request.system_message is not None
         else request.sub(request.character.context)
     )
-    messages = _system(system) + [{"role": t.role, "content": t.content} for t in turns]
+    messages = _system(system) + [turn_message(t) for t in turns]
     if request.continue_last:
         return _render_continuing(request, [*messages, {"role": "assistant", "content": request.partial}])
     if request.impersonate:
@@ -229,6 +242,22 @@ def _instruct_prompt(request: _Request, turns: list[Turn]) -> str:
         rendered = request.render([*messages, {"role": "user", "content": marker}], False)
         return rendered[: rendered.rindex(marker)] + request.partial
     return request.render(messages, True)
+
+
+#: Turn metadata that templates read as message fields (tool calling, and the reasoning of a reply).
+MESSAGE_FIELDS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
+
+
+def turn_message(turn: Turn) -> dict[str, Any]:
+    """A turn as a chat-template message: role and content, plus the tool-calling fields and the reply's
+    reasoning (``reasoning_content``, which templates that keep earlier reasoning render) where it has them."""
+    message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+    for key in MESSAGE_FIELDS:
+        if turn.metadata.get(key) is not None:
+            message[key] = turn.metadata[key]
+    if "reasoning_content" not in message and turn.metadata.get("reasoning"):
+        message["reasoning_content"] = turn.metadata["reasoning"]
+    return message
 
 
 def _render_continuing(request: _Request, messages: list[dict[str, Any]]) -> str:
@@ -321,3 +350,54 @@ def send_dummy_reply(history: ChatHistory, text: str) -> ChatHistory:
     """Add a reply written by hand, as if the character had said it."""
     return history.with_turn("assistant", text)
 
+
+
+# Editing any message: the chat tab's selected-message tools. Indexes are turn indexes (0-based).
+
+#: Added to a branched chat's title, so the past-chats list tells it from the chat it came from.
+BRANCH_MARK = " (branch)"
+
+
+def turn_at(history: ChatHistory, index: int) -> Turn:
+    """Message `index`, or a HistoryError saying it is gone (the chat changed since it was selected)."""
+    if not 0 <= index < len(history.turns):
+        raise HistoryError("that message is no longer in the chat: select it again")
+    return history.turns[index]
+
+
+def _replaced(history: ChatHistory, index: int, turn: Turn) -> ChatHistory:
+    return history.with_turns((*history.turns[:index], turn, *history.turns[index + 1 :]))
+
+
+def is_greeting(history: ChatHistory, index: int) -> bool:
+    """The character's first turn (flagged or not: a continued greeting loses its flag), which stays."""
+    return index == 0 and bool(history.turns) and history.turns[0].role == "assistant"
+
+
+def edit_turn(history: ChatHistory, index: int, text: str) -> ChatHistory:
+    """Message `index` with new text (a reply's shown version is the one edited; its reasoning stays)."""
+    if not text.strip():
+        raise HistoryError("a message cannot be empty: type its new text, or delete the message")
+    return _replaced(history, index, turn_at(history, index).edited(text))
+
+
+def delete_turn(history: ChatHistory, index: int) -> ChatHistory:
+    """The chat without message `index` (all its versions); the greeting stays, as with `remove_last`."""
+    turn_at(history, index)
+    if is_greeting(history, index):
+        raise HistoryError("the greeting stays: edit it instead")
+    return history.with_turns((*history.turns[:index], *history.turns[index + 1 :]))
+
+
+def show_version(history: ChatHistory, index: int, version: int) -> ChatHistory:
+    """Reply `index` showing its version `version` (0-based): what later prompts read."""
+    return _replaced(history, index, turn_at(history, index).at_version(version))
+
+
+def branch(history: ChatHistory, index: int) -> ChatHistory:
+    """A new chat (its own id) holding this one's turns up to and including message `index`."""
+    turn_at(history, index)
+    fresh = ChatHistory.new(history.character)
+    title = history.display_title()
+    title = title if title.endswith(BRANCH_MARK) else f"{title}{BRANCH_MARK}"
+    return replace(fresh, turns=history.turns[: index + 1], title=title)

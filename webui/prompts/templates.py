@@ -1,9 +1,17 @@
 """Instruction templates: Jinja files rendered exactly the way Hugging Face chat templates are.
 
 A model's own chat template (from GGUF metadata or tokenizer_config.json), the shipped files in
-``templates/`` and the ones a user saves in ``user_data/templates/`` (`TemplateLibrary`) use one convention, so either can be dropped in: ``messages`` ([{role, content}]),
-``add_generation_prompt``, ``bos_token``, ``eos_token``, plus ``raise_exception`` and ``strftime_now``.
-Templates run in jinja2's immutable sandbox because model templates come from downloaded files.
+``templates/`` and the ones a user saves in ``user_data/templates/`` (`TemplateLibrary`) use one
+convention, so either can be dropped in: ``messages`` ([{role, content}]), ``add_generation_prompt``,
+``bos_token``, ``eos_token``, plus ``raise_exception``, ``strftime_now`` and the filters ``tojson``
+(generators serialise as lists, as in llama.cpp) and ``from_json`` (DeepSeek V3.2).
+
+Templates run in jinja2's sandbox because model templates come from downloaded files: attribute access is
+checked (no ``__class__`` escapes), but template code may change the lists and dicts it builds (real
+templates call ``list.append``); what it is given is deep-copied, so the caller's data never changes.
+
+`render` renders one template as it is; `webui.prompts.chat_template.render_chat` renders an OpenAI-style
+conversation with tools through any of them.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import json
 import logging
 import re
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -23,7 +31,7 @@ import jinja2
 import yaml
 from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment
 
 from webui.errors import HearthError
 from webui.safe_files import atomic_write_text, check_name, path_inside
@@ -78,19 +86,40 @@ def _tojson(
     sort_keys: bool = False,
 ) -> str:
     return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        value,
+        ensure_ascii=ensure_ascii,
+        indent=indent,
+        separators=separators,
+        sort_keys=sort_keys,
+        default=_json_default,
     )
+
+
+def _json_default(value: Any) -> Any:
+    """Generators from ``map``/``select`` serialise as lists, as minja (llama.cpp) does."""
+    if isinstance(value, jinja2.Undefined):
+        raise TypeError("an undefined value is not JSON serializable")
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _from_json(text: str) -> Any:
+    return json.loads(text)
 
 
 def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+def _environment() -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols]
     )
     env.filters["tojson"] = _tojson
+    env.filters["from_json"] = _from_json
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
@@ -99,10 +128,22 @@ def _environment() -> ImmutableSandboxedEnvironment:
 _ENV = _environment()
 
 
-@lru_cache(maxsize=64)
-def _compile(template_text: str, template_name: str) -> jinja2.Template:
+class _Compiled(NamedTuple):
+    template: jinja2.Template
+    reads: frozenset[str]  # the context variables the template reads
+
+
+@lru_cache(maxsize=128)
+def _compile_text(template_text: str) -> _Compiled:
+    """Parse once: the tree gives the variables read, then compiles. Keyed by text, whatever the name."""
+    tree = _ENV.parse(template_text)
+    reads = frozenset(n.name for n in tree.find_all(nodes.Name) if n.ctx == "load")
+    return _Compiled(_ENV.from_string(tree), reads)
+
+
+def _compile(template_text: str, template_name: str) -> _Compiled:
     try:
-        return _ENV.from_string(template_text)
+        return _compile_text(template_text)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template {template_name!r}, line {exc.lineno}: {exc.message}") from exc
 
@@ -123,14 +164,14 @@ def render(
     **extra: Any,
 ) -> str:
     """Render a chat template; any failure becomes a TemplateError naming the template and the line."""
-    template = _compile(template_text, template_name)
+    template = _compile(template_text, template_name).template
     try:
         return template.render(
-            messages=[dict(m) for m in messages],
+            messages=_copied(list(messages)),
             add_generation_prompt=add_generation_prompt,
             bos_token=bos_token,
             eos_token=eos_token,
-            **extra,
+            **_copied(extra),
         )
     except jinja2.TemplateError as exc:
         where = _template_line(exc)
@@ -138,6 +179,16 @@ def render(
     except Exception as exc:  # noqa: BLE001 - template code may raise anything (TypeError on None + str, ...)
         where = _template_line(exc)
         raise TemplateError(f"template {template_name!r}{where}: {type(exc).__name__}: {exc}") from exc
+
+
+def _copied(value: Any) -> Any:
+    """A copy of the containers in ``value`` (the only things the sandbox lets template code change)."""
+    if isinstance(value, Mapping):
+        return {key: _copied(item) for key, item in value.items()}
+    for kind in (list, tuple, set):
+        if isinstance(value, kind):
+            return kind(_copied(item) for item in value)
+    return value
 
 
 def _template_line(exc: BaseException) -> str:
@@ -148,6 +199,11 @@ def _template_line(exc: BaseException) -> str:
             line = lineno
     lineno = getattr(exc, "lineno", None) or line
     return f", line {lineno}" if lineno else ""
+
+
+def template_variables(template_text: str, template_name: str = "template") -> frozenset[str]:
+    """The names a template reads from its context (``messages``, ``tools``, ``enable_thinking``...)."""
+    return _compile(template_text, template_name).reads
 
 
 def list_templates(templates_dir: Path) -> list[str]:

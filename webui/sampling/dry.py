@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -61,7 +62,8 @@ class DRY:
         """The match length past which the penalty no longer changes the outcome."""
         if self.base <= 1.000001:
             return self.allowed  # every long-enough match gets the same penalty
-        growth = math.log(max(_DECISIVE_PENALTY / self.multiplier, 1.0)) / math.log(self.base)
+        ratio = min(_DECISIVE_PENALTY / self.multiplier, sys.float_info.max)  # a subnormal multiplier: inf
+        growth = math.log(max(ratio, 1.0)) / math.log(self.base)
         return self.allowed + math.ceil(growth)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

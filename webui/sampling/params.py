@@ -11,10 +11,22 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from webui.errors import HearthError
+from webui.sampling.constraints import check_json_schema
 from webui.sampling.registry import DEFAULT_SAMPLER_PRIORITY, active_chain
+
+_ONE_CONSTRAINT = "grammar_string and json_schema are both set: give only one (a schema is a grammar too)"
 
 
 class SamplingError(HearthError):
@@ -22,6 +34,18 @@ class SamplingError(HearthError):
 
 
 TokenId = Annotated[int, Field(ge=0)]
+
+
+def _schema_text(value: Any) -> Any:
+    """json_schema as JSON text (text-generation-webui's UI, form fields) -> the object; empty or {} = none."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+    return None if value == {} else value
 
 
 class SamplingParams(BaseModel):
@@ -187,7 +211,16 @@ class SamplingParams(BaseModel):
         "", description="CFG's negative prompt, what guidance_scale steers away from (empty = BOS alone)."
     )
     grammar_string: str = Field(
-        "", description="A GBNF grammar the reply must follow (llama.cpp loader only; empty = none)."
+        "", description="A GBNF grammar the reply must follow (empty = none)."
+    )
+    json_schema: Annotated[
+        dict[str, Any] | None,
+        BeforeValidator(_schema_text),
+        WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "string"}, {"type": "null"}]}),
+    ] = Field(
+        None,
+        description='A JSON schema the reply must follow, as an object or JSON text: the reply is one JSON value '
+        'of it ({"type": "object"} = any JSON object; empty or {} = none).',
     )
     banned_strings: list[str] = Field(
         default_factory=list, description="Strings never generated: a reply that would hold one is re-sampled."
@@ -245,13 +278,30 @@ class SamplingParams(BaseModel):
         # Samplers missing from a user's list keep their default relative place at the end.
         return names + [n for n in DEFAULT_SAMPLER_PRIORITY if n not in names]
 
+    @field_validator("json_schema")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if info.data.get("grammar_string"):
+            raise ValueError(_ONE_CONSTRAINT)
+        check_json_schema(value)
+        return value
+
     @model_validator(mode="after")
     def _one_picker(self) -> SamplingParams:
         if self.mirostat_mode > 0 and self.adaptive_target > 0:
             raise ValueError(
                 "mirostat_mode and adaptive_target both pick the token: turn one off (mirostat_mode 0 or adaptive_target 0)"
             )
+        if self.grammar_string and self.json_schema is not None:  # set one after the other (assignment)
+            raise ValueError(_ONE_CONSTRAINT)
         return self
+
+    @property
+    def constrained(self) -> bool:
+        """A grammar or a JSON schema shapes the reply (`constraints`)."""
+        return bool(self.grammar_string) or self.json_schema is not None
 
     def non_neutral(self) -> dict[str, Any]:
         """The fields that differ from the defaults (what a preset file stores)."""

@@ -252,6 +252,8 @@ REQUEST_SETTINGS: tuple[RequestSetting, ...] = (
     ),
     RequestSetting("grammar_string", ("grammar_string",), lambda p: bool(p.grammar_string),
                    {"grammar_string": 'root ::= "yes" | "no"'}),
+    RequestSetting("json_schema", ("json_schema",), lambda p: p.json_schema is not None,
+                   {"json_schema": {"type": "object"}}),
 )  # fmt: skip
 #: Request-level fields that shape the chain as a whole rather than being a sampler: greedy or not
 #: (with temperature 0), the order, and the seed of the draw.

@@ -24,7 +24,8 @@ _PIPELINE_ONLY = {
     "logprobs": "log-probabilities of each token come from Hearth's pipeline",
     "logits_processors": "an extension's logits processor runs in Hearth's pipeline",
 }
-GRAMMAR_NEEDS = "grammar runs only in llama.cpp's native chain (llama.cpp loader)"
+#: Why a grammar or JSON schema leaves a native sampler that cannot run one.
+CONSTRAINT_NEEDS = "grammar and JSON schema run in Hearth's pipeline (llguidance) on this backend"
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class SamplerRouting:
     active: list[str] = field(default_factory=list)
     #: Settings that send this request to the pipeline, with why (empty on the native path).
     forced_pipeline: dict[str, str] = field(default_factory=dict)
-    #: Settings this loader cannot run at all, with why (the request is refused while they are set).
+    #: Settings this loader cannot run at all, with why (the request is refused while they are set). Every
+    #: setting runs somewhere today (grammars too, since the pipeline has llguidance); kept for the API.
     unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -82,13 +84,9 @@ def route(
         forced.update({s.name: s.pipeline_only for s in REQUEST_SETTINGS if s.pipeline_only and s.active(params)})
         wants = {"logprobs": logprobs > 0, "logits_processors": processors}
         forced.update({name: _PIPELINE_ONLY[name] for name, on in wants.items() if on})
-        forced.pop("grammar_string", None)
+        if params.constrained and not model.supports_grammar():
+            field = "json_schema" if params.json_schema is not None else "grammar_string"
+            forced.setdefault(field, CONSTRAINT_NEEDS)
     path = "native" if native_name is not None and not forced else "pipeline"
-    unavailable: dict[str, str] = {}
-    if params.grammar_string and not (path == "native" and model.supports_grammar()):
-        blockers = ", ".join(forced) if forced and model.supports_grammar() else ""
-        unavailable["grammar_string"] = GRAMMAR_NEEDS + (
-            f"; {blockers} send this request to the pipeline" if blockers else ""
-        )
     loader = getattr(getattr(model, "info", None), "loader", type(model).__name__)
-    return SamplerRouting(loader, native_name, path, active, forced, unavailable)
+    return SamplerRouting(loader, native_name, path, active, forced)

@@ -12,15 +12,16 @@ State shapes (the Parameters tab writes them, the Chat/Default/Notebook tabs rea
   part of a GenerationRequest.
 - ``character``: ``{"character": str | None, "user_name": str | None, "mode": "chat" | "chat-instruct" |
   "instruct", "instruction_template": str | None, "instruction_template_text": str | None,
-  "chat_instruct_command": str, "system_message": str | None, "start_reply_with": str}``: exactly the
-  fields of `webui.chat_service.ChatOptions` (see there) bar the API-only ``default_persona``. ``character``
+  "chat_instruct_command": str, "system_message": str | None, "start_reply_with": str, "enable_thinking":
+  bool | None, "thinking_budget": int}``: exactly the fields of `webui.chat_service.ChatOptions` (see there)
+  bar the API-only ``default_persona``, ``tools`` and ``template_kwargs``. ``character``
   None or "Assistant" means the built-in Assistant; ``user_name`` None the card's name, else "You";
   ``instruction_template`` None means detected from the loaded model; ``instruction_template_text`` the
   edited Jinja text used instead (None: the named/detected template's own); ``system_message`` None the
   default. Use `chat_options(state)`, which also reads blank texts as "not set". Several tabs write it
   (Character sub-tab: character, user_name; Instruction template sub-tab: instruction_template,
   instruction_template_text; Chat tab: mode; its chat options panel: start_reply_with, system_message,
-  chat_instruct_command), so a handler always returns ``{**state, key: new_value}``, never a fresh dict.
+  chat_instruct_command, enable_thinking, thinking_budget), so a handler always returns ``{**state, key: new_value}``, never a fresh dict.
   "Save UI settings" stores it whole under ``chat`` in settings.yaml.
 - ``history``: the current chat as ``ChatHistory.to_dict()``, or None before one is opened. The Chat tab
   owns it; the Parameters tab's Chat history sub-tab loads/uploads into it and saves/downloads from it.
@@ -67,6 +68,8 @@ CHARACTER_STATE_KEYS: tuple[str, ...] = (
     "chat_instruct_command",
     "system_message",
     "start_reply_with",
+    "enable_thinking",
+    "thinking_budget",
 )
 
 GENERATION_DEFAULTS: dict[str, Any] = {

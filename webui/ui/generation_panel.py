@@ -72,6 +72,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "Guidance (CFG)": ("guidance_scale", "negative_prompt"),
     "Grammar and bans": (
         "grammar_string",
+        "json_schema",
         "banned_strings",
         "custom_token_bans",
         "logit_bias",
@@ -132,7 +133,7 @@ def from_widget_value(name: str, info: FieldInfo | None, value: Any, label: str 
 
 def field_widget(name: str, info: FieldInfo, value: Any) -> gr.components.Component:
     """One widget for one setting, from its field read as a spec (type, bounds, description)."""
-    lines = 4 if name in LINE_LISTS or name in ("grammar_string", "negative_prompt") else 1
+    lines = 4 if name in LINE_LISTS or name in ("grammar_string", "json_schema", "negative_prompt") else 1
     return widget_for(
         spec_from_field(name, info),
         to_widget_value(name, value),
