@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
 from webui.api.auth import require_admin_key, require_api_key
-from webui.api.convert import DEFAULT_CHAT_TOKENS, chat_plan, generation_request, sampling_from
+from webui.api.convert import DEFAULT_CHAT_TOKENS, chat_plan, generation_request, sampling_from, tool_use
 from webui.api.deps import Chat, Hearth
 from webui.api.openai import ERRORS
 from webui.api.schemas import (
@@ -37,11 +37,13 @@ from webui.api.schemas import (
     TokenCountResponse,
     TokenProbability,
 )
+from webui.api.trace_schemas import LogitsTraceRequest, LogitsTraceResponse
 from webui.input_errors import check_token_ids
 from webui.sampling import SamplingParams
 from webui.sampling.presets import PresetLibrary
 from webui.sampling.routing import route
 from webui.sampling.routing_table import each_setting, processor_extensions, route_loaded
+from webui.sampling.trace import sampler_trace
 
 router = APIRouter(prefix="/v1/internal", dependencies=[Depends(require_api_key)], tags=["Internal"])
 admin = APIRouter(prefix="/v1/internal", dependencies=[Depends(require_admin_key)], tags=["Internal (admin)"])
@@ -116,7 +118,7 @@ def logits(body: LogitsRequest, hearth: Hearth) -> LogitsResponse | LogitsDetail
 def chat_prompt_route(body: ChatFields, hearth: Hearth, chat: Chat) -> ChatPromptResponse:
     """The prompt text (and stop strings) a /v1/chat/completions request with this body would use."""
     probe = generation_request(body, PresetLibrary.for_settings(hearth.settings).folders, default_max=DEFAULT_CHAT_TOKENS, prompt="")
-    prompt = chat_plan(chat, body, probe).prompt
+    prompt = chat_plan(chat, body, probe, tool_use(body)).prompt
     length = len(hearth.core.tokenize(prompt.text, body.add_bos_token))
     return ChatPromptResponse(prompt=prompt.text, stop_strings=list(prompt.stop_strings),
                               dropped_turns=prompt.dropped_turns, length=length)
@@ -149,3 +151,14 @@ def samplers_for(body: SamplerRoutingRequest, hearth: Hearth) -> SamplerRoutingR
     logprobs = 0 if body.logprobs is None or body.logprobs is False else max(int(body.logprobs), 1)
     routing = route_loaded(hearth, sampling_from(body, PresetLibrary.for_settings(hearth.settings).folders), logprobs=logprobs)
     return SamplerRoutingResponse(**routing.as_dict(), extension_processors=processor_extensions(hearth))
+
+
+@router.post("/logits/trace", response_model=LogitsTraceResponse, responses=ERRORS)
+def logits_trace(body: LogitsTraceRequest, hearth: Hearth) -> LogitsTraceResponse:
+    """What each sampler did at one position of `prompt` (waits its turn in the queue): the top tokens of the
+    model's distribution, then after each step of the active chain in order (logit_bias first, the picker
+    last), with the tokens each step removed and the entropy. The last stage is /v1/internal/logits's answer
+    with `use_samplers`."""
+    sampling = sampling_from(body, PresetLibrary.for_settings(hearth.settings).folders)
+    trace = sampler_trace(hearth.core, body.prompt, body.position, sampling, body.top_logits, add_bos=body.add_bos_token)
+    return LogitsTraceResponse.of(trace)

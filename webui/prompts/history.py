@@ -4,6 +4,12 @@ A history is plain data (role + content + metadata per turn) so the UI, the API 
 it; saving is atomic so a crash mid-save never costs a conversation. Character keys and chat ids are file
 names: one that is not a plain name is refused (`safe_files.UnsafeNameError`) before anything is written. Imports accept our own JSON and
 text-generation-webui's ``{"internal": [[user, bot], ...], "visible": ...}`` files.
+
+Format version 2 adds reply versions: a regenerated reply keeps the earlier ones in
+``metadata["versions"]`` (a list of ``{"content": text, "reasoning": ...}``, one per version, oldest first)
+with ``metadata["version"]`` the index shown. The shown version is also the turn's own ``content`` and
+metadata, so every reader that knows nothing of versions (prompts, the API, extensions) sees the chosen
+reply; `Turn` keeps the two in step. Version 1 files (no versions) and tgw's files load unchanged.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from webui.errors import HearthError
 from webui.safe_files import atomic_write_text, is_plain_name, path_inside, safe_name
 
 FORMAT = "hearth-chat"
-FORMAT_VERSION = 1
-ROLES = ("user", "assistant")
+FORMAT_VERSION = 2  # 2: reply versions (metadata "versions" / "version")
+ROLES = ("user", "assistant", "tool")  # "tool": a tool's result (API tool calling)
 TGW_GREETING_MARKER = "<|BEGIN-VISIBLE-CHAT|>"
 _PREVIEW_CHARS = 60
 
@@ -29,13 +35,62 @@ class HistoryError(HearthError):
     """A chat file is missing, malformed, or a chat operation cannot apply."""
 
 
+#: Metadata that belongs to one version of a reply (kept with it in ``versions``); the rest is the turn's.
+VERSION_FIELDS = ("reasoning", "reasoning_content", "tool_calls")
+
+
 @dataclass(frozen=True)
 class Turn:
-    """One message. ``metadata`` holds extras such as ``{"greeting": True}`` or generation timings."""
+    """One message. ``metadata`` holds extras such as ``{"greeting": True}`` or generation timings, and a
+    regenerated reply's ``versions`` / ``version`` (see the module docstring): the shown version's entry is
+    always rewritten from ``content`` and the version fields, so the two never disagree."""
 
     role: str
     content: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        versions, index = self.metadata.get("versions"), self.metadata.get("version")
+        if isinstance(versions, list) and isinstance(index, int) and 0 <= index < len(versions):
+            synced = [*versions[:index], self._entry(), *versions[index + 1 :]]
+            object.__setattr__(self, "metadata", {**self.metadata, "versions": synced})
+
+    def _entry(self) -> dict[str, Any]:
+        """The shown version as a ``versions`` entry."""
+        return {"content": self.content, **{k: self.metadata[k] for k in VERSION_FIELDS if k in self.metadata}}
+
+    @property
+    def version_count(self) -> int:
+        return len(self.metadata.get("versions") or ()) or 1
+
+    @property
+    def version_index(self) -> int:
+        return int(self.metadata.get("version") or 0) if self.version_count > 1 else 0
+
+    def with_version(self, content: str, **fields: Any) -> Turn:
+        """This reply with a new version (`content` and its version `fields`, e.g. reasoning) added last
+        and shown; the earlier versions are kept."""
+        versions = list(self.metadata.get("versions") or [self._entry()])
+        return self._showing([*versions, {"content": content, **fields}], len(versions))
+
+    def at_version(self, index: int) -> Turn:
+        """This reply showing version `index` (0-based)."""
+        versions = list(self.metadata.get("versions") or [self._entry()])
+        if not 0 <= index < len(versions):
+            raise HistoryError(f"version {index + 1} does not exist: this message has {len(versions)}")
+        return self._showing(versions, index)
+
+    def edited(self, content: str) -> Turn:
+        """This message with new text (the shown version's, for a reply with versions); a user message an
+        extension rewrote loses the rewrite (``visible``): what was typed now is what the model reads."""
+        metadata = {k: v for k, v in self.metadata.items() if k != "visible"}
+        return Turn(self.role, content, metadata)
+
+    def _showing(self, versions: list[dict[str, Any]], index: int) -> Turn:
+        shown = versions[index]
+        own = {k: v for k, v in self.metadata.items() if k not in (*VERSION_FIELDS, "versions", "version")}
+        fields = {k: shown[k] for k in VERSION_FIELDS if k in shown}
+        return Turn(self.role, str(shown["content"]), {**own, **fields, "versions": versions, "version": index})
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"role": self.role, "content": self.content}
@@ -135,7 +190,21 @@ def _turn_from(item: Any, index: int) -> Turn:
     metadata = item.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise HistoryError(f"turn {index + 1}: metadata must be an object")
+    if "versions" in metadata or "version" in metadata:
+        _check_versions(metadata, index)
     return Turn(item["role"], item["content"], metadata)
+
+
+def _check_versions(metadata: dict[str, Any], index: int) -> None:
+    versions, shown = metadata.get("versions"), metadata.get("version")
+    if not (
+        isinstance(versions, list)
+        and versions
+        and all(isinstance(v, dict) and isinstance(v.get("content"), str) for v in versions)
+    ):
+        raise HistoryError(f"turn {index + 1}: versions must be a list of {{content: text}} objects")
+    if not (isinstance(shown, int) and not isinstance(shown, bool) and 0 <= shown < len(versions)):
+        raise HistoryError(f"turn {index + 1}: version must be the index of one of its {len(versions)} versions")
 
 
 def _turns_from_tgw(pairs: list[Any]) -> tuple[Turn, ...]:
@@ -206,15 +275,24 @@ class HistoryStore:
         return ChatHistory.from_data(data, character, chat_id=path.stem)
 
     def list_chats(self, character: str) -> list[ChatSummary]:
-        """Past chats, newest first; unreadable files are skipped rather than hiding the others."""
+        """Past chats, newest first; unreadable files are skipped rather than hiding the others (see
+        `unreadable`)."""
+        return self._scan(character)[0]
+
+    def unreadable(self, character: str) -> list[str]:
+        """What is wrong with each chat file of `character` that cannot be read (they stay as they are)."""
+        return self._scan(character)[1]
+
+    def _scan(self, character: str) -> tuple[list[ChatSummary], list[str]]:
         folder = self._folder(character)
-        summaries = []
-        for path in folder.glob("*.json") if folder.is_dir() else ():
+        summaries, problems = [], []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
             if not is_plain_name(path.stem):
                 continue
             try:
                 history = self.load(character, path.stem)
-            except HistoryError:
+            except HistoryError as exc:
+                problems.append(f"{path.name}: {exc}")
                 continue
             last = history.turns[-1].content if history.turns else ""
             summaries.append(
@@ -222,7 +300,7 @@ class HistoryStore:
                     path.stem, history.display_title(), _preview(last), history.updated, len(history.turns)
                 )
             )
-        return sorted(summaries, key=lambda s: (s.updated, s.chat_id), reverse=True)
+        return sorted(summaries, key=lambda s: (s.updated, s.chat_id), reverse=True), problems
 
     def latest(self, character: str) -> ChatHistory | None:
         """The most recent chat with a character, which the chat tab reopens."""

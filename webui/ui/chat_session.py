@@ -132,6 +132,15 @@ class ChatSession:
             return self.open_chat(options, chat_id if isinstance(chat_id, str) else None)
         return history
 
+    def unreadable(self, history_state: dict[str, Any] | None, character_state: dict[str, Any]) -> list[str]:
+        """When a character's chats are opened (no chat open yet, or another character's): one line per
+        saved chat of theirs that cannot be read. Such a file is left as it is, never overwritten."""
+        history = chat_history(history_state)
+        name = self.character_name(chat_options(character_state))
+        if history is not None and history.character == name:
+            return []
+        return [f"A saved chat cannot be read and was left as it is: {p}" for p in self.histories.unreadable(name)]
+
     def chat_choices(self, history: ChatHistory) -> list[tuple[str, str]]:
         """(label, chat id) of the character's saved chats, newest first; an unsaved open chat on top.
         Labels never repeat (two new chats in one second get a counter)."""
@@ -197,6 +206,49 @@ class ChatSession:
         self.histories.save(history)
         return history
 
+    # -- any message: edit, delete, versions, branch (each saves) ----------------------------------
+    def edit_message(self, history: ChatHistory, turn: int, text: str) -> ChatHistory:
+        """Message `turn` with the new text (a reply's shown version; its reasoning stays)."""
+        return self._saved(chat_ops.edit_turn(history, turn, text.strip()))
+
+    def delete_message(self, history: ChatHistory, turn: int) -> ChatHistory:
+        """The chat without message `turn` (any one but the greeting)."""
+        return self._saved(chat_ops.delete_turn(history, turn))
+
+    def step_version(self, history: ChatHistory, turn: int, step: int) -> ChatHistory:
+        """Reply `turn` showing its previous (`step` -1) or next (+1) version."""
+        shown = chat_ops.turn_at(history, turn)
+        if shown.version_count < 2:
+            raise ChatError("this message has one version: regenerate the last reply to get another")
+        target = shown.version_index + step
+        if not 0 <= target < shown.version_count:
+            raise ChatError(f"there is no version {target + 1}: this reply has {shown.version_count}")
+        return self._saved(chat_ops.show_version(history, turn, target))
+
+    def branch(self, history: ChatHistory, turn: int) -> ChatHistory:
+        """A new saved chat with this one's messages up to and including `turn`; this one stays."""
+        return self._saved(chat_ops.branch(history, turn))
+
+    def _saved(self, history: ChatHistory) -> ChatHistory:
+        self.histories.save(history)
+        return history
+
+    def fit_notice(self, history: ChatHistory, options: ChatOptions, settings: dict[str, Any]) -> str:
+        """After an edit: what the next reply's prompt cannot hold (old turns left out, or a chat that does
+        not fit at all), else "". Nothing is removed from the chat either way."""
+        count = self.token_count(history, "", options, settings)
+        if count is None:
+            return ""
+        if count.prompt is None:
+            return f"⚠️ The chat no longer fits the context: {count.problem}"
+        if count.dropped_turns:
+            turns = "turn is" if count.dropped_turns == 1 else "turns are"
+            return (
+                f"⚠️ The chat is now longer than the context: the {count.dropped_turns} oldest {turns} left out "
+                "of the next reply's prompt (they stay in the chat)."
+            )
+        return ""
+
     # -- replies -----------------------------------------------------------------------------------
     def send(
         self,
@@ -221,12 +273,13 @@ class ChatSession:
         settings: dict[str, Any],
         cancel: threading.Event | None = None,
     ) -> Reply:
-        """The last reply written again."""
+        """The last reply written again, as its newest version (the earlier ones are kept)."""
         self.service.app.models.require()
         if len(history.turns) == 1:  # the greeting, flagged or not (see `remove_last`)
             raise ChatError("there is no reply to regenerate (the greeting stays)")
         base = chat_ops.regenerate(history)
-        return Reply(base, self.service.stream_reply(base, None, options, settings, cancel))
+        updates = self.service.stream_reply(base, None, options, settings, cancel, replacing=history.turns[-1])
+        return Reply(base, updates)
 
     def continue_reply(
         self,

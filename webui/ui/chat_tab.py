@@ -8,6 +8,9 @@ has open per character (``gr.BrowserState``), so a reload reopens that chat rath
 A reply shows at once: the user's message and a typing bubble, with the generation buttons disabled until
 it ends, errors included. Streaming updates the chatbot directly and writes the history state once, when
 the reply ends. Errors are one toast (`toasts`); the outputs keep their values.
+
+Clicking a message opens its tools under the chat (`webui.ui.message_tools`: edit, versions, branch,
+delete). A saved chat file of the character that cannot be read is named in a toast when its chats open.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from webui.prompts.chat import CHAT_MODES
 from webui.prompts.history import ChatHistory
 from webui.ui.chat_options_panel import build_chat_options_panel
 from webui.ui.chat_session import ChatRef, ChatSession, Reply
-from webui.ui.chat_view import NO_MODEL, TYPING, chat_messages, dropped_notice, message, token_label
+from webui.ui.chat_view import NO_MODEL, chat_messages, dropped_notice, reply_messages, token_label
 from webui.ui.confirm import ConfirmButton
 from webui.ui.context import UIContext, chat_options, enclosing_tabs
+from webui.ui.message_tools import build_message_tools
 from webui.ui.streaming import CancelBoard, throttle, toasts
 
 #: The shortcuts (see `webui.ui.KEYS_JS`), shown under the input box.
@@ -63,6 +67,8 @@ class ChatTab:
         browser's open-chat record."""
         options = chat_options(character_state)
         try:
+            for problem in self.session.unreadable(history_state, character_state):
+                gr.Warning(problem)
             history = self.session.current(history_state, character_state, remembered)
             speakers, picture = self.session.speakers(options), self.session.picture(options)
             choices = self.session.chat_choices(history)
@@ -122,12 +128,10 @@ class ChatTab:
                 yield chat_messages(history, speakers), skip, reply.user_text or skip, skip, *_buttons(False)
                 return
             for update in throttle(itertools.chain([first], reply.updates)):
-                messages = chat_messages(update.history, speakers)
                 if not update.done:
-                    if reply.typing and not update.text.strip():
-                        messages[-1] = message("assistant", TYPING, speakers)
-                    yield messages, *(skip,) * 7
+                    yield reply_messages(update, speakers, reply.typing), *(skip,) * 7
                     continue
+                messages = chat_messages(update.history, speakers)
                 if update.dropped_turns:
                     gr.Info(dropped_notice(update.dropped_turns))
                 notice = dropped_notice(update.dropped_turns)
@@ -256,6 +260,7 @@ def build_chat_tab(ctx: UIContext) -> None:
                 elem_id="chat-chatbot",
             )
             notice = gr.Markdown(elem_id="chat-notice")
+            build_message_tools(tab, chatbot, notice)  # click a message: edit, versions, branch, delete
             with gr.Row():
                 # one line that grows: Gradio then sends on Enter and keeps Shift+Enter a newline
                 user_input = gr.Textbox(

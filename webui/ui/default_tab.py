@@ -2,7 +2,8 @@
 
 No chat formatting happens here: the prompt goes to the generation core as typed, which makes this tab the
 place to try instruction templates by hand (the Parameters tab can send a template's text here). Prompts
-can be saved and loaded (`webui.ui.saved_prompts`, shared with the Notebook tab).
+can be saved and loaded (`webui.ui.saved_prompts`, shared with the Notebook tab). Clicking a token in the
+Probabilities view opens the sampler debugger (`webui.ui.sampler_debugger`), which can branch the output.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import gradio as gr
 from webui.events import TokenLogprob
 from webui.prompts.prompt_store import PromptStore
 from webui.ui.context import UIContext
+from webui.ui.sampler_debugger import build_debugger_panel, wire_sampler_debugger
 from webui.ui.saved_prompts import build_saved_prompts
 from webui.ui.streaming import CancelBoard
 from webui.ui.textviews import (
+    Segment,
     build_model_notice,
     build_text_views,
     check_ready,
@@ -35,6 +38,7 @@ RECORD_INFO = "Feeds the Probabilities view; uses Hearth's sampler path, slower 
 def build_default_tab(ctx: UIContext) -> None:
     cancels = CancelBoard()
     recorded = gr.State([])  # the TokenLogprobs of the current output, for Continue
+    segments = gr.State([])  # what they were generated after (`Segment`), for the sampler debugger
     build_model_notice(ctx, "default")
     with gr.Row():
         with gr.Column(scale=1):
@@ -50,11 +54,11 @@ def build_default_tab(ctx: UIContext) -> None:
             )
             build_saved_prompts(PromptStore.for_user_data(ctx.app.settings.user_data_dir), "default", prompt)
         with gr.Column(scale=1):
-            views = build_text_views("default", raw_label="Output")
+            views = build_text_views("default", raw_label="Output", probabilities_panel=build_debugger_panel)
     assert views.raw is not None
     output = views.raw
     wire_text_views(views, ctx, [prompt, output])
-    streamed = [output, *views.rendered_outputs(), recorded, views.probabilities]
+    streamed = [output, *views.rendered_outputs(), recorded, views.probabilities, segments]
 
     def run(
         text: str, params: dict[str, Any], record_on: bool, request: gr.Request
@@ -69,6 +73,7 @@ def build_default_tab(ctx: UIContext) -> None:
         params: dict[str, Any],
         record_on: bool,
         keep: list[TokenLogprob],
+        kept_segments: list[Segment],
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         yield from stream_to_views(
@@ -80,6 +85,7 @@ def build_default_tab(ctx: UIContext) -> None:
             params=params,
             keep=keep,
             record=record_on,
+            segments=kept_segments,
         )
 
     ready = partial(check_ready, ctx)
@@ -88,7 +94,8 @@ def build_default_tab(ctx: UIContext) -> None:
         run, [prompt, ctx.params, record], streamed
     )
     continue_.click(ready, ctx.params, None, show_progress="hidden").success(
-        run_continue, [prompt, output, ctx.params, record, recorded], streamed
+        run_continue, [prompt, output, ctx.params, record, recorded, segments], streamed
     )
     stop.click(cancels.stop, None, None, queue=False)
+    wire_sampler_debugger(ctx, views, cancels, box=output, recorded=recorded, segments=segments)
     wire_prompt_box(ctx, prompt, token_count, "default")

@@ -2,7 +2,8 @@
 
 Generating appends to the box; Undo puts back the text from before the last generation and Regenerate
 does that and generates again (a different sample unless the seed is fixed). Texts can be saved and loaded
-as prompts (`webui.ui.saved_prompts`, shared with the Default tab).
+as prompts (`webui.ui.saved_prompts`, shared with the Default tab). Clicking a token in the Probabilities view
+opens the sampler debugger (`webui.ui.sampler_debugger`); a branch from it is undone by Undo, like a generation.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import gradio as gr
 from webui.prompts.prompt_store import PromptStore
 from webui.ui.context import UIContext
 from webui.ui.default_tab import RECORD_INFO, TEXT_KEYS
+from webui.ui.sampler_debugger import build_debugger_panel, wire_sampler_debugger
 from webui.ui.saved_prompts import build_saved_prompts
 from webui.ui.streaming import CancelBoard
 from webui.ui.textviews import (
@@ -32,6 +34,7 @@ def build_notebook_tab(ctx: UIContext) -> None:
     cancels = CancelBoard()
     before_last = gr.State(None)  # the text before the last generation, for Undo / Regenerate
     recorded = gr.State([])
+    segments = gr.State([])  # what the recorded tokens were generated after, for the sampler debugger
     build_model_notice(ctx, "notebook")
     with gr.Row():
         with gr.Column(scale=3):
@@ -48,9 +51,9 @@ def build_notebook_tab(ctx: UIContext) -> None:
             )
             build_saved_prompts(PromptStore.for_user_data(ctx.app.settings.user_data_dir), "notebook", box)
         with gr.Column(scale=2):
-            views = build_text_views("notebook")
+            views = build_text_views("notebook", probabilities_panel=build_debugger_panel)
     wire_text_views(views, ctx, [box])
-    streamed = [box, *views.rendered_outputs(), recorded, views.probabilities]
+    streamed = [box, *views.rendered_outputs(), recorded, views.probabilities, segments]
 
     def run(
         text: str, params: dict[str, Any], record_on: bool, request: gr.Request
@@ -77,4 +80,5 @@ def build_notebook_tab(ctx: UIContext) -> None:
     ).success(run, [box, ctx.params, record], streamed)
     undo.click(can_undo, before_last, None, **quiet).success(same, before_last, box)
     stop.click(cancels.stop, None, None, queue=False)
+    wire_sampler_debugger(ctx, views, cancels, box=box, recorded=recorded, segments=segments, undo=before_last)
     wire_prompt_box(ctx, box, token_count, "notebook")

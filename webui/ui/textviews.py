@@ -4,7 +4,10 @@ Probabilities.
 The pure renderers (`probability_html`, `logits_rows`, `token_rows`, `text_html`) are separate from the
 Gradio wiring so they can be unit-tested without a browser. The Probabilities view is Hearth's own: each
 generated token is shaded from red (unlikely) to green (likely) and hovering or clicking it shows the
-model's top alternatives at that position, which makes a surprising continuation easy to diagnose.
+model's top alternatives at that position, which makes a surprising continuation easy to diagnose; clicking it
+(or Enter on it) sends the view's `select` event with the token's index, which opens the sampler debugger
+(`webui.ui.sampler_debugger`, built into the sub-tab by the owning tab). `Segment`s record the exact token ids
+each run of recorded tokens was generated after, so a position can be traced and branched from.
 Probabilities are written with `percent` (rare tokens keep their digits: 0.042%, 3.1e-05%, never "0.0%")
 beside their log-probability.
 
@@ -52,7 +55,7 @@ EMPTY_PROBABILITIES = (
 PROBABILITIES_CSS = """
 .hearth-probs { white-space: pre-wrap; line-height: 1.9; font-family: var(--font-mono); font-size: 0.9em; }
 .hearth-probs .summary { font-family: var(--font); margin-bottom: 0.6em; opacity: 0.8; white-space: normal; }
-.hearth-tok { position: relative; color: #111; border-radius: 3px; padding: 1px 0; cursor: help;
+.hearth-tok { position: relative; color: #111; border-radius: 3px; padding: 1px 0; cursor: pointer;
   background: var(--tok-bg); }
 .hearth-tok:hover, .hearth-tok:focus { outline: 2px solid #333; outline-offset: 0; z-index: 5; }
 .hearth-alts { display: none; position: absolute; left: 0; top: 1.7em; z-index: 10; min-width: 12em;
@@ -61,6 +64,18 @@ PROBABILITIES_CSS = """
   box-shadow: 0 4px 12px rgba(0, 0, 0, 0.2); white-space: pre; line-height: 1.4; }
 .hearth-tok:hover > .hearth-alts, .hearth-tok:focus > .hearth-alts { display: block; }
 .hearth-alts .chosen { font-weight: bold; }
+"""
+#: A click (or Enter) on a token sends `select` with its index (delegated: the spans are re-rendered).
+PROBABILITIES_JS = """
+const pick = (event) => {
+  const tok = event.target.closest('.hearth-tok');
+  if (!tok || !element.contains(tok)) return;
+  event.preventDefault();
+  if (event.type === 'click') tok.blur();  // a mouse click opens the debugger, not the tooltip too
+  trigger('select', {index: Number(tok.dataset.i), value: tok.dataset.i, selected: true});
+};
+element.addEventListener('click', pick);
+element.addEventListener('keydown', (event) => { if (event.key === 'Enter') pick(event); });
 """
 
 
@@ -122,12 +137,14 @@ def probability_html(tokens: Sequence[TokenLogprob]) -> str:
     summary = (
         f"<div class='summary'>{len(tokens)} tokens · mean probability "
         f"{percent(sum(probabilities) / len(probabilities))} · least likely "
-        f"{html.escape(piece_label(tokens[lowest].text))} ({_chance(tokens[lowest].logprob, ', ')})</div>"
+        f"{html.escape(piece_label(tokens[lowest].text))} ({_chance(tokens[lowest].logprob, ', ')}) · click a "
+        "token to see what each sampler did there</div>"
     )
     spans = []
-    for token, p in zip(tokens, probabilities, strict=True):
+    for index, (token, p) in enumerate(zip(tokens, probabilities, strict=True)):
         spans.append(
-            f"<span class='hearth-tok' tabindex='0' data-p='{p:.6g}' data-logprob='{logprob_label(token.logprob)}' "
+            f"<span class='hearth-tok' tabindex='0' data-i='{index}' data-id='{token.token_id}' data-p='{p:.6g}' "
+            f"data-logprob='{logprob_label(token.logprob)}' "
             f"style='--tok-bg: {probability_color(p)}'>"
             f"{_visible(token.text)}<span class='hearth-alts' role='tooltip'>{_alternatives(token)}</span></span>"
         )
@@ -156,9 +173,25 @@ def text_html(text: str) -> str:
     return "".join(f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>" for p in paragraphs)
 
 
+@dataclass(frozen=True)
+class Segment:
+    """Where the recorded tokens from index `start` on were generated: after `prompt_ids` (the exact ids the
+    model read), with `before` the output box's text ahead of them. A Continue or a branch starts a new one."""
+
+    start: int
+    prompt_ids: tuple[int, ...]
+    before: str
+
+
+def segment_at(segments: Sequence[Segment], index: int) -> Segment | None:
+    """The segment recorded token `index` belongs to (None when nothing was recorded)."""
+    return next((s for s in reversed(segments) if s.start <= index), None)
+
+
 @dataclass
 class TextViews:
-    """The sub-tab components; the owning tab streams into `raw`, `markdown` and `html`."""
+    """The sub-tab components; the owning tab streams into `raw`, `markdown` and `html`. `panel` is what
+    the owning tab built beside the Probabilities view (the sampler debugger), if anything."""
 
     raw: gr.Textbox | None
     markdown: gr.Markdown
@@ -171,6 +204,7 @@ class TextViews:
     tokens_tab: gr.Tab
     tokens_button: gr.Button
     tokens_table: gr.Dataframe
+    panel: Any = None
 
     @staticmethod
     def rendered(text: str) -> tuple[str, str]:
@@ -181,8 +215,11 @@ class TextViews:
         return [self.markdown, self.html]
 
 
-def build_text_views(name: str, raw_label: str | None = None) -> TextViews:
-    """Lay out the sub-tabs (with a Raw output box first when `raw_label` is given)."""
+def build_text_views(
+    name: str, raw_label: str | None = None, probabilities_panel: Callable[[str], Any] | None = None
+) -> TextViews:
+    """Lay out the sub-tabs (with a Raw output box first when `raw_label` is given); `probabilities_panel(name)`
+    builds more inside the Probabilities sub-tab, under the view (its result is `TextViews.panel`)."""
     raw = None
     with gr.Tabs(elem_id=f"{name}-views"):
         if raw_label:
@@ -202,8 +239,12 @@ def build_text_views(name: str, raw_label: str | None = None) -> TextViews:
             tokens_table = gr.Dataframe(headers=TOKENS_HEADERS, interactive=False, elem_id=f"{name}-tokens")
         with gr.Tab("Probabilities", elem_id=f"{name}-tab-probabilities"):
             probabilities = gr.HTML(
-                EMPTY_PROBABILITIES, css_template=PROBABILITIES_CSS, elem_id=f"{name}-probabilities"
+                EMPTY_PROBABILITIES,
+                css_template=PROBABILITIES_CSS,
+                js_on_load=PROBABILITIES_JS,
+                elem_id=f"{name}-probabilities",
             )
+            panel = probabilities_panel(name) if probabilities_panel else None
     return TextViews(
         raw,
         markdown,
@@ -216,6 +257,7 @@ def build_text_views(name: str, raw_label: str | None = None) -> TextViews:
         tokens_tab,
         tokens_button,
         tokens_table,
+        panel,
     )
 
 
@@ -259,20 +301,26 @@ def stream_to_views(
     params: dict[str, Any],
     keep: Sequence[TokenLogprob] = (),
     record: bool = True,
+    segments: Sequence[Segment] = (),
+    prompt_ids: Sequence[int] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """Generate from `prompt`, showing ``before + generated``; yields values for
-    (text box, markdown, html, recorded-tokens state, probabilities view). The probabilities (appended to
-    `keep`, for Continue) are rendered once, at the end."""
+    """Generate from `prompt` (or from exactly `prompt_ids`), showing ``before + generated``; yields values
+    for (text box, markdown, html, recorded-tokens state, probabilities view, segments state). The
+    probabilities (appended to `keep` and `segments`, for Continue and branches) are rendered once, at the end."""
+    core = ctx.app.core
     with toasts(), cancels.running(request) as cancel:
         gen_request = generation_request(params, prompt, logprobs=LOGPROBS if record else 0)
-        steps = stream_text(ctx.app.core, gen_request, cancel)
-        for step in throttle(steps):
+        if prompt_ids is not None:
+            gen_request = gen_request.model_copy(update={"prompt": None, "prompt_ids": list(prompt_ids)})
+        read = prompt_ids if prompt_ids is not None else core.tokenize(prompt, gen_request.add_bos_token)
+        segment = Segment(len(keep), tuple(read), before)
+        for step in throttle(stream_text(core, gen_request, cancel)):
             text = before + step.text
             if step.finished is None:
-                yield text, *TextViews.rendered(text), gr.skip(), gr.skip()
+                yield text, *TextViews.rendered(text), gr.skip(), gr.skip(), gr.skip()
             else:
                 tokens = [*keep, *step.tokens]
-                yield text, *TextViews.rendered(text), tokens, probability_html(tokens)
+                yield text, *TextViews.rendered(text), tokens, probability_html(tokens), [*segments, segment]
 
 
 def token_count_label(ctx: UIContext, text: str) -> str:
