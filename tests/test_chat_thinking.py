@@ -139,6 +139,16 @@ def test_thinking_off_closes_the_block_in_the_prompt(service: ChatService, reque
     assert requests[-1].prompt.endswith("<｜Assistant｜><think>\n</think>\n\n")
 
 
+def test_a_constrained_reply_is_the_answer_not_reasoning(service: ChatService, requests: list[Any]) -> None:
+    """A JSON schema set in the Parameters tab holds from the first token: thinking is closed up front, so
+    the JSON is the answer (not hidden in a Thinking block)."""
+    settings = {"max_new_tokens": 60, "sampling": {"json_schema": {"type": "object", "properties": {
+        "ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}}}
+    final = list(service.stream_reply(ChatHistory.new("Assistant"), "Hi", options(enable_thinking=True), settings))[-1]
+    assert requests[-1].prompt.endswith("<think>\n</think>") and final.reasoning == ""
+    assert final.finish_reason == "stop" and final.text.replace(" ", "") in ('{"ok":true}', '{"ok":false}')
+
+
 def test_chat_shows_a_thinking_block_above_the_answer(service: ChatService) -> None:
     updates = reply(
         service, ChatHistory.new("Assistant"), "Hi", options(enable_thinking=True, thinking_budget=4)

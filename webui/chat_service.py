@@ -207,8 +207,11 @@ class ChatService:
                    probe: GenerationRequest, *, impersonate: bool = False, continue_last: bool = False) -> ReplyPlan:
         """The prompt for the next reply, after the extensions' chat hooks (chat_input, input, history,
         bot prefix, custom prompt). `probe` carries the request's sizes and settings for the hooks' state.
-        The Chat tab and the API's chat completions both plan their replies here."""
+        The Chat tab and the API's chat completions both plan their replies here. A constrained reply (a
+        grammar or JSON schema) is written without reasoning: the constraint holds from its first token."""
         sizes = {"max_new_tokens": probe.max_new_tokens, "truncation_length": probe.truncation_length}
+        if probe.sampling.constrained:
+            options = replace(options, enable_thinking=False)
         # -- extensions (webui/extensions.py): chat_input, input, history, bot prefix ----------------
         ext, visible, state = self.app.extensions, None, {}
         new_reply = not (impersonate or continue_last)
