@@ -20,6 +20,11 @@ class HFTokenized:
     _eos: frozenset[int]
 
     @property
+    def hf_tokenizer(self) -> Any:
+        """The Hugging Face tokenizer itself (constrained decoding builds its token table from it)."""
+        return self._tokenizer
+
+    @property
     def n_ctx(self) -> int:
         return self.info.context_length
 

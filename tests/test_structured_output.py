@@ -247,6 +247,7 @@ def test_the_vocabulary_is_read_once_per_model(manager, core, monkeypatch):
     for seed in range(3):
         generate(core, 60, json_schema=SCHEMA, seed=seed)
     assert built == [model] and model_tokenizer(model) is model_tokenizer(model)
+    assert constraints._hf_fast_tokenizer(model) is model.hf_tokenizer  # read exactly from the HF tokenizer
     manager.load("tiny-llama.gguf", loader="llamacpp_HF")
     generate(core, 60, json_schema=SCHEMA, do_sample=False)
     assert len(built) == 2  # another model, its own vocabulary

@@ -154,7 +154,8 @@ class Model(ABC):
         return {}
 
     def supports_grammar(self) -> bool:
-        """Whether `grammar_string` (GBNF) constrains this backend's native path."""
+        """Whether this backend's native path honours `grammar_string` and `json_schema` (a constrained
+        request goes to Hearth's pipeline otherwise)."""
         return False
 
     @abstractmethod

@@ -151,7 +151,7 @@ def _build_tokenizer(model: Model) -> llguidance.LLTokenizer:
 
 def _hf_fast_tokenizer(model: Model) -> Any:
     """The Hugging Face fast tokenizer of a Transformers or ExLlamaV2 model (`HFTokenized`), else None."""
-    tokenizer = getattr(model, "_tokenizer", None)
+    tokenizer = getattr(model, "hf_tokenizer", None)
     if tokenizer is None:
         return None
     from transformers import PreTrainedTokenizerFast
