@@ -191,15 +191,14 @@ def _template_kwargs(body: ChatFields) -> tuple[dict[str, Any], bool | None]:
 
 def chat_plan(service: ChatService, body: ChatFields, probe: GenerationRequest, tools: ToolUse) -> ReplyPlan:
     """The reply a chat request asks for, planned by the same service and extension hooks as the Chat tab.
-    `probe` is the request's settings (`generation_request` without a prompt yet). A constrained reply
-    (a forced tool call, a JSON schema, a grammar) is written without a reasoning block: the constraint
-    applies from its first token."""
+    `probe` is the request's settings (`generation_request` without a prompt yet). A forced tool call is
+    written without a reasoning block, as any constrained reply is (`ChatService.plan_reply`): its grammar
+    is only added after planning, so it is said here."""
     if body.continue_ and body.messages[-1].role != "assistant":
         raise APIError(400, "continue_: the last message must be the assistant's (the reply to continue), got "
                             f"{body.messages[-1].role!r}", param="continue_", code="invalid_value")
     _check_tool_history(body)
     kwargs, thinking = _template_kwargs(body)
-    constrained = bool(tools.forced or probe.sampling.grammar_string or probe.sampling.json_schema is not None)
     defaults = ChatOptions()
     options = ChatOptions(
         mode=body.mode,
@@ -209,7 +208,7 @@ def chat_plan(service: ChatService, body: ChatFields, probe: GenerationRequest, 
         chat_instruct_command=body.chat_instruct_command or defaults.chat_instruct_command,
         tools=tools.tools,
         template_kwargs=tuple(kwargs.items()),
-        enable_thinking=False if constrained else thinking,
+        enable_thinking=False if tools.forced else thinking,
         thinking_budget=body.thinking_budget or 0,
     )
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
