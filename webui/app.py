@@ -10,6 +10,7 @@ import pluggy
 from webui.config import Settings
 from webui.extensions import ExtensionManager
 from webui.generation import GenerationCore
+from webui.jobs import JobBoard
 from webui.loader_api import Loader
 from webui.models import ModelManager
 from webui.plugins import collect_loaders, make_plugin_manager
@@ -26,6 +27,8 @@ class App:
     models: ModelManager
     core: GenerationCore
     extensions: ExtensionManager | None = field(default=None)
+    #: Long jobs (training, evaluation) of this App, one of each kind at a time.
+    jobs: JobBoard = field(default_factory=JobBoard)
 
     @classmethod
     def create(cls, settings: Settings, plugins: pluggy.PluginManager | None = None) -> App:

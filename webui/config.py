@@ -46,6 +46,8 @@ class Settings:
     loader: str | None = None
     models_dir: Path = ROOT / "models"
     user_data_dir: Path = ROOT / "user_data"
+    #: LoRA adapters (PEFT folders, GGUF adapters): what the Model tab's LoRA selector lists.
+    loras_dir: Path = ROOT / "loras"
     presets_dir: Path = ROOT / "presets"
     templates_dir: Path = ROOT / "templates"
     listen: bool = False
@@ -105,7 +107,7 @@ class Settings:
         return bool(self.loader_args.get("trust_remote_code"))
 
 
-_PATH_FIELDS = {"models_dir", "user_data_dir", "presets_dir", "templates_dir", "settings_file", "api_key_file",
+_PATH_FIELDS = {"models_dir", "loras_dir", "user_data_dir", "presets_dir", "templates_dir", "settings_file", "api_key_file",
                 "gradio_auth_path"}
 
 
@@ -135,6 +137,7 @@ def build_parser(loaders: dict[str, type[Loader]]) -> argparse.ArgumentParser:
     basic.add_argument("--model", help="Model to load at start: a name from --models-dir (file or folder).")
     basic.add_argument("--loader", help=f"Loader to use (default: chosen from the model). One of: {', '.join(loaders)}.")
     basic.add_argument("--models-dir", type=Path, help="Folder of local models (default: models/).")
+    basic.add_argument("--lora-dir", dest="loras_dir", type=Path, help="Folder of LoRA adapters (default: loras/).")
     basic.add_argument("--user-data-dir", type=Path, help="Chats, characters, per-model settings (default: user_data/).")
     basic.add_argument("--settings", dest="settings_file", type=Path, help="Settings file to read, and to save UI settings to (default: user_data/settings.yaml; an older ./settings.yaml is still read).")
     basic.add_argument("--preset", help="Sampler preset (presets/ or user_data/presets/) to start with.")

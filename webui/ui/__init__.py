@@ -25,13 +25,13 @@ from webui.ui.model_tab import build_model_tab
 from webui.ui.notebook_tab import build_notebook_tab
 from webui.ui.parameters_tab import build_parameters_tab
 from webui.ui.session_tab import build_session_tab, is_dark
+from webui.ui.training_tab import build_training_tab
 
 if TYPE_CHECKING:
     from webui.app import App
 
 log = logging.getLogger(__name__)
 
-#: (tab label, module, builder) in display order.
 #: (tab label, builder) in display order.
 TABS: tuple[tuple[str, Callable[[UIContext], None]], ...] = (
     ("Chat", build_chat_tab),
@@ -39,6 +39,7 @@ TABS: tuple[tuple[str, Callable[[UIContext], None]], ...] = (
     ("Notebook", build_notebook_tab),
     ("Parameters", build_parameters_tab),
     ("Model", build_model_tab),
+    ("Training", build_training_tab),
     ("Session", build_session_tab),
 )
 

@@ -1,0 +1,11 @@
+"""Perplexity evaluation panel (being written)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from webui.ui.context import UIContext
+
+
+def build_evaluation_panel(ctx: UIContext) -> None:
+    gr.Markdown("Perplexity evaluation")
