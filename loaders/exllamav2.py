@@ -8,6 +8,10 @@ Hearth drives `ExLlamaV2.forward` directly rather than a generator class: each s
 its cache holds, so a request reuses the longest common prefix with the previous one (a chat's next turn
 evaluates only the new tokens), and slot 1 holds the CFG negative prompt in a second cache. The native
 path samples with `ExLlamaV2Sampler.sample` on the same cache, so both paths share one evaluation loop.
+
+LoRA adapters are PEFT folders loaded with `ExLlamaV2Lora.from_directory` and passed as `loras=` to every
+`forward` (exllamav2 0.3.2 keeps each adapter's tensors beside the base layers and applies only the ones
+named in a call), so the base weights never change and `[]` gives the base model back exactly.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from loaders.exl2_detect import (
     read_json,
 )
 from loaders.hf_tokenized import HFTokenized
+from loaders.lora_exllamav2 import ExLlamaV2Adapters
 from webui.errors import LoaderError, ModelRuntimeError
 from webui.loader_api import Loader, LoaderParam, Model, ModelInfo, common_prefix_length
 from webui.plugins import hookimpl
@@ -72,6 +77,7 @@ class ExLlamav2Model(HFTokenized, Model):
         self._ex_tokenizer = ex_tokenizer
         self._slots = {0: _Slot(cache)}
         self._eos = eos
+        self._adapters = ExLlamaV2Adapters()
         self.info = info
 
     @property
@@ -107,13 +113,62 @@ class ExLlamav2Model(HFTokenized, Model):
             with torch.inference_mode():
                 state.cache.current_seq_len = prefix  # later positions are overwritten, not cleared
                 if len(ids) - prefix > 1:
-                    self._model.forward(torch.tensor([ids[prefix:-1]]), state.cache, preprocess_only=True)
-                out = self._model.forward(torch.tensor([ids[-1:]]), state.cache)
+                    self._model.forward(torch.tensor([ids[prefix:-1]]), state.cache, preprocess_only=True,
+                                        loras=self._forward_loras())
+                out = self._model.forward(torch.tensor([ids[-1:]]), state.cache, loras=self._forward_loras())
         except RuntimeError as exc:
             raise ModelRuntimeError(f"ExLlamaV2 failed to evaluate {len(ids) - prefix} tokens: {exc}") from exc
         state.ids, state.logits = ids, out[0, -1].float().cpu()
         self.evaluated_tokens += len(ids) - prefix
         return state.logits
+
+    def sequence_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """Every position's logits from one `forward` over `ids` on an emptied slot-0 cache, which then holds them.
+
+        exllamav2 0.3.2 `ExLlamaV2.forward` (exllamav2/model.py) returns logits [bsz, q_len, head width] with
+        last_id_only=False, splitting a long input into chunks itself; cpu_logits=True gathers them in system
+        RAM (its docstring: for logits at every position of a long sequence, as in a perplexity test)."""
+        torch = self._torch
+        ids = list(ids)
+        if not ids:
+            raise ModelRuntimeError("cannot compute logits for an empty sequence")
+        if len(ids) > self.n_ctx:
+            raise ModelRuntimeError(f"{len(ids)} tokens do not fit max_seq_len {self.n_ctx}")
+        state = self._slot(0)
+        state.ids, state.logits = [], None  # the cache is rewritten from position 0
+        try:
+            with torch.inference_mode():
+                state.cache.current_seq_len = 0
+                out = self._model.forward(torch.tensor([ids]), state.cache, last_id_only=False,
+                                          loras=self._forward_loras(), cpu_logits=True)
+        except RuntimeError as exc:
+            raise ModelRuntimeError(f"ExLlamaV2 failed to evaluate {len(ids)} tokens: {exc}") from exc
+        logits = out[0].float().cpu()
+        state.ids, state.logits = ids, logits[-1].clone()
+        self.evaluated_tokens += len(ids)
+        return logits[:, : self.vocab_size]
+
+    # -- LoRA adapters -----------------------------------------------------------------------------
+
+    supports_loras = True
+
+    def _forward_loras(self) -> list[Any] | None:
+        """The `loras=` argument of every forward: None, not [], without adapters. exllamav2 0.3.2 reads
+        `loras[0]` whenever loras is not None (ExLlamaV2Embedding.forward, exllamav2/embedding.py, and
+        ExLlamaV2Linear.forward for lm_head, exllamav2/linear.py), so an empty list raises IndexError."""
+        return self._adapters.forward_arg()
+
+    def set_loras(self, loras: Sequence[tuple[Path, float]]) -> None:
+        """PEFT folders through `ExLlamaV2Lora.from_directory` (`loaders.lora_exllamav2`); every slot's cache
+        is emptied when the set changes."""
+        if self._adapters.apply(self._model, loras):
+            self._clear_caches()
+
+    def _clear_caches(self) -> None:
+        """Forget what every slot's cache holds: KV computed without the adapters is wrong with them."""
+        for state in self._slots.values():
+            state.ids, state.logits = [], None
+            state.cache.current_seq_len = 0
 
     @property
     def native_sampler(self) -> str | None:  # type: ignore[override]
@@ -173,6 +228,7 @@ class ExLlamav2Model(HFTokenized, Model):
 
     def unload(self) -> None:
         self._slots.clear()
+        self._adapters.unload()
         if self._model is not None:
             self._model.unload()
         self._model = self._tokenizer = self._ex_tokenizer = None

@@ -79,6 +79,7 @@ class LlamaCppModel(Model):
         eot = capi.llama_vocab_eot(vocab)
         eos |= {eot} if eot >= 0 else set()
         self._eos = frozenset(t for t in eos if t >= 0)
+        self._loras: Any = None  # loaders.lora_llamacpp.LlamaLoras, made on the first set_loras
 
     @property
     def evaluated_tokens(self) -> int:  # type: ignore[override]
@@ -136,6 +137,8 @@ class LlamaCppModel(Model):
             batch = LlamaBatch(n_tokens=llm.n_batch, embd=0, n_seq_max=1, verbose=False)
             self._slots[slot] = LlamaSequence(ctx, batch, llm.n_batch, self._n_vocab, llm.n_ctx())
             self._slots[slot].keepalive = batch  # type: ignore[attr-defined]
+            if self._loras is not None:  # a new context gets the applied LoRAs too
+                self._loras.set_on(ctx)
         return self._slots[slot]
 
     def logits(self, ids: Sequence[int], slot: int = 0) -> torch.Tensor:
@@ -144,6 +147,12 @@ class LlamaCppModel(Model):
         seq = self._slot(slot)
         seq.sync(ids)
         return torch.from_numpy(seq.last_logits())
+
+    def sequence_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """One batched pass with logits requested for every token (`LlamaSequence.score_all`, slot 0)."""
+        import torch
+
+        return torch.from_numpy(self._slot(0).score_all(ids))
 
     @property
     def native_sampler(self) -> str | None:  # type: ignore[override]
@@ -171,6 +180,18 @@ class LlamaCppModel(Model):
 
     def supports_grammar(self) -> bool:
         return True
+
+    supports_loras = True
+
+    def set_loras(self, loras: Sequence[tuple[Path, float]]) -> None:
+        """GGUF adapters (a PEFT folder is converted first), set on every context (`loaders.lora_llamacpp`)."""
+        from loaders.lora_llamacpp import LlamaLoras
+
+        if self._loras is None:
+            self._loras = LlamaLoras(self._capi, self._llm._model, Path(self.info.path))
+        self._loras.apply(loras, [seq.ctx for seq in self._slots.values()])
+        for seq in self._slots.values():  # a prefix cached without these adapters is wrong with them
+            seq.reset()
 
     def _grammar_sampler(self, grammar: str) -> Any:
         capi = self._capi

@@ -48,13 +48,14 @@ class LlamaSequence:
         del self.ids[prefix:]
         return self.append(ids[prefix:])
 
-    def append(self, tokens: Sequence[int]) -> int:
-        """Evaluate `tokens` after what is cached."""
+    def append(self, tokens: Sequence[int], out: np.ndarray | None = None) -> int:
+        """Evaluate `tokens` after what is cached; with `out` ([len(tokens), n_vocab]), every token's
+        logits are requested from llama.cpp and copied into it (perplexity evaluation)."""
         if len(self.ids) + len(tokens) > self._n_ctx:
             raise ModelRuntimeError(f"{len(self.ids) + len(tokens)} tokens do not fit the context of {self._n_ctx}")
         for start in range(0, len(tokens), self._n_batch):
             chunk = list(tokens[start : start + self._n_batch])
-            self._batch.set_batch(batch=chunk, n_past=len(self.ids), logits_all=False)
+            self._batch.set_batch(batch=chunk, n_past=len(self.ids), logits_all=out is not None)
             try:
                 self._ctx.decode(self._batch)
             except RuntimeError as exc:
@@ -63,9 +64,26 @@ class LlamaSequence:
                     f"llama.cpp failed to evaluate {len(chunk)} tokens at position {len(self.ids)} ({exc}). "
                     "Return code 1 means no free slot in the KV cache: try a larger n_ctx or a smaller n_batch."
                 ) from exc
+            if out is not None:  # rows in batch order: every token of the chunk was an output
+                rows = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(len(chunk), self._n_vocab))
+                out[start : start + len(chunk)] = rows
             self.ids.extend(chunk)
             self.evaluated += len(chunk)
         return len(tokens)
+
+    def score_all(self, ids: Sequence[int]) -> np.ndarray:
+        """Evaluate `ids` from position 0 with the logits at every position ([len(ids), n_vocab]). Earlier
+        positions' logits are not kept by llama.cpp, so the cache is not reused; afterwards it holds `ids`
+        (with the last token's logits current), so the next `sync` reuses it truthfully."""
+        ids = list(ids)
+        if not ids:
+            raise ModelRuntimeError("cannot evaluate an empty token sequence")
+        if len(ids) > self._n_ctx:
+            raise ModelRuntimeError(f"{len(ids)} tokens do not fit the context of {self._n_ctx}")
+        self.reset()
+        out = np.empty((len(ids), self._n_vocab), dtype=np.float32)
+        self.append(ids, out)
+        return out
 
     def last_logits(self) -> np.ndarray:
         """Logits after the last evaluated token, copied out of llama.cpp's buffer."""

@@ -70,6 +70,23 @@ class TransformersModel(HFTokenized, Model):
         if eos is None:
             eos = tokenizer.eos_token_id
         self._eos = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        self._lora_names: list[str] = []  # PEFT adapter names of the applied LoRAs
+        self._loras: list[tuple[Path, float]] = []
+
+    supports_loras = True
+
+    @property
+    def torch_module(self) -> Any:
+        """The torch model itself: LoRA training wraps it with PEFT and restores it (webui/training)."""
+        return self._model
+
+    def set_loras(self, loras: Sequence[tuple[Path, float]]) -> None:
+        """PEFT adapters loaded into the model, scaled and activated (`loaders.lora_transformers`)."""
+        from loaders.lora_transformers import set_peft_loras
+
+        self._lora_names = set_peft_loras(self._model, self._lora_names, self._loras, loras)
+        self._loras = list(loras)
+        self._caches.clear()  # a prefix cached without these adapters is wrong with them
 
     @property
     def vocab_size(self) -> int:
@@ -105,6 +122,32 @@ class TransformersModel(HFTokenized, Model):
         self.evaluated_tokens += len(new)
         logits = out.logits[0, -1].float().cpu()
         self._caches[slot] = (ids, cache, logits)
+        return logits
+
+    def sequence_logits(self, ids: Sequence[int]) -> Any:
+        """Every position's logits from one forward pass (chunked like `logits`); the pass's cache then
+        becomes slot 0's, so generation reuses it truthfully and only one cache is alive at a time."""
+        torch = self._torch
+        ids = list(ids)
+        if not ids:
+            raise ModelRuntimeError("cannot compute logits for an empty sequence")
+        from transformers import DynamicCache
+
+        self._caches.pop(0, None)
+        cache = DynamicCache(config=self._model.config)
+        rows = []
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(ids), PREFILL_CHUNK):
+                    chunk = torch.tensor([ids[start : start + PREFILL_CHUNK]], dtype=torch.long, device=self._device)
+                    out = self._model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=0)
+                    cache = out.past_key_values
+                    rows.append(out.logits[0].float().cpu())
+        except RuntimeError as exc:
+            raise ModelRuntimeError(f"the model failed to evaluate {len(ids)} tokens: {exc}") from exc
+        self.evaluated_tokens += len(ids)
+        logits = torch.cat(rows)
+        self._caches[0] = (ids, cache, logits[-1].clone())
         return logits
 
     def unload(self) -> None:

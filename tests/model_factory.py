@@ -228,3 +228,22 @@ def build_bench_hf(root: Path, vocab: int = 32000, cfg: TinyConfig = BENCH_CONFI
     (partial / "config.json").write_text(json.dumps({**config, "vocab_size": vocab}, indent=2))
     partial.rename(out)
     return out
+
+
+def make_peft_adapter(base: Path, out: Path, seed: int = 0) -> Path:
+    """A LoRA on every linear layer of `base`, with random non-zero lora_B so it changes the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    peft_model.save_pretrained(out)
+    return out

@@ -138,7 +138,8 @@ def test_unknown_route_and_model_are_404_in_openai_shape(served: Served):
 ROUTES = {
     ("/v1/completions", "post"), ("/v1/chat/completions", "post"), ("/v1/models", "get"),
     ("/v1/models/{model_id}", "get"), ("/v1/internal/model/info", "get"), ("/v1/internal/model/list", "get"),
-    ("/v1/internal/model/load", "post"), ("/v1/internal/model/unload", "post"), ("/v1/internal/encode", "post"),
+    ("/v1/internal/model/load", "post"), ("/v1/internal/model/unload", "post"), ("/v1/internal/lora/list", "get"),
+    ("/v1/internal/lora/load", "post"), ("/v1/internal/lora/unload", "post"), ("/v1/internal/encode", "post"),
     ("/v1/internal/decode", "post"), ("/v1/internal/token-count", "post"), ("/v1/internal/logits", "post"), ("/v1/internal/logits/trace", "post"),
     ("/v1/internal/chat-prompt", "post"), ("/v1/internal/stop-generation", "post"),
     ("/v1/internal/samplers", "get"), ("/v1/internal/samplers", "post"),

@@ -26,7 +26,7 @@ from loaders.exllamav2_hf import ExLlamav2HFLoader
 from loaders.transformers_loader import TransformersLoader
 from webui.config import build_parser, parse_settings
 from webui.errors import LoaderError
-from webui.loader_api import ModelInfo
+from webui.loader_api import Model, ModelInfo
 from webui.models import ModelManager
 from webui.sampling import SamplingParams
 
@@ -239,28 +239,53 @@ def test_supported_extras_map_through() -> None:
 # -- the Model's cache bookkeeping, with a history-dependent stand-in forward ---------------------
 
 class HistoryCache:
-    """Holds tokens by position like ExLlamaV2's cache; positions past current_seq_len are stale."""
+    """Holds tokens by position like ExLlamaV2's cache; positions past current_seq_len are stale. With LoRA
+    adapters applied, a position holds (token, adapters) as its K/V does: computed under those adapters."""
 
     def __init__(self) -> None:
         self.current_seq_len, self.tokens = 0, [-1] * 64
 
 
+LINEARS = {"model.layers.0.self_attn.q_proj": (8, 8), "model.layers.0.mlp.down_proj": (8, 16)}  # name -> (out, in)
+
+
 class HistoryForward:
-    """ExLlamaV2.forward's contract: reads the cache up to current_seq_len, writes new tokens, advances it."""
+    """ExLlamaV2.forward's contract: reads the cache up to current_seq_len, writes new tokens, advances it,
+    and returns logits [1, q_len, width] (the last position only with last_id_only). The keywords are
+    exllamav2 0.3.2's (exllamav2/model.py `ExLlamaV2.forward`), with no **kwargs, so a wrong one is a
+    TypeError; like embedding.py and linear.py (lm_head), it reads loras[0] whenever loras is not None."""
 
     def __init__(self) -> None:
         self.fed = 0
+        self.tp_context = None
+        self.loras_seen: list[list | None] = []  # the loras= of every call
+        self.modules_dict = {name: types.SimpleNamespace(key=name, out_features=out, in_features=inp)
+                             for name, (out, inp) in LINEARS.items()}
 
-    def forward(self, ids: torch.Tensor, cache: HistoryCache, preprocess_only: bool = False) -> torch.Tensor | None:
-        new = ids[0].tolist()
+    def forward(self, input_ids: torch.Tensor, cache: HistoryCache | None = None, input_mask: torch.Tensor | None = None,
+                preprocess_only: bool = False, last_id_only: bool = False, loras: list | None = None,
+                return_last_state: bool = False, position_offsets: torch.Tensor | None = None,
+                abort_event: object = None, cpu_logits: bool = False) -> torch.Tensor | None:
+        assert loras is None or (loras and all(lora.loaded for lora in loras)), "loras[0] of an empty list / unloaded"
+        self.loras_seen.append(loras)
+        new = input_ids[0].tolist()
         start = cache.current_seq_len
-        cache.tokens[start : start + len(new)] = new
+        assert start + len(new) <= len(cache.tokens), "Total sequence length exceeds cache size in model.forward"
+        cache.tokens[start : start + len(new)] = [with_loras(t, loras) for t in new]
         cache.current_seq_len += len(new)
         self.fed += len(new)
-        return None if preprocess_only else reference_logits(cache.tokens[: cache.current_seq_len]).view(1, 1, -1)
+        if preprocess_only:
+            return None
+        rows = [reference_logits(cache.tokens[: start + i + 1]) for i in range(len(new))]
+        return torch.stack(rows[-1:] if last_id_only else rows).unsqueeze(0)
 
     def unload(self) -> None:
         pass
+
+
+def with_loras(token: int, loras: list | None) -> int | tuple:
+    """What a cache position holds: the token, and the adapters (file, scale) its K/V was computed under."""
+    return (token, tuple((lora.lora_path, lora.lora_scaling) for lora in loras)) if loras else token
 
 
 def reference_logits(history: list[int]) -> torch.Tensor:
@@ -405,7 +430,33 @@ def fake_exllamav2(calls: list) -> tuple[types.ModuleType, types.ModuleType]:
             token = logits[0, 0].argmax().view(1, 1)
             return token, None, None, torch.ones(1, 1), False
 
+    class ExLlamaV2Lora:
+        """exllamav2/lora.py 0.3.2: from_directory prefers adapter_model.bin, then .safetensors; __init__ reads
+        adapter_config.json's r and lora_alpha (KeyError without them) and refuses fan_in_fan_out."""
+
+        @staticmethod
+        def from_directory(model: object, directory: str, lora_scaling: float = 1.0) -> ExLlamaV2Lora:
+            for weights in ("adapter_model.bin", "adapter_model.safetensors"):
+                if (Path(directory) / weights).exists():
+                    return ExLlamaV2Lora(model, str(Path(directory) / "adapter_config.json"),
+                                         str(Path(directory) / weights), lora_scaling)
+            raise ValueError(f"No LoRA found in {directory}")
+
+        def __init__(self, model: object, lora_config_path: str, lora_path: str, lora_scaling: float = 1.0) -> None:
+            read_config = json.loads(Path(lora_config_path).read_text())
+            self.lora_r, self.lora_alpha = read_config["r"], float(read_config["lora_alpha"])
+            if read_config.get("fan_in_fan_out"):
+                raise ValueError(" ## Error: fan_in_fan_out mode not supported.")
+            self.model, self.lora_path, self.lora_scaling, self.loaded = model, lora_path, lora_scaling, True
+            calls.append(("ExLlamaV2Lora", Path(lora_path).parent.name, lora_scaling))
+
+        def unload(self) -> None:
+            assert self.loaded, "unloaded twice"
+            self.loaded = False
+            calls.append(("unload_lora", Path(self.lora_path).parent.name, self.lora_scaling))
+
     module.ExLlamaV2Config, module.ExLlamaV2, module.ExLlamaV2Cache_TP = ExLlamaV2Config, ExLlamaV2, ExLlamaV2Cache_TP
+    module.ExLlamaV2Lora = ExLlamaV2Lora
     module.ExLlamaV2Tokenizer = ExLlamaV2Tokenizer
     generator = types.ModuleType("exllamav2.generator")
     generator.ExLlamaV2Sampler = ExLlamaV2Sampler
@@ -483,6 +534,148 @@ def test_native_loop_calls_the_sampler_as_exllamav2_defines_it(exl_calls: list) 
     dry = SamplingParams(dry_multiplier=0.8, dry_penalty_last_n=64)
     assert native.unsupported(dry) == [] and model.native_generate([1], dry, seed=0) is None
     assert model.native_generate([1, 4], dry, seed=0) is not None
+
+
+# -- logits at every position and LoRA adapters, through the stand-in forward -----------------------
+
+def test_sequence_logits_is_one_forward_matching_logits_position_by_position() -> None:
+    model, backend, caches = make_model()
+    model.logits([9, 9, 9, 9, 9, 9])  # slot 0 holds something else: sequence_logits must not build on it
+    model.logits([1, 2], slot=1)
+    ids = [1, 5, 6, 7, 8]
+    calls_before, fed_before = len(backend.loras_seen), backend.fed
+    got = model.sequence_logits(ids)
+    assert len(backend.loras_seen) - calls_before == 1 and backend.fed - fed_before == len(ids)  # one pass
+    assert got.shape == (5, 32) and got.dtype == torch.float32
+    reference, _, _ = make_model()
+    assert torch.equal(got, torch.stack([reference.logits(ids[: i + 1]) for i in range(len(ids))]))
+    assert torch.equal(got, Model.sequence_logits(make_model()[0], ids))  # the default, a prefix at a time
+    # slot 0 now holds ids: asking again evaluates nothing, one more token evaluates one
+    fed = backend.fed
+    assert torch.equal(model.logits(ids), got[-1]) and backend.fed == fed
+    assert torch.equal(model.logits([*ids, 3]), reference_logits([*ids, 3])[:32]) and backend.fed == fed + 1
+    assert model.evaluated_tokens == 6 + 2 + 5 + 1 and caches[1].current_seq_len == 2  # slot 1 untouched
+    with pytest.raises(Exception, match="empty sequence"):
+        model.sequence_logits([])
+    with pytest.raises(Exception, match="65 tokens do not fit max_seq_len 64"):
+        model.sequence_logits(list(range(65)))
+    fed = backend.fed
+    model.logits([*ids, 3])  # the refused calls left slot 0 as it was
+    assert backend.fed == fed
+
+
+def write_peft(root: Path, name: str, shapes: dict[str, tuple[int, int]], **config: object) -> Path:
+    """A PEFT LoRA folder as `save_pretrained` writes it: r=4 factors for each module (out, in)."""
+    path = root / name
+    path.mkdir()
+    settings = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": sorted({m.split(".")[-1] for m in shapes})}
+    (path / "adapter_config.json").write_text(json.dumps({**settings, **config}))
+    tensors = {}
+    for module, (out, inp) in shapes.items():
+        tensors[f"base_model.model.{module}.lora_A.weight"] = np.zeros((4, inp), np.float16)
+        tensors[f"base_model.model.{module}.lora_B.weight"] = np.zeros((out, 4), np.float16)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    return path
+
+
+def under(adapters: list[tuple[Path, float]], ids: list[int], width: int = 32) -> torch.Tensor:
+    """The stand-in's logits after `ids` with every position computed under `adapters` (file, scale); the
+    first `width` (the vocabulary; the native sampler sees the whole padded head)."""
+    applied = tuple((str(path / "adapter_model.safetensors"), scale) for path, scale in adapters)
+    logits = reference_logits([(t, applied) if applied else t for t in ids])
+    return logits[:width] if width else logits
+
+
+def test_set_loras_passes_the_adapters_to_every_forward_and_clears_the_caches(exl_calls: list, tmp_path: Path) -> None:
+    style = write_peft(tmp_path, "style", LINEARS)
+    other = write_peft(tmp_path, "other", {"model.layers.0.mlp.down_proj": (8, 16)})
+    model, backend, caches = make_model()
+    model._tokenizer = types.SimpleNamespace(bos_token_id=None, encode=lambda text, add_special_tokens: [ord(c) % 32 for c in text])
+    assert model.supports_loras and ExLlamav2HFLoader.model_class.supports_loras
+    model.logits([1, 5, 6])
+    model.logits([1, 2], slot=1)  # CFG's cache
+    model.set_loras([(style, 0.5)])
+    assert ("ExLlamaV2Lora", "style", 0.5) in exl_calls
+    assert caches[0].current_seq_len == caches[1].current_seq_len == 0  # prefixes computed without it are gone
+    fed = backend.fed
+    assert torch.equal(model.logits([1, 5, 6]), under([(style, 0.5)], [1, 5, 6])) and backend.fed == fed + 3
+    assert torch.equal(model.logits([1, 2], slot=1), under([(style, 0.5)], [1, 2]))
+    assert torch.equal(model.sequence_logits([1, 5]), torch.stack([under([(style, 0.5)], [1]), under([(style, 0.5)], [1, 5])]))
+    stream = model.native_generate([1, 4], SamplingParams(do_sample=False), seed=0)
+    assert next(stream) == int(under([(style, 0.5)], [1, 4], width=0).argmax())
+    next(stream)
+    paths = [[lora.lora_path for lora in seen] for seen in backend.loras_seen[-7:]]
+    assert paths == [[str(style / "adapter_model.safetensors")]] * 7  # prefill + last, twice (slots 0, 1), sequence_logits, 2 native steps
+
+    exl_calls.clear()
+    model.set_loras([(style, 0.5), (other, 2.0)])  # style is kept as loaded, other is added
+    assert exl_calls == [("ExLlamaV2Lora", "other", 2.0)] and caches[0].current_seq_len == 0
+    both = [(style, 0.5), (other, 2.0)]
+    assert torch.equal(model.logits([3, 4]), under(both, [3, 4]))
+    assert [len(seen) for seen in backend.loras_seen[-2:]] == [2, 2]
+
+    exl_calls.clear()
+    model.set_loras([(style, 1.0)])  # a new scale is a new load (exllamav2 pre-scales lora_B); the rest unloaded
+    assert exl_calls == [("ExLlamaV2Lora", "style", 1.0), ("unload_lora", "style", 0.5), ("unload_lora", "other", 2.0)]
+    assert torch.equal(model.logits([3, 4]), under([(style, 1.0)], [3, 4]))
+    fed = backend.fed
+    model.set_loras([(style, 1.0)])  # the same set: nothing reloaded, the cache kept
+    assert exl_calls[-1] == ("unload_lora", "other", 2.0) and torch.equal(model.logits([3, 4]), under([(style, 1.0)], [3, 4]))
+    assert backend.fed == fed
+
+    model.set_loras([])  # [] removes them all: the base model's logits exactly, loras=None (not [])
+    assert exl_calls[-1] == ("unload_lora", "style", 1.0) and caches[0].current_seq_len == 0
+    assert torch.equal(model.logits([3, 4]), reference_logits([3, 4])[:32]) and backend.loras_seen[-1] is None
+    assert torch.equal(model.sequence_logits([3, 4])[-1], reference_logits([3, 4])[:32])
+
+
+def test_set_loras_refuses_what_exllamav2_cannot_apply_and_keeps_the_model(exl_calls: list, tmp_path: Path) -> None:
+    import gguf
+
+    style = write_peft(tmp_path, "style", LINEARS)
+    model, backend, caches = make_model()
+    model.set_loras([(style, 1.0)])
+    model.logits([1, 5, 6])
+    adapter = tmp_path / "style.gguf"
+    writer = gguf.GGUFWriter(str(adapter), "llama")
+    writer.add_type("adapter")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    refused = [
+        (adapter, "LoRA style.gguf: ExLlamaV2 cannot apply GGUF LoRA adapters; it loads PEFT adapter folders"),
+        (write_peft(tmp_path, "wide", {"model.layers.0.self_attn.q_proj": (8, 16)}),
+         "LoRA wide does not fit this model: model.layers.0.self_attn.q_proj is 8x8 here, the adapter was made for 8x16"),
+        (write_peft(tmp_path, "k", {"model.layers.0.self_attn.k_proj": (8, 8)}),
+         "it targets model.layers.0.self_attn.k_proj, which the model does not have"),
+        (write_peft(tmp_path, "fifo", LINEARS, fan_in_fan_out=True), r"LoRA fifo: ExLlamaV2 cannot apply it \(fan_in_fan_out"),
+        (write_peft(tmp_path, "no-alpha", LINEARS, lora_alpha=None), r"LoRA no-alpha: ExLlamaV2 cannot apply it"),
+        (tmp_path / "nothing", "LoRA nothing: not a PEFT adapter folder"),
+    ]
+    (tmp_path / "no-alpha" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    fits = write_peft(tmp_path, "fits", LINEARS)
+    for path, message in refused:
+        exl_calls.clear()
+        with pytest.raises(LoaderError, match=message):
+            model.set_loras([(fits, 1.0), (path, 1.0)])
+        loaded = [c for c in exl_calls if c[0] == "ExLlamaV2Lora"]
+        # an adapter loaded before the failure is unloaded again; the applied set and the caches stay
+        assert [c for c in exl_calls if c[0] == "unload_lora"] == [("unload_lora", n, s) for _, n, s in loaded]
+        fed = backend.fed
+        assert torch.equal(model.logits([1, 5, 6]), under([(style, 1.0)], [1, 5, 6])) and backend.fed == fed
+    exl_calls.clear()
+    backend.tp_context = object()  # loaded with enable_tp: exllamav2's TP layers ignore loras=
+    with pytest.raises(LoaderError, match="do not work with enable_tp"):
+        model.set_loras([(fits, 1.0)])
+    model.set_loras([])  # removing them still works
+    assert exl_calls == [("unload_lora", "style", 1.0)]
+    model.set_loras([])
+    exl_calls.clear()
+    backend.tp_context = None
+    model.set_loras([(style, 1.0)])
+    model.unload()  # the adapters go with the model
+    assert exl_calls == [("ExLlamaV2Lora", "style", 1.0), ("unload_lora", "style", 1.0)]
 
 
 # -- on a GPU: a tiny random Llama converted to EXL2 by exllamav2 itself --------------------------

@@ -296,3 +296,11 @@ def test_available_memory_reports_ram() -> None:
     info = available_memory()
     assert info["ram_total"] >= info["ram_available"] > 0
     assert info["vram_total"] >= info["vram_free"] >= 0
+
+
+def test_an_hf_folder_for_exllamav2_is_estimated_not_refused_as_gguf(models_dir: Path) -> None:
+    """ExLlamav2's name contains "llama": it once sent HF folders down the GGUF path and failed."""
+    folder = models_dir / "tiny-llama"
+    assert estimate(folder, "ExLlamav2", {}).total == estimate(folder, "Transformers", {}).total > 0
+    with pytest.raises(MemoryEstimateError, match="not a GGUF model"):
+        estimate(folder, "llamacpp_HF", {})

@@ -79,3 +79,12 @@ def test_names_stay_inside_the_folder(tmp_path: Path) -> None:
     with pytest.raises(UnsafeNameError):
         settings_path(tmp_path, "../../etc/passwd")
     assert settings_path(tmp_path, "mistral-7b.Q4_K_M.gguf").parent == tmp_path / "models"
+
+
+def test_a_secret_is_never_saved_and_a_remote_points_to_remotes_yaml(manager: ModelManager, tmp_path: Path) -> None:
+    path = save_settings(manager, tmp_path, "tiny-llama.gguf", "Remote",
+                         {"remote_url": "http://10.0.0.5:8000", "remote_api_key": "sk-secret"})
+    saved = yaml.safe_load(path.read_text())["params"]
+    assert saved == {"remote_url": "http://10.0.0.5:8000"} and "sk-secret" not in path.read_text()
+    with pytest.raises(ModelSettingsError, match="remotes.yaml"):
+        save_settings(manager, tmp_path, "remote:gpu/llama", "Remote", {})

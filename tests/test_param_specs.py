@@ -179,3 +179,11 @@ def test_one_cli_flag_builder() -> None:
     assert "--n-batch INT" in text and "Tokens per batch. (default: 512)" in text
     with pytest.raises(SystemExit):
         parser.parse_args(["--cache", "q2"])
+
+
+def test_a_secret_is_a_password_box_and_never_shown() -> None:
+    key = ParamSpec("api_key", "str", "", "The server's key.", secret=True)
+    assert key.shown("sk-123") == "***" and key.shown("") == ""
+    assert ParamSpec("url", "str", "").shown("http://x") == "http://x"
+    with gr.Blocks():
+        assert widget_for(key).type == "password"

@@ -50,6 +50,7 @@ def ui_settings(models_dir: Path, tmp_path: Path) -> Settings:
     shutil.copytree(ROOT / "presets", presets)
     return Settings(
         models_dir=models_dir,
+        loras_dir=tmp_path / "loras",
         user_data_dir=user_data,
         presets_dir=presets,
         templates_dir=ROOT / "templates",

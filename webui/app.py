@@ -14,6 +14,8 @@ from webui.jobs import JobBoard
 from webui.loader_api import Loader
 from webui.models import ModelManager
 from webui.plugins import collect_loaders, make_plugin_manager
+from webui.remotes import FILE_NAME as REMOTES_FILE
+from webui.remotes import RemoteRegistry
 from webui.safe_files import remove_crash_leftovers
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,8 @@ class App:
         remove_crash_leftovers(settings)
         plugins = plugins or make_plugin_manager()
         loaders = collect_loaders(plugins)
-        models = ModelManager(settings.models_dir, loaders, allow_remote_code=settings.allow_remote_code)
+        models = ModelManager(settings.models_dir, loaders, allow_remote_code=settings.allow_remote_code,
+                              remotes=RemoteRegistry(settings.user_data_dir / REMOTES_FILE))
         extensions = ExtensionManager(plugins, settings)  # enabled from Settings.extensions below
         app = cls(settings, plugins, loaders, models, GenerationCore(models, extensions), extensions)
         extensions.start(app)

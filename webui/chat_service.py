@@ -113,6 +113,10 @@ class ReplyPlan:
         reply = self.prefix + generated
         return reply.strip() if trim and not self.continue_last else reply
 
+    def chat_fields(self) -> dict[str, Any]:
+        """The request's `messages` and `tools`, for a remote server rendering its own chat template."""
+        return {"messages": self.prompt.messages, "tools": [dict(t) for t in self.shape.tools] or None}
+
 
 def template_kwargs(options: ChatOptions) -> dict[str, Any]:
     """The extra variables the template gets: the client's `chat_template_kwargs` and the thinking switch."""
@@ -242,8 +246,7 @@ class ChatService:
         return ReplyPlan(prompt, base, prefix, state, impersonate, continue_last, shape, budget)
 
     def reasoning_format(self, template_text: str) -> ReasoningFormat | None:
-        """The loaded model's reasoning markers: from its template, else marker texts that are one token of
-        its vocabulary."""
+        """The loaded model's reasoning markers: from its template, else one-token marker texts of its vocabulary."""
         model = self.app.models.require()
         key = (id(model), template_text)
         if key not in self._reasoning:
@@ -255,18 +258,17 @@ class ChatService:
 
     def _thinking(self, prompt: ChatPrompt, template_text: str, options: ChatOptions,
                   reasoning: bool) -> tuple[ChatPrompt, ReplyShape]:
-        """The reply's shape; with thinking turned off, a template without its own switch gets the block
-        closed in the prompt (the peers' prefill), so the model answers at once."""
+        """The reply's shape; thinking off: a template without its own switch gets the block closed (prefill)."""
         fmt = self.reasoning_format(template_text) if reasoning else None
         tool_format = detect_tool_format(template_text) if options.tools else None
         if fmt is None:
             return prompt, ReplyShape(tool_format=tool_format, tools=options.tools)
         inside = starts_inside(prompt.text, fmt)
         if options.enable_thinking is False and options.mode != "chat":
-            if inside:
-                prompt = replace(prompt, text=prompt.text + fmt.end + "\n\n")
+            if inside:  # a prefilled reply: the messages no longer say the prompt
+                prompt = replace(prompt, text=prompt.text + fmt.end + "\n\n", messages=None)
             elif "enable_thinking" not in template_text:
-                prompt = replace(prompt, text=prompt.text + disabled_thinking_prefill(fmt))
+                prompt = replace(prompt, text=prompt.text + disabled_thinking_prefill(fmt), messages=None)
             inside = False
         return prompt, ReplyShape(fmt, inside, tool_format, options.tools)
 
@@ -284,8 +286,7 @@ class ChatService:
         return self.plan_reply(history, user_input, options, probe, continue_last=continue_last)
 
     def finish_reply(self, plan: ReplyPlan, generated: str, trim: bool = True) -> str:
-        """The final reply text: prefix + generated (`trim`: without surrounding whitespace, for the Chat
-        tab), through the extensions' output modifier."""
+        """The final reply: prefix + generated (`trim`: stripped, for the Chat tab), after the output modifier."""
         reply = plan.reply(generated, trim)
         ext = self.app.extensions
         if ext is not None and not plan.impersonate:  # extensions: output_modifier
@@ -297,7 +298,6 @@ class ChatService:
                      impersonate: bool = False, continue_last: bool = False, save: bool = True,
                      replacing: Turn | None = None) -> Iterator[ChatUpdate]:
         """Generate the next reply (or continue the last one, or impersonate the user), streaming.
-
         With impersonate the history is left as it is and `text` is the user's message to edit.
         `replacing`: the reply being regenerated (`history` ends before it): the new reply becomes its
         newest version, the earlier ones kept; stopped before any text, it stays as it was.
@@ -308,7 +308,8 @@ class ChatService:
         plan = self.plan_reply(history, user_input, options, probe, impersonate=impersonate, continue_last=continue_last)
         prompt, base, prefix = plan.prompt, plan.base, plan.prefix
         request = request_from_settings(settings, prompt=prompt.text, stop=[*probe.stop, *prompt.stop_strings],
-                                        thinking_budget=plan.budget, special_tokens=plan.shape.reads_markers)
+                                        thinking_budget=plan.budget, special_tokens=plan.shape.reads_markers,
+                                        **plan.chat_fields())
         if save and (user_input or "").strip() and not (impersonate or continue_last):
             self.histories.save(base)  # the user's new message, before the reply starts
         text, reasoning = "", ""

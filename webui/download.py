@@ -77,8 +77,10 @@ def download(
     endpoint: str | None = None,
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    loras_dir: str | Path | None = None,
 ) -> Path:
-    """Fetch the selected files into models/ and return the model's path (a .gguf file or a folder).
+    """Fetch the selected files into models/ and return the model's path (a .gguf file or a folder); a LoRA
+    adapter repo (`RepoListing.kind` "lora") goes into `loras_dir` instead, when given.
 
     Files already in place with the Hub's size and hash are skipped (re-hashed, never trusted by size);
     partial ones are resumed; every file is checked against the Hub's sha256 or git blob id. Raises a
@@ -87,6 +89,9 @@ def download(
     listing = spec if isinstance(spec, RepoListing) else list_repo(spec, token=token, endpoint=endpoint)
     files = select_files(listing, select)
     models_dir = Path(models_dir)
+    if listing.kind == "lora" and loras_dir is not None:
+        models_dir = Path(loras_dir)
+        models_dir.mkdir(parents=True, exist_ok=True)
     target = destination(listing, files, models_dir)
     single = target.suffix.lower() == ".gguf"
     staging = models_dir if single else models_dir / f".{target.name}{PARTIAL_SUFFIX}"
@@ -305,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models-dir", type=Path, default=Path("models"), help="where models live (default: models)"
     )
+    parser.add_argument(
+        "--lora-dir", type=Path, default=Path("loras"), help="where LoRA adapter repos go (default: loras)"
+    )
     parser.add_argument("--list", action="store_true", help="only list the repo's files")
     args = parser.parse_args(argv)
     bar = TerminalBar()
@@ -313,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print("\n".join(f"{human_bytes(f.size):>10}  {f.path}" for f in listing.files))
             return 0
-        path = download(listing, args.models_dir, select=args.select, on_progress=bar)
+        path = download(listing, args.models_dir, select=args.select, on_progress=bar, loras_dir=args.lora_dir)
     except SelectionRequired as exc:
         print(format_listing(exc.listing))
         print("Several quantizations: choose one with --select, e.g. --select Q4_K_M", file=sys.stderr)

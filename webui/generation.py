@@ -12,11 +12,12 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from webui.context_fit import check_fits, fit_context
 from webui.errors import ContextLengthError, GenerationError
 from webui.events import Event, Finished, PromptRead, TextChunk, TokenLogprob, Usage
 from webui.loader_api import Model
@@ -24,6 +25,7 @@ from webui.model_worker import ModelWorker
 from webui.models import ModelManager
 from webui.pipeline_path import SampledTokens, TokenSource
 from webui.prompt_scoring import added_tokens, prompt_entries
+from webui.remote_generation import remote_stream, remote_top_tokens
 from webui.sampling import SamplingParams, build_sampler
 from webui.sampling.constraints import build_constraint
 from webui.textstream import BannedStringGuard, IncrementalDecoder, StopMatcher, token_index
@@ -33,8 +35,6 @@ if TYPE_CHECKING:
     from webui.extensions import ExtensionManager
 
 log = logging.getLogger(__name__)
-
-
 
 
 class GenerationRequest(BaseModel):
@@ -60,38 +60,16 @@ class GenerationRequest(BaseModel):
     thinking_budget: ThinkingBudget | None = None
     #: Write special tokens out in the text (the reasoning and tool-call markers a chat reply is split by).
     special_tokens: bool = False
+    #: The chat messages `prompt` was rendered from (instruct mode), and the tools the template was given:
+    #: a remote model set to use the server's own chat template sends these instead of the prompt.
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerationRequest:
         if (self.prompt is None) == (self.prompt_ids is None):
             raise ValueError("give exactly one of prompt or prompt_ids")
         return self
-
-
-
-
-def fit_context(ids: list[int], n_ctx: int, truncation_length: int, max_new_tokens: int, bos: int | None) -> tuple[list[int], int]:
-    """Drop the oldest prompt tokens so prompt + reply fit; a leading BOS is kept. Returns (ids, dropped).
-
-    The reply's budget never pushes the prompt below half the context: a huge max_new_tokens (a client's
-    "as long as it takes") keeps the prompt, and the reply then ends where the context does."""
-    budget = min(truncation_length or n_ctx, n_ctx)
-    room = max(budget - max_new_tokens, min(len(ids), budget // 2), 1)
-    if len(ids) <= room:
-        return ids, 0
-    keep_bos = bos is not None and ids and ids[0] == bos
-    if keep_bos:
-        kept = [ids[0], *ids[len(ids) - room + 1 :]] if room > 1 else [ids[0]]
-    else:
-        kept = ids[len(ids) - room :]
-    return kept, len(ids) - len(kept)
-
-
-def _check_fits(ids: list[int], n_ctx: int, truncation_length: int) -> None:
-    budget = min(truncation_length or n_ctx, n_ctx)
-    if len(ids) > budget:
-        raise ContextLengthError(f"the prompt is {len(ids)} tokens, more than the context of {budget}: its logprobs "
-                                 "cannot be computed (shorten it, or load the model with a larger n_ctx)")
 
 
 def _detokenizer(model: Model, request: GenerationRequest) -> Callable[[Sequence[int]], str]:
@@ -248,6 +226,8 @@ class GenerationCore:
             if request.prompt is not None and not is_chat:
                 request = request.model_copy(update={"prompt": ext.modify_input(request.prompt, state, False)})
         # -- end extensions ----------------------------------------------------------------------------
+        if model.remote is not None:  # generates on another server, text-level: webui/remote_generation.py
+            return (yield from remote_stream(model, request, cancel, ext, state, self.extra_processors, is_chat))
         ids = list(request.prompt_ids) if request.prompt_ids is not None else model.tokenize(request.prompt or "", request.add_bos_token)
         added = added_tokens(model, request.prompt, ids) if request.prompt_logprobs is not None and request.prompt is not None else 0
         if ext is not None:  # extensions: tokenizer_modifier
@@ -258,7 +238,7 @@ class GenerationCore:
         if bad:
             raise GenerationError(f"prompt_ids contain ids outside the vocabulary (0..{model.vocab_size - 1}): {bad[:5]}")
         if request.prompt_logprobs is not None:  # scored, never shortened: that would describe another text
-            _check_fits(ids, model.n_ctx, request.truncation_length)
+            check_fits(ids, model.n_ctx, request.truncation_length)
             dropped = 0
             yield PromptRead(prompt_entries(model, ids, added, max(request.prompt_logprobs, 1), request.prompt is not None))
         else:
@@ -372,6 +352,8 @@ class GenerationCore:
                     add_bos: bool) -> list[TokenLogprob]:
         with self.models.lock:
             model = self.models.require()
+            if model.remote is not None:  # the server's own numbers (webui/remote_generation.py)
+                return remote_top_tokens(model, text, n, use_samplers, sampling or SamplingParams(), add_bos)
             ids = model.tokenize(text, add_bos) or [model.bos_token_id or 0]
             if len(ids) > model.n_ctx:  # truncating would describe another text's next token
                 raise ContextLengthError(f"the text is {len(ids)} tokens, more than the model's context of "

@@ -155,7 +155,11 @@ class RepoListing:
 
     @property
     def kind(self) -> str:
-        """`gguf`, `transformers` (safetensors or .bin weights) or `other`."""
+        """`lora` (a PEFT adapter: adapter_config.json at the top, no full weights), `gguf`, `transformers` (safetensors or
+        .bin weights) or `other`."""
+        weights = [f for f in self.files if _is_hf_weight(f)]
+        if any(f.path == "adapter_config.json" for f in self.files) and all(f.name.startswith("adapter_model") for f in weights):
+            return "lora"
         if any(_is_hf_weight(f) for f in self.files):
             return "transformers"
         return "gguf" if self.ggufs else "other"
@@ -231,6 +235,8 @@ def select_files(listing: RepoListing, select: str | None = None) -> list[Remote
         if not matched:
             raise NotFoundOnHub(f"nothing in {listing.repo.repo_id} matches {select!r}")
         return matched
+    if listing.kind == "lora":
+        return _lora_files(listing.files)
     if listing.kind == "transformers":
         return _transformers_files(listing.files)
     if listing.kind == "gguf":
@@ -299,6 +305,14 @@ def _is_hf_weight(file: RemoteFile) -> bool:
     return "/" not in file.path and (
         file.name.endswith(".safetensors") or re.fullmatch(r"pytorch_model.*\.bin", file.name) is not None
     )
+
+
+def _lora_files(files: tuple[RemoteFile, ...]) -> list[RemoteFile]:
+    """Top-level files of a PEFT adapter (not its training checkpoints); the .bin weights only without safetensors."""
+    top = [f for f in files if "/" not in f.path]
+    if any(f.name == "adapter_model.safetensors" for f in top):
+        top = [f for f in top if f.name != "adapter_model.bin"]
+    return top
 
 
 def _transformers_files(files: tuple[RemoteFile, ...]) -> list[RemoteFile]:

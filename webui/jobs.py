@@ -19,6 +19,12 @@ from webui.errors import HearthError
 
 log = logging.getLogger(__name__)
 
+#: The kinds of job Hearth runs. Both use the model manager (training holds the loaded model, evaluation
+#: loads models in turn), so one waits for the other (`MODEL_JOBS`).
+TRAINING_JOB = "training"
+EVALUATION_JOB = "evaluation"
+MODEL_JOBS = (TRAINING_JOB, EVALUATION_JOB)
+
 
 class JobCancelled(HearthError):
     """Raised inside a job (by `JobContext.check`) when Stop was pressed; the job ends 'cancelled'."""
@@ -89,7 +95,9 @@ class JobContext:
         if self.cancelled:
             raise JobCancelled(f"{self._job.kind} stopped")
 
-    def report(self, done: int, total: int | None = None, message: str | None = None, **metrics: float) -> None:
+    def report(
+        self, done: int, total: int | None = None, message: str | None = None, **metrics: float
+    ) -> None:
         self._job.update(done, total, message, metrics)
 
 
@@ -166,13 +174,23 @@ class JobBoard:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def start(self, kind: str, work: Callable[[JobContext], Any]) -> Job:
+    def start(self, kind: str, work: Callable[[JobContext], Any], *, excludes: tuple[str, ...] = ()) -> Job:
+        """Start `work` as a `kind` job; JobBusy while a job of `kind` or of a kind in `excludes` runs."""
         with self._lock:
+            self._ensure_idle((kind, *excludes))
+            job = self._jobs[kind] = Job(kind, work)
+        return job.start()
+
+    def ensure_idle(self, *kinds: str) -> None:
+        """JobBusy naming the first of `kinds` that has a job running (check before slow preparations)."""
+        with self._lock:
+            self._ensure_idle(kinds)
+
+    def _ensure_idle(self, kinds: tuple[str, ...]) -> None:
+        for kind in kinds:
             current = self._jobs.get(kind)
             if current is not None and current.status().running:
                 raise JobBusy(f"a {kind} job is already running: stop it or wait for it to finish")
-            job = self._jobs[kind] = Job(kind, work)
-        return job.start()
 
     def get(self, kind: str) -> Job | None:
         with self._lock:
@@ -184,3 +202,27 @@ class JobBoard:
             return False
         job.stop()
         return True
+
+
+def follow(
+    job: Job,
+    on_status: Callable[[JobStatus], None],
+    *,
+    poll: float = 0.5,
+    on_interrupt: Callable[[], None] | None = None,
+) -> tuple[JobStatus, bool]:
+    """Wait for `job` from a terminal (the CLIs): `on_status` after every poll; Ctrl+C stops the job, which
+    still finishes what Stop must (save an adapter, write results). Returns (final status, interrupted)."""
+    interrupted = False
+    while True:
+        try:
+            status = job.wait(poll)
+        except KeyboardInterrupt:
+            interrupted = True
+            if on_interrupt is not None:
+                on_interrupt()
+            job.stop()
+            continue
+        on_status(status)
+        if not status.running:
+            return status, interrupted

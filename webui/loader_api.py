@@ -132,6 +132,20 @@ class Model(ABC):
         Slot 0 is the main sequence; slot 1 holds a second sequence (the negative prompt of CFG) in its
         own cache, so that guidance costs one token of evaluation per step, not a re-read."""
 
+    def sequence_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """Raw logits at every position of `ids` (float32, shape [len(ids), vocab]): row i is what
+        `logits(ids[: i + 1])` returns. Perplexity evaluation scores every token of a window with it.
+
+        The default asks `logits()` one prefix at a time on slot 0 (the prefix cache makes each a one-token
+        step), so it works on every backend; a backend that can return a whole batch's logits overrides it
+        (one pass). Either way the slot-0 cache stays truthful for the generation that follows."""
+        import torch
+
+        ids = list(ids)
+        if not ids:
+            raise ModelRuntimeError("cannot compute logits for an empty sequence")
+        return torch.stack([self.logits(ids[: i + 1]).float() for i in range(len(ids))])
+
     def native_generate(
         self, ids: Sequence[int], params: SamplingParams, seed: int
     ) -> Iterator[int] | None:
@@ -145,6 +159,11 @@ class Model(ABC):
     #: when every request goes through Hearth's pipeline.
     native_sampler: str | None = None
 
+    #: Set by a model that generates on another server (`loaders.remote`: its `RemoteKind`, what the server
+    #: accepts). The core then hands whole requests to `webui.remote_generation`, which streams text from
+    #: the server, instead of driving `logits()`. None for a local model.
+    remote: Any = None
+
     def unsupported_native(self, params: SamplingParams) -> list[str]:
         """Names of the parameters in `params` the native path cannot honour ([] when it can)."""
         return list(self.native_limits(params))
@@ -157,6 +176,20 @@ class Model(ABC):
         """Whether this backend's native path honours `grammar_string` and `json_schema` (a constrained
         request goes to Hearth's pipeline otherwise)."""
         return False
+
+    #: Whether `set_loras` can apply LoRA adapters to this model without reloading it.
+    supports_loras: bool = False
+
+    def set_loras(self, loras: Sequence[tuple[Path, float]]) -> None:
+        """Apply exactly `loras` (adapter path, scale; 1.0 = as trained), replacing those applied before;
+        [] removes them all and gives the base model's outputs back exactly. The base weights stay loaded.
+
+        Check every adapter against this model first and raise LoaderError naming what does not fit (a LoRA
+        for another base model), leaving the model as it was. Drop every cached prefix: one computed
+        without an adapter is wrong with it. Default: refuses, naming the loader (the manager only calls this
+        when `supports_loras`, or with [] to clear)."""
+        if loras:
+            raise LoaderError(f"the {self.info.loader} loader cannot apply LoRA adapters")
 
     @abstractmethod
     def unload(self) -> None:

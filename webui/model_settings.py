@@ -16,6 +16,8 @@ import yaml
 
 from webui.errors import HearthError, LoaderError
 from webui.models import ModelManager
+from webui.remotes import FILE_NAME as REMOTES_FILE
+from webui.remotes import PREFIX as REMOTE_PREFIX
 from webui.safe_files import atomic_write_text, path_inside
 
 
@@ -80,10 +82,14 @@ def save_settings(
 ) -> Path:
     """Validate and save a model's loader and parameters (only values that differ from the defaults,
     so a later change of a loader's default still reaches models that never set it)."""
+    if model_name.startswith(REMOTE_PREFIX):
+        raise ModelSettingsError(f"{model_name} is a remote server's model: its settings live in "
+                                 f"{user_data_dir / REMOTES_FILE}, edit them there")
     models.resolve(model_name)
     cls = models.get_loader(loader)
     resolved = cls.resolve_params(params)
-    changed = {p.name: resolved[p.name] for p in cls.params if resolved[p.name] != p.default}
+    # a secret (an API key) is never written to a settings file
+    changed = {p.name: resolved[p.name] for p in cls.params if resolved[p.name] != p.default and not p.secret}
     path = settings_path(user_data_dir, model_name)
     atomic_write_text(path, yaml.safe_dump({"loader": loader, "params": changed}, sort_keys=False))
     return path

@@ -18,11 +18,18 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from webui.errors import HearthError, LoaderError, ModelNotFound, NoModelLoaded, RemoteCodeNotAllowed
 from webui.fifo import FifoLock
 from webui.loader_api import Loader, Model
+from webui.remotes import PREFIX as REMOTE_PREFIX
+from webui.remotes import RemoteRegistry
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from webui.loras import AppliedLora
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +86,10 @@ class ModelManager:
     """Discovers local models, picks loaders, holds the loaded model."""
 
     def __init__(self, models_dir: Path, loaders: dict[str, type[Loader]], lock: FifoLock | None = None, *,
-                 allow_remote_code: bool = False):
+                 allow_remote_code: bool = False, remotes: RemoteRegistry | None = None):
         self.models_dir = models_dir
+        #: Servers of user_data/remotes.yaml, listed as ``remote:SERVER/MODEL`` beside the local models.
+        self.remotes = remotes
         self.loaders = loaders
         #: `Settings.allow_remote_code`: trust_remote_code is refused unless Hearth was started with it.
         self.allow_remote_code = allow_remote_code
@@ -91,13 +100,19 @@ class ModelManager:
         self.loader_name: str | None = None
         self.load_params: dict[str, Any] = {}
         self._default_torch_threads: int | None = None
+        #: LoRA adapters applied to the loaded model, in order (cleared by every load and unload).
+        self.loras: list[AppliedLora] = []
 
     def list_models(self) -> list[LocalModel]:
-        return discover_models(self.models_dir)
+        remote = [LocalModel(e.name, Path(e.name), 0) for e in self.remotes.entries()] if self.remotes else []
+        return discover_models(self.models_dir) + remote
 
     def resolve(self, name: str) -> LocalModel:
         """A model of the models folder by its name (as listed). Paths, '..' and anything not listed are
-        ModelNotFound: names from the UI and the API never leave the folder. Looks at one entry only."""
+        ModelNotFound: names from the UI and the API never leave the folder. Looks at one entry only.
+        ``remote:`` names resolve only to servers of remotes.yaml (`webui.remotes`)."""
+        if self.remotes is not None and name.startswith(REMOTE_PREFIX):
+            return LocalModel(self.remotes.resolve(name).name, Path(name), 0)
         model = _as_model(self.models_dir / name) if is_plain_name(name) else None
         if model is None:
             available = ", ".join(m.name for m in self.list_models()) or f"none (put models in {self.models_dir})"
@@ -157,6 +172,8 @@ class ModelManager:
         """Load a resolved model. Every check that can fail runs before anything is freed."""
         loader_name = loader or self.choose_loader(local.path)
         cls = self.get_loader(loader_name)
+        if self.remotes is not None and local.name.startswith(REMOTE_PREFIX):  # the server's settings, overridable
+            params = self.remotes.load_params(self.remotes.resolve(local.name), cls, params)
         refused = self.loader_refusal(local.path, loader_name)
         if refused:
             raise LoaderError(refused)
@@ -206,9 +223,25 @@ class ModelManager:
             self.model.unload()
         self.model = self.model_name = self.loader_name = None
         self.load_params = {}
+        self.loras = []
         gc.collect()
 
     def require(self) -> Model:
         if self.model is None:
             raise NoModelLoaded("no model is loaded: load one in the Model tab or with --model")
         return self.model
+
+    @property
+    def lora_names(self) -> list[str]:
+        return [lora.name for lora in self.loras]
+
+    def apply_loras(self, loras: Sequence[AppliedLora]) -> None:
+        """Apply exactly `loras` (resolved by `webui.loras.resolve_choices`) to the loaded model without
+        reloading it; [] removes them. Waits for the running generation. A refused set keeps the current one."""
+        with self.lock:
+            model = self.require()
+            if loras and not model.supports_loras:
+                raise LoaderError(f"the {self.loader_name} loader cannot apply LoRA adapters; "
+                                  "load the model with Transformers or llama.cpp to use LoRAs")
+            model.set_loras([(lora.path, lora.scale) for lora in loras])
+            self.loras = list(loras)

@@ -50,6 +50,8 @@ class ParamSpec:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     step: float | None = None
+    #: A secret (an API key): shown as a password box, never printed back (`shown`) or saved in settings.
+    secret: bool = False
     #: The error `coerce` raises (a loader's parameters raise LoaderError).
     error: ClassVar[type[HearthError]] = ParamError
 
@@ -57,6 +59,10 @@ class ParamSpec:
         if self.kind not in KINDS:
             raise ValueError(f"{self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         object.__setattr__(self, "choices", tuple(self.choices))
+
+    def shown(self, value: Any) -> Any:
+        """`value` as it may be displayed: a set secret is '***'."""
+        return "***" if self.secret and value else value
 
     @property
     def numeric(self) -> bool:

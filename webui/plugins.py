@@ -173,6 +173,7 @@ BUILTIN_LOADER_MODULES = (
     "loaders.llamacpp",
     "loaders.llamacpp_hf",
     "loaders.transformers_loader",
+    "loaders.remote",
     "loaders.exllamav2",
 )
 

@@ -220,7 +220,7 @@ def with_chat_prompt(probe: GenerationRequest, plan: ReplyPlan, tools: ToolUse |
     thinking budget, and for a forced tool call the grammar that makes the reply one (or several) calls."""
     stop = _unique([*probe.stop, *plan.prompt.stop_strings])
     update: dict[str, Any] = {"prompt": plan.prompt.text, "stop": stop, "thinking_budget": plan.budget,
-                              "special_tokens": plan.shape.reads_markers}
+                              "special_tokens": plan.shape.reads_markers, **plan.chat_fields()}
     if tools is not None and tools.forced:
         update["sampling"] = probe.sampling.model_copy(update={"grammar_string": forced_call_grammar(plan, tools)})
     return probe.model_copy(update=update)

@@ -23,10 +23,13 @@ from webui.api.schemas import (
     DecodeResponse,
     EncodeRequest,
     EncodeResponse,
+    ErrorResponse,
+    LoadLorasRequest,
     LoadModelRequest,
     LogitsDetailedResponse,
     LogitsRequest,
     LogitsResponse,
+    LoraListResponse,
     ModelInfoResponse,
     ModelNamesResponse,
     SamplerRoutingRequest,
@@ -39,6 +42,7 @@ from webui.api.schemas import (
 )
 from webui.api.trace_schemas import LogitsTraceRequest, LogitsTraceResponse
 from webui.input_errors import check_token_ids
+from webui.loras import discover_loras, resolve_choices
 from webui.sampling import SamplingParams
 from webui.sampling.presets import PresetLibrary
 from webui.sampling.routing import route
@@ -54,7 +58,7 @@ def _info(hearth: Hearth) -> ModelInfoResponse:
     if models.model is None:
         return ModelInfoResponse(model_name="None")
     return ModelInfoResponse(model_name=models.model_name or "None", loader=models.loader_name,
-                             info=models.model.info.as_dict())
+                             lora_names=models.lora_names, info=models.model.info.as_dict())
 
 
 @router.get("/model/info", response_model=ModelInfoResponse, responses={401: ERRORS[401]})
@@ -81,6 +85,29 @@ async def load_model(body: LoadModelRequest, hearth: Hearth) -> ModelInfoRespons
 @admin.post("/model/unload", response_model=ModelInfoResponse, responses={401: ERRORS[401]})
 async def unload_model(hearth: Hearth) -> ModelInfoResponse:
     await run_in_threadpool(hearth.models.unload)
+    return _info(hearth)
+
+
+@admin.get("/lora/list", response_model=LoraListResponse, responses={401: ERRORS[401]})
+def lora_list(hearth: Hearth) -> LoraListResponse:
+    """The adapters in the LoRA folder (admin key, as text-generation-webui)."""
+    return LoraListResponse(lora_names=[lora.name for lora in discover_loras(hearth.settings.loras_dir)])
+
+
+@admin.post("/lora/load", response_model=ModelInfoResponse,
+            responses={**ERRORS, 404: {"model": ErrorResponse, "description": "No LoRA of that name in the LoRA folder"}})
+async def load_loras(body: LoadLorasRequest, hearth: Hearth) -> ModelInfoResponse:
+    """Apply exactly these LoRAs to the loaded model (replacing those applied) without reloading it."""
+    loras = resolve_choices(hearth.settings.loras_dir, body.lora_names, body.lora_weights)
+    await run_in_threadpool(hearth.models.apply_loras, loras)
+    return _info(hearth)
+
+
+@admin.post("/lora/unload", response_model=ModelInfoResponse, responses=ERRORS)
+async def unload_loras(hearth: Hearth) -> ModelInfoResponse:
+    """Remove every applied LoRA (the base model's outputs come back exactly)."""
+    if hearth.models.model is not None:
+        await run_in_threadpool(hearth.models.apply_loras, [])
     return _info(hearth)
 
 

@@ -327,6 +327,17 @@ class LoadModelRequest(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict, description="Loader parameters, e.g. {\"n_ctx\": 4096}.")
 
 
+class LoraListResponse(BaseModel):
+    lora_names: list[str] = Field(description="The adapters in the LoRA folder (PEFT folders and GGUF adapters).")
+
+
+class LoadLorasRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    lora_names: list[str] = Field(description="Adapters to apply, replacing those applied now; [] removes them.")
+    lora_weights: list[float] | None = Field(None, description="One scale per LoRA (default 1.0 each).")
+
+
 class EncodeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

@@ -42,6 +42,9 @@ class ChatPrompt:
     text: str
     stop_strings: tuple[str, ...]
     dropped_turns: int = 0
+    #: Instruct mode: the messages `text` renders (a server applying its own chat template takes these).
+    #: None for chat transcripts and for a started reply (continue, impersonate), which messages can't say.
+    messages: list[dict[str, Any]] | None = None
 
 
 def user_name_for(user_name: str | None, character: Character) -> str:
@@ -177,7 +180,10 @@ def build_chat_prompt(
         else:
             low = middle + 1
     dropped = sum(len(group) for group in groups[:low])
-    return ChatPrompt(prompt_for(low), _stop_strings(request), dropped)
+    plain = mode == "instruct" and not (impersonate or continue_last)
+    kept = [*pinned, *(t for group in groups[low:] for t in group), *tail]
+    messages = _instruct_messages(request, kept) if plain else None
+    return ChatPrompt(prompt_for(low), _stop_strings(request), dropped, messages)
 
 
 def _exchanges(turns: Sequence[Turn]) -> list[list[Turn]]:
@@ -228,13 +234,13 @@ def _system(content: str | None) -> list[dict[str, Any]]:
     return [{"role": "system", "content": content}] if content and content.strip() else []
 
 
+def _instruct_messages(request: _Request, turns: list[Turn]) -> list[dict[str, Any]]:
+    system = request.system_message if request.system_message is not None else request.sub(request.character.context)
+    return _system(system) + [turn_message(t) for t in turns]
+
+
 def _instruct_prompt(request: _Request, turns: list[Turn]) -> str:
-    system = (
-        request.system_message
-        if request.system_message is not None
-        else request.sub(request.character.context)
-    )
-    messages = _system(system) + [turn_message(t) for t in turns]
+    messages = _instruct_messages(request, turns)
     if request.continue_last:
         return _render_continuing(request, [*messages, {"role": "assistant", "content": request.partial}])
     if request.impersonate:
@@ -349,7 +355,6 @@ def send_dummy_message(history: ChatHistory, text: str) -> ChatHistory:
 def send_dummy_reply(history: ChatHistory, text: str) -> ChatHistory:
     """Add a reply written by hand, as if the character had said it."""
     return history.with_turn("assistant", text)
-
 
 
 # Editing any message: the chat tab's selected-message tools. Indexes are turn indexes (0-based).

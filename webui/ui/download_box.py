@@ -85,8 +85,10 @@ class DownloadBox:
                     select=quant or None,
                     on_progress=events.put,
                     cancel=cancel,
+                    loras_dir=self.app.settings.loras_dir,
                 )
-                events.put(path.name)
+                # a LoRA adapter repo lands in the LoRA folder: the model list has nothing new to select
+                events.put(f"LoRA {path.name}" if path.parent == self.app.settings.loras_dir else path.name)
             except BaseException as exc:  # reported to the page, never lost in the thread
                 events.put(exc)
 
@@ -96,6 +98,10 @@ class DownloadBox:
             item = events.get()
             if isinstance(item, ProgressEvent):
                 yield progress_html(item), gr.update()
+            elif isinstance(item, str) and item.startswith("LoRA "):
+                note = "into the LoRA folder: pick it under LoRA adapters (Refresh)"
+                yield f'<div id="download-progress">Downloaded <b>{html.escape(item)}</b> {note}</div>', gr.update()
+                return
             elif isinstance(item, str):
                 yield f'<div id="download-progress">Downloaded <b>{html.escape(item)}</b></div>', item
                 return

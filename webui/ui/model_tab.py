@@ -35,9 +35,11 @@ from webui.config import Settings
 from webui.errors import HearthError
 from webui.loader_api import Loader, ModelInfo
 from webui.model_settings import ModelSettings, ModelSettingsError, save_settings, settings_for
+from webui.remotes import PREFIX as REMOTE_PREFIX
 from webui.ui.context import UIContext, enclosing_tabs
 from webui.ui.download_box import build_download_box
 from webui.ui.loader_params import LoaderPanels, build_loader_panels
+from webui.ui.lora_panel import build_lora_panel
 from webui.ui.memory_view import estimate_html
 
 REMOTE_CODE_REASON = "start Hearth with --trust-remote-code to allow models that run their own code"
@@ -101,6 +103,14 @@ def trained_context(info: ModelInfo) -> int:
     return int(info.extra.get("trained_context_length") or info.context_length or 0)
 
 
+def load_params_text(app: App) -> str:
+    """The loaded model's parameters as one line; secrets (an API key) as '***'."""
+    loader = app.models.loaders.get(app.models.loader_name or "")
+    specs = {p.name: p for p in loader.params} if loader else {}
+    shown = (f"{k}={specs[k].shown(v) if k in specs else v}" for k, v in app.models.load_params.items())
+    return ", ".join(shown) or "defaults"
+
+
 def info_markdown(app: App) -> str:
     """The loaded model's facts as a small table (architecture, size, quantization, context, template)."""
     model = app.models.model
@@ -117,7 +127,7 @@ def info_markdown(app: App) -> str:
             "Chat template",
             "found in the model" if info.chat_template else "not found (detected from the name)",
         ),
-        ("Load parameters", ", ".join(f"{k}={v}" for k, v in app.models.load_params.items()) or "defaults"),
+        ("Load parameters", load_params_text(app)),
     ]
     return "\n".join(f"- **{k}:** {html.escape(str(v))}" for k, v in rows)
 
@@ -141,6 +151,8 @@ class ModelTab:
         if model == models.model_name and models.loader_name:  # the loaded model: what it was loaded with
             return ModelSettings(models.loader_name, dict(models.load_params))
         try:
+            if models.remotes is not None and model.startswith(REMOTE_PREFIX):  # its settings: remotes.yaml
+                return ModelSettings(*models.remotes.loader_settings(model, models.loaders))
             try:
                 chosen = settings_for(models, self.user_data, model)
                 ok, reason = models.loaders[chosen.loader].available()
@@ -306,6 +318,7 @@ def build_model_tab(ctx: UIContext) -> None:
             )
             info = gr.Markdown(lambda: info_markdown(app), elem_id="model-info")
             downloaded = build_download_box(app)
+            loras = build_lora_panel(app)
 
     widgets = panels.inputs
     groups = list(panels.groups.values())
@@ -321,10 +334,11 @@ def build_model_tab(ctx: UIContext) -> None:
     for enclosing in enclosing_tabs(model):
         enclosing.select(tab.tab_selected, [shown, model, *widgets],
                          [shown, model, loader, *groups, *widgets, memory, status, info], show_progress="hidden")
+        enclosing.select(loras.follow, [loras.names], [loras.status, loras.names], show_progress="hidden")
     downloaded.change(tab.downloaded, [downloaded], [model])  # the new value fires model.change
     # then: the true state after a failed load too
     load.click(tab.load, [model, loader, *widgets], [status, info], concurrency_limit=1).then(
         tab.loaded_view, None, [status, info, shown]
-    )
-    unload.click(tab.unload, None, [status, info, shown])
+    ).then(loras.follow, [loras.names], [loras.status, loras.names])  # a load clears the LoRAs
+    unload.click(tab.unload, None, [status, info, shown]).then(loras.follow, [loras.names], [loras.status, loras.names])
     save.click(tab.save, [model, loader, *widgets], None)

@@ -56,6 +56,8 @@ def widget_for(
         return gr.Dropdown(choices=list(spec.choices), **common)
     if spec.kind in TEXT_KINDS:
         text = {"max_lines": max_lines} if max_lines is not None else {}
+        if spec.secret:
+            text = {"type": "password"}
         return gr.Textbox(lines=lines, **text, **common)
     if not spec.numeric:
         raise ValueError(f"{spec.name}: no widget for a setting of kind {spec.kind}")

@@ -276,6 +276,9 @@ def wire_text_views(views: TextViews, ctx: UIContext, text_inputs: Sequence[Comp
                 sampling_params(params),
                 add_bos=bool(params.get("add_bos_token", True)),
             )
+        if top and all(t.token_id < 0 for t in top):
+            gr.Info("A remote model: these are the server's top logprobs (its own numbers, token ids unknown), "
+                    "not exact logits.")
         return logits_rows(top)
 
     def tokens(*values: Any) -> list[list[Any]]:
