@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,7 @@ from loaders.remote_kinds import KINDS, RemoteKind
 from webui.errors import GenerationError, HearthError, LoaderError, ModelRuntimeError
 from webui.loader_api import Loader, LoaderParam, Model, ModelInfo
 from webui.plugins import hookimpl
-from webui.remotes import PREFIX
+from webui.remotes import PREFIX, api_key_from_env
 
 _DONE = object()
 #: How chat replies are made: Hearth's template over /v1/completions, or the server's over chat completions.
@@ -350,9 +349,7 @@ class RemoteLoader(Loader):
             raise LoaderError(f"remote_url must be an http:// or https:// URL, not {params['remote_url']!r}")
 
     def load(self, path: Path, params: dict[str, Any]) -> Model:
-        key = params["remote_api_key"] or (
-            os.environ.get(params["remote_api_key_env"], "") if params["remote_api_key_env"] else ""
-        )
+        key = params["remote_api_key"] or api_key_from_env(params["remote_api_key_env"])
         server = (
             str(path)[len(PREFIX) :].split("/", 1)[0]
             if str(path).startswith(PREFIX)

@@ -90,6 +90,11 @@ class JobContext:
     def cancelled(self) -> bool:
         return self._job.cancel_event.is_set()
 
+    @property
+    def cancel_event(self) -> threading.Event:
+        """Set when Stop is pressed: hand it to what waits (FifoLock.acquire) so Stop ends the wait too."""
+        return self._job.cancel_event
+
     def check(self) -> None:
         """Raise JobCancelled when Stop was pressed (call it where stopping is safe)."""
         if self.cancelled:

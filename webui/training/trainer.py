@@ -129,19 +129,9 @@ def start_training(app: App, values: dict[str, Any] | TrainingParams) -> Job:
     return app.jobs.start(TRAINING_JOB, lambda ctx: run(app, plan, ctx), excludes=MODEL_JOBS)
 
 
-class _CancelWatch:
-    """What FifoLock.acquire polls: Stop pressed while the job waits for the model."""
-
-    def __init__(self, ctx: JobContext):
-        self._ctx = ctx
-
-    def is_set(self) -> bool:
-        return self._ctx.cancelled
-
-
 def run(app: App, plan: Plan, ctx: JobContext) -> dict[str, Any]:
     ctx.report(0, message="waiting for the model (a generation may be running)")
-    if not app.models.lock.acquire(cancel=_CancelWatch(ctx)):  # type: ignore[arg-type]
+    if not app.models.lock.acquire(cancel=ctx.cancel_event):
         raise JobCancelled("training stopped before it started")
     work = None
     try:
