@@ -25,6 +25,14 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random vision model (Gemma 3 architecture, tests/vision_models.py) as a Hugging Face folder."""
+    from tests.vision_models import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("vision") / "tiny-vlm")
+
+
+@pytest.fixture(scope="session")
 def loaders() -> dict:
     return collect_loaders(make_plugin_manager())
 

@@ -25,11 +25,13 @@ def fit_context(
     return kept, len(ids) - len(kept)
 
 
-def check_fits(ids: list[int], n_ctx: int, truncation_length: int) -> None:
-    """A prompt that is scored must fit whole: ContextLengthError otherwise."""
+def check_fits(ids: list[int], n_ctx: int, truncation_length: int,
+               why: str = "its logprobs cannot be computed") -> None:
+    """A prompt that must be read whole (scored, or holding images that cannot be cut in half) must fit:
+    ContextLengthError otherwise, saying `why`."""
     budget = min(truncation_length or n_ctx, n_ctx)
     if len(ids) > budget:
         raise ContextLengthError(
-            f"the prompt is {len(ids)} tokens, more than the context of {budget}: its logprobs "
-            "cannot be computed (shorten it, or load the model with a larger n_ctx)"
+            f"the prompt is {len(ids)} tokens, more than the context of {budget}: {why} "
+            "(shorten it, or load the model with a larger n_ctx)"
         )

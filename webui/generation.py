@@ -21,6 +21,7 @@ from webui.context_fit import check_fits, fit_context
 from webui.errors import ContextLengthError, GenerationError
 from webui.events import Event, Finished, PromptRead, TextChunk, TokenLogprob, Usage
 from webui.loader_api import Model
+from webui.media import Image, MediaError, check_placement
 from webui.model_worker import ModelWorker
 from webui.models import ModelManager
 from webui.pipeline_path import SampledTokens, TokenSource
@@ -64,12 +65,29 @@ class GenerationRequest(BaseModel):
     #: a remote model set to use the server's own chat template sends these instead of the prompt.
     messages: list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
+    #: Images of the prompt, in order: `prompt` holds `webui.media.MEDIA_MARKER` once for each, where it goes.
+    images: list[Image] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerationRequest:
         if (self.prompt is None) == (self.prompt_ids is None):
             raise ValueError("give exactly one of prompt or prompt_ids")
+        if self.images and self.prompt is None:
+            raise ValueError("images go with a text prompt (one image marker each), not with prompt_ids")
         return self
+
+
+def _media_prompt_ids(model: Model, request: GenerationRequest) -> list[int]:
+    """The prompt's ids with its images in place (`Model.tokenize_media`), after the checks every loader
+    shares: the model sees, takes this many images, and the text has one marker per image."""
+    if model.max_images <= 0:
+        raise MediaError(model.vision_missing())
+    if len(request.images) > model.max_images:
+        raise MediaError(
+            f"{len(request.images)} images in one prompt; {model.info.name} takes at most {model.max_images}"
+        )
+    check_placement(request.prompt or "", request.images)
+    return model.tokenize_media(request.prompt or "", request.images, request.add_bos_token)
 
 
 def _detokenizer(model: Model, request: GenerationRequest) -> Callable[[Sequence[int]], str]:
@@ -227,20 +245,29 @@ class GenerationCore:
                 request = request.model_copy(update={"prompt": ext.modify_input(request.prompt, state, False)})
         # -- end extensions ----------------------------------------------------------------------------
         if model.remote is not None:  # generates on another server, text-level: webui/remote_generation.py
+            if request.images:
+                raise MediaError(model.vision_missing())
             return (yield from remote_stream(model, request, cancel, ext, state, self.extra_processors, is_chat))
-        ids = list(request.prompt_ids) if request.prompt_ids is not None else model.tokenize(request.prompt or "", request.add_bos_token)
+        if request.images:
+            ids = _media_prompt_ids(model, request)
+        elif request.prompt_ids is not None:
+            ids = list(request.prompt_ids)
+        else:
+            ids = model.tokenize(request.prompt or "", request.add_bos_token)
         added = added_tokens(model, request.prompt, ids) if request.prompt_logprobs is not None and request.prompt is not None else 0
-        if ext is not None:  # extensions: tokenizer_modifier
+        if ext is not None and not request.images:  # extensions: tokenizer_modifier (an image's tokens are the model's)
             ids = ext.modify_tokens(state, request.prompt or "", ids)
         if not ids:
             raise GenerationError("the prompt is empty: give at least one token (or enable add_bos_token)")
         bad = [t for t in ids if not 0 <= t < model.vocab_size]
         if bad:
             raise GenerationError(f"prompt_ids contain ids outside the vocabulary (0..{model.vocab_size - 1}): {bad[:5]}")
-        if request.prompt_logprobs is not None:  # scored, never shortened: that would describe another text
-            check_fits(ids, model.n_ctx, request.truncation_length)
+        if request.prompt_logprobs is not None or request.images:  # scored or holding images: never shortened
+            check_fits(ids, model.n_ctx, request.truncation_length,
+                       "a prompt with images is never shortened" if request.images else "its logprobs cannot be computed")
             dropped = 0
-            yield PromptRead(prompt_entries(model, ids, added, max(request.prompt_logprobs, 1), request.prompt is not None))
+            if request.prompt_logprobs is not None:
+                yield PromptRead(prompt_entries(model, ids, added, max(request.prompt_logprobs, 1), request.prompt is not None))
         else:
             ids, dropped = fit_context(ids, model.n_ctx, request.truncation_length, request.max_new_tokens, model.bos_token_id)
         if dropped:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from webui.errors import HearthError, LoaderError, ModelRuntimeError  # noqa: F401  (re-exported: the loader contract)
+from webui.media import MEDIA_MARKER, Image, MediaError  # noqa: F401  (re-exported: the loader contract)
 from webui.param_specs import ParamSpec
 from webui.sampling.vocabulary import Vocabulary
 
@@ -176,6 +177,25 @@ class Model(ABC):
         """Whether this backend's native path honours `grammar_string` and `json_schema` (a constrained
         request goes to Hearth's pipeline otherwise)."""
         return False
+
+    #: Most images one prompt may carry (`webui.media`); 0 for a model without vision, the default.
+    max_images: int = 0
+
+    def vision_missing(self) -> str:
+        """Why this model takes no images and what to do instead: the error a request with images gets.
+        A loader that can see with an extra file (llama.cpp's mmproj projector) says to load it."""
+        return f"{self.info.name} has no vision: it is a text-only model; load a vision model to send images"
+
+    def tokenize_media(self, text: str, images: Sequence[Image], add_bos: bool = True) -> list[int]:
+        """Token ids of `text` with each `MEDIA_MARKER` replaced by its image, in order (the core has checked
+        there is one marker per image and at most `max_images`).
+
+        An image's positions hold a placeholder token (the model's own image token where it has one). The
+        model keeps which image each run of positions stands for, so `logits()` of these ids (and of them
+        plus generated tokens) evaluates the image there; its prefix cache reuses an image only while the same
+        image (`Image.sha256`) sits at the same place. Raise MediaError for an image the model cannot take.
+        Default: no vision (`vision_missing`)."""
+        raise MediaError(self.vision_missing())
 
     #: Whether `set_loras` can apply LoRA adapters to this model without reloading it.
     supports_loras: bool = False
