@@ -66,17 +66,18 @@ def scripted_manager(tmp_path: Path, scripted_plugins) -> ModelManager:
 
 @pytest.fixture
 def say(scripted_manager: ModelManager):
-    """``say(["Hel", "lo"], ..., n_ctx=256, filler=" ", native_greedy=False)``: write a scripted model
-    saying those replies into the models folder and load it by name, the loader chosen by its score."""
+    """``say(["Hel", "lo"], ..., n_ctx=256, filler=" ", vision=0, native_greedy=False)``: write a scripted
+    model saying those replies into the models folder and load it by name, the loader chosen by its score
+    (`vision`: the most images a prompt may carry)."""
     from itertools import count
 
     from tests.scripted_loader import write_script
 
     names = count()
 
-    def load(*replies: list[str], n_ctx: int = 256, filler: str = " ", **params: object):
+    def load(*replies: list[str], n_ctx: int = 256, filler: str = " ", vision: int = 0, **params: object):
         name = f"script-{next(names)}"
-        write_script(scripted_manager.models_dir, name, *replies, n_ctx=n_ctx, filler=filler)
+        write_script(scripted_manager.models_dir, name, *replies, n_ctx=n_ctx, filler=filler, vision=vision)
         return scripted_manager.load(name, params=params)
 
     return load

@@ -12,6 +12,9 @@ a start of a reply); the first reply is the most likely, later ones rank below i
 of one reply makes the model say the next one), and a finished reply ends with EOS. With EOS banned
 the model says the filler token and then its reply again, for as long as the generation lets it.
 A prompt that ends with the opening tokens of a reply counts them as already said.
+
+``"vision": N`` in the script makes a model that takes up to N images per prompt: each image becomes one
+``<image>`` token, and the model records the SHA-256 of the images of every prompt (`seen_images`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 
 from webui.errors import LoaderError
-from webui.loader_api import Loader, LoaderParam, Model, ModelInfo, common_prefix_length
+from webui.loader_api import MEDIA_MARKER, Image, Loader, LoaderParam, Model, ModelInfo, common_prefix_length
 from webui.plugins import hookimpl
 from webui.sampling import SamplingParams
 
@@ -36,9 +39,10 @@ _SCORES = (20.0, 12.0, 6.0, 3.0)
 
 
 def write_script(
-    models_dir: Path, name: str, *replies: Sequence[str], n_ctx: int = 256, filler: str = " "
+    models_dir: Path, name: str, *replies: Sequence[str], n_ctx: int = 256, filler: str = " ", vision: int = 0
 ) -> Path:
-    """A scripted model folder in `models_dir` that says `replies` (lists of token texts)."""
+    """A scripted model folder in `models_dir` that says `replies` (lists of token texts); `vision`: the
+    most images a prompt may carry (0: none)."""
     if not replies or not all(replies) or not all(piece for reply in replies for piece in reply):
         raise ValueError("give at least one reply, each a list of non-empty token texts")
     folder = models_dir / name
@@ -48,6 +52,7 @@ def write_script(
         "replies": [list(r) for r in replies],
         "n_ctx": n_ctx,
         "filler": filler,
+        "vision": vision,
     }
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder
@@ -74,12 +79,18 @@ class ScriptedModel(Model):
     (`on_logits`, called on the evaluating thread with the ids before their logits are computed)."""
 
     def __init__(
-        self, info: ModelInfo, replies: list[list[str]], n_ctx: int, filler: str, native_greedy: bool
+        self, info: ModelInfo, replies: list[list[str]], n_ctx: int, filler: str, native_greedy: bool,
+        vision: int = 0,
     ):
         self.info = info
         pieces = dict.fromkeys(p.encode("utf-8") for reply in [*replies, [filler]] for p in reply)
         self.vocab: list[bytes] = [b"<s>", b"</s>", *(bytes([b]) for b in range(256))]
         self.vocab += [p for p in pieces if len(p) > 1]
+        self.image_token = len(self.vocab)
+        self.vocab.append(b"<image>")
+        self.max_images = vision
+        #: The SHA-256 of the images of each prompt given to `tokenize_media`, in order.
+        self.seen_images: list[list[str]] = []
         self._ids = {text: i for i, text in enumerate(self.vocab) if i >= _FIRST_BYTE}
         self._pieces = sorted((p for p in self._ids if len(p) > 1), key=len, reverse=True)
         self.replies = [[self._ids[p.encode("utf-8")] for p in reply] for reply in replies]
@@ -120,8 +131,18 @@ class ScriptedModel(Model):
             i += len(piece)
         return ids
 
+    def tokenize_media(self, text: str, images: Sequence[Image], add_bos: bool = True) -> list[int]:
+        """One ``<image>`` token per image, in the marker's place."""
+        self.seen_images.append([image.sha256 for image in images])
+        first, *rest = text.split(MEDIA_MARKER)
+        ids = self.tokenize(first, add_bos)
+        for piece in rest:
+            ids += [self.image_token, *self.tokenize(piece, add_bos=False)]
+        return ids
+
     def detokenize(self, ids: Sequence[int]) -> str:
-        return b"".join(self.vocab[i] for i in ids if i >= _FIRST_BYTE).decode("utf-8", errors="replace")
+        return b"".join(self.vocab[i] for i in ids if i >= _FIRST_BYTE and i != self.image_token).decode(
+            "utf-8", errors="replace")
 
     def token_bytes(self, token_id: int) -> bytes:
         return self.vocab[token_id] if token_id >= _FIRST_BYTE else b""
@@ -212,7 +233,8 @@ class ScriptedLoader(Loader):
             eos_token="</s>",
         )
         model = ScriptedModel(
-            info, script["replies"], n_ctx, script.get("filler", " "), params["native_greedy"]
+            info, script["replies"], n_ctx, script.get("filler", " "), params["native_greedy"],
+            int(script.get("vision", 0)),
         )
         info.vocab_size = model.vocab_size
         return model
