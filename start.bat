@@ -24,12 +24,12 @@ set GPU=0
 where nvidia-smi >nul 2>nul && where nvcc >nul 2>nul && set GPU=1
 if "%GPU%"=="1" (
     echo An NVIDIA GPU and the CUDA toolkit are present.
-    if "%HEARTH_GPU%"=="" (set /p HEARTH_GPU="Install GPU support (llama.cpp built with CUDA, and ExLlamaV2)? [Y/n] ")
+    if "%HEARTH_GPU%"=="" (set /p HEARTH_GPU="Install GPU support (llama.cpp built with CUDA, ExLlamaV2 and ExLlamaV3)? [Y/n] ")
 )
 if "%HEARTH_GPU%"=="" set HEARTH_GPU=y
 if "%GPU%"=="1" if /i not "%HEARTH_GPU:~0,1%"=="n" (
     set CMAKE_ARGS=%CMAKE_ARGS% -DGGML_CUDA=on
-    set TARGET=.[exllamav2]
+    set TARGET=.[exllamav2,exllamav3]
 )
 echo Installing Hearth and its dependencies.
 echo llama-cpp-python compiles llama.cpp from source: this takes several minutes the first time.

@@ -20,16 +20,16 @@ install() {
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1 \
         && ! { command -v nvcc >/dev/null 2>&1 || [ -n "${CUDA_HOME:-}" ]; }; then
         echo "An NVIDIA GPU is present, but the CUDA toolkit (nvcc) is not: installing the CPU build."
-        echo "Install the CUDA toolkit and delete $MARKER to get GPU support (llama.cpp with CUDA, ExLlamaV2)."
+        echo "Install the CUDA toolkit and delete $MARKER to get GPU support (llama.cpp with CUDA, ExLlamaV2, ExLlamaV3)."
     elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
         echo "An NVIDIA GPU is present."
         local answer="${HEARTH_GPU:-}"
         if [ -z "$answer" ] && [ -t 0 ]; then
-            read -r -p "Install GPU support (llama.cpp built with CUDA, and ExLlamaV2)? [Y/n] " answer
+            read -r -p "Install GPU support (llama.cpp built with CUDA, ExLlamaV2 and ExLlamaV3)? [Y/n] " answer
         fi
         case "${answer:-y}" in
             [Nn]*) ;;
-            *) export CMAKE_ARGS="${CMAKE_ARGS:-} -DGGML_CUDA=on"; target=".[exllamav2]" ;;
+            *) export CMAKE_ARGS="${CMAKE_ARGS:-} -DGGML_CUDA=on"; target=".[exllamav2,exllamav3]" ;;
         esac
     fi
     echo "Installing Hearth and its dependencies."

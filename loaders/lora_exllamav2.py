@@ -41,26 +41,36 @@ def adapter_key(path: Path, scale: float) -> tuple[str, float, float]:
     return str(path.resolve()), mtime, scale
 
 
-def check_adapter(model: Any, path: Path) -> None:
-    """LoaderError unless `path` is a PEFT LoRA folder whose every target fits a layer of `model`."""
+def check_peft_folder(path: Path, engine: str) -> None:
+    """LoaderError unless `path` is a readable PEFT LoRA folder (`engine`, "ExLlamaV2" or "ExLlamaV3", loads
+    no GGUF adapters)."""
     if path.is_file() and path.suffix.lower() == ".gguf":
-        raise LoaderError(f"LoRA {path.name}: ExLlamaV2 cannot apply GGUF LoRA adapters; it loads PEFT adapter "
+        raise LoaderError(f"LoRA {path.name}: {engine} cannot apply GGUF LoRA adapters; it loads PEFT adapter "
                           "folders (adapter_config.json + adapter_model.safetensors or .bin)")
     if not is_peft_folder(path):
         raise LoaderError(f"LoRA {path.name}: not a PEFT adapter folder (adapter_config.json + "
                           "adapter_model.safetensors or .bin)")
     peft_config(path)  # a LoRA, readable
-    modules = getattr(model, "modules_dict", {})
+
+
+def check_module_shapes(modules: dict[str, Any], path: Path) -> None:
+    """LoaderError unless every target of the adapter at `path` fits a Linear of `modules` (key -> module):
+    both ExLlamas look targets up in `model.modules_dict` by the PEFT key and compare lora_A's shape[1]
+    with in_features, lora_B's shape[0] with out_features."""
 
     def base_shape(name: str) -> tuple[int, ...] | None:
-        # ExLlamaV2Lora.__init__ looks targets up in model.modules_dict by the PEFT key from "model.layers."
-        # and compares lora_A's shape[1] with in_features, lora_B's shape[0] with out_features
         module = modules.get(name)
         if module is None or not hasattr(module, "in_features") or not hasattr(module, "out_features"):
             return None
         return int(module.out_features), int(module.in_features)
 
     check_peft_shapes(path, base_shape)
+
+
+def check_adapter(model: Any, path: Path) -> None:
+    """LoaderError unless `path` is a PEFT LoRA folder whose every target fits a layer of `model`."""
+    check_peft_folder(path, "ExLlamaV2")
+    check_module_shapes(getattr(model, "modules_dict", {}), path)
 
 
 def load_adapter(model: Any, path: Path, scale: float) -> Any:

@@ -108,8 +108,8 @@ def test_memory_estimate_says_when_the_loader_cannot_load_the_file(manager: Any,
 
 
 def no_cuda(monkeypatch: pytest.MonkeyPatch, loaders: dict) -> None:
-    """ExLlamaV2 as on a machine without CUDA, wherever the tests run."""
-    for name in ("ExLlamav2", "ExLlamav2_HF"):
+    """ExLlamaV2 and ExLlamaV3 as on a machine without CUDA, wherever the tests run."""
+    for name in ("ExLlamav2", "ExLlamav2_HF", "ExLlamav3", "ExLlamav3_HF"):
         monkeypatch.setattr(loaders[name], "available", classmethod(lambda cls: (False, "needs CUDA.")))
 
 
@@ -123,14 +123,15 @@ def test_loaders_that_cannot_run_here_are_not_offered(
 
     no_cuda(monkeypatch, ui_app.loaders)
     offered, missing = offered_loaders(ui_app.loaders)
-    assert "ExLlamav2" not in offered and missing == {"ExLlamav2": "needs CUDA.", "ExLlamav2_HF": "needs CUDA."}
+    assert "ExLlamav2" not in offered and "ExLlamav3" not in offered
+    assert missing == dict.fromkeys(("ExLlamav2", "ExLlamav2_HF", "ExLlamav3", "ExLlamav3_HF"), "needs CUDA.")
     with gr.Blocks() as blocks:
         build_model_tab(UIContext(ui_app, gr.State({}), gr.State({}), gr.State(None), gr.State(None)))
     by_id = {b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None)}
     assert [c[1] for c in by_id["loader-dropdown"].choices] == list(offered)
     note = by_id["loader-unavailable"].value
-    assert note.count("needs CUDA") == 1 and "ExLlamav2, ExLlamav2_HF" in note
-    assert not any(w.elem_id and w.elem_id.startswith("loader-exllamav2") for w in by_id.values())
+    assert note.count("needs CUDA") == 1 and "ExLlamav2, ExLlamav2_HF, ExLlamav3, ExLlamav3_HF" in note
+    assert not any(w.elem_id and w.elem_id.startswith("loader-exllama") for w in by_id.values())
 
     # settings saved for a loader that cannot run here fall back to one that can
     monkeypatch.setattr(ui_app.loaders["ExLlamav2"], "available", classmethod(lambda cls: (True, "")))

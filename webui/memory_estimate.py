@@ -135,6 +135,10 @@ def cpu_work_bytes(facts: ModelFacts, n_ctx: int, n_ubatch: int = 512, flash_att
 def estimate(path: str | Path, loader_name: str, params: dict[str, Any]) -> MemoryEstimate:
     """Memory for loading `path` with a loader's parameters (names as the loaders declare them)."""
     facts = read_model(path)
+    if loader_name.lower().startswith("exllamav3") and facts.format == "hf":
+        from webui.memory_exl3 import estimate_exllamav3
+
+        return estimate_exllamav3(facts, params)
     if facts.format == "gguf" or loader_name.lower().startswith("llama"):  # llama.cpp, llamacpp_HF (not ExLlamav2)
         if facts.format != "gguf":
             raise MemoryEstimateError(f"{Path(path).name} is not a GGUF model: {loader_name} cannot load it")

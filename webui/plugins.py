@@ -175,6 +175,7 @@ BUILTIN_LOADER_MODULES = (
     "loaders.transformers_loader",
     "loaders.remote",
     "loaders.exllamav2",
+    "loaders.exllamav3",
 )
 
 

@@ -1,0 +1,95 @@
+"""LoRA adapters on an ExLlamaV3 model: PEFT folders through exllamav3 1.6.5's `LoRA.from_directory`
+(exllamav3/model/lora.py).
+
+A loaded LoRA stores its factors on the target Linear modules, and every Linear.forward adds the product of
+each adapter it holds until `LoRA.unload()` removes them; so the applied set is changed by loading and
+unloading, never passed per call. LoRA.__init__ matches a PEFT key by its suffixes against
+`model.modules_dict` (Linear modules only), reads r and lora_alpha (use_rslora too), refuses fan_in_fan_out,
+and skips tensor-parallel (sliced) layers: Hearth checks the same things first and refuses what exllamav3
+would skip silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loaders.lora_exllamav2 import adapter_key, check_module_shapes, check_peft_folder
+from webui.errors import LoaderError
+
+
+@dataclass(frozen=True, eq=False)
+class _Adapter:
+    """One loaded LoRA and what it was made from: a new scale or a rewritten file loads it again
+    (LoRA.__init__ multiplies the scale into lora_B when it loads it)."""
+
+    path: str
+    mtime: float
+    scale: float
+    lora: Any
+
+
+class ExLlamav3Loras:
+    """`set_loras` for ExLlamav3Model (uses its `_model`, `_slots` and `_reset`)."""
+
+    supports_loras = True
+    _model: Any
+    _slots: dict[int, Any]
+    _adapters: list[_Adapter]
+
+    def set_loras(self, loras: Sequence[tuple[Path, float]]) -> None:
+        """Checked against the model's layers first; new ones are loaded before old ones are unloaded, so a
+        failure leaves the model as it was. Every slot's cache is emptied when the set changes."""
+        wanted = [adapter_key(Path(path), float(scale)) for path, scale in loras]
+        if wanted == [(a.path, a.mtime, a.scale) for a in self._adapters]:
+            return
+        if wanted and getattr(self._model, "loaded_tp", False):
+            raise LoaderError(
+                "LoRA adapters do not work with enable_tp: ExLlamaV3 skips tensor-parallel layers "
+                "(reload without enable_tp to use LoRAs)"
+            )
+        for path, _ in loras:
+            self._check_adapter(Path(path))
+        loaded = {(a.path, a.mtime, a.scale): a for a in self._adapters}
+        fresh: list[_Adapter] = []
+        try:
+            for (path, scale), key in zip(loras, wanted, strict=True):
+                if key not in loaded:
+                    loaded[key] = _Adapter(*key, lora=self._load_adapter(Path(path), float(scale)))
+                    fresh.append(loaded[key])
+        except LoaderError:
+            for adapter in fresh:
+                adapter.lora.unload()
+            raise
+        applied = [loaded[key] for key in wanted]
+        for adapter in self._adapters:
+            if all(adapter is not a for a in applied):
+                adapter.lora.unload()
+        self._adapters = applied
+        for state in self._slots.values():
+            self._reset(state)  # type: ignore[attr-defined]
+
+    def _check_adapter(self, path: Path) -> None:
+        check_peft_folder(path, "ExLlamaV3")
+        if self._model.modules_dict is None:  # as LoRA.__init__ builds it
+            self._model.modules_dict = {m.key: m for m in self._model}
+        check_module_shapes(self._model.modules_dict, path)
+
+    def _load_adapter(self, path: Path, scale: float) -> Any:
+        from exllamav3.model.lora import LoRA
+
+        try:
+            # LoRA.from_directory(model, directory, lora_scaling = 1.0) (exllamav3/model/lora.py)
+            return LoRA.from_directory(self._model, str(path), lora_scaling=scale)
+        except RuntimeError as exc:
+            raise LoaderError(f"LoRA {path.name}: ExLlamaV3 could not load it: {exc}") from exc
+        except (AssertionError, ValueError, KeyError, TypeError, OSError) as exc:
+            reason = str(exc).strip() or type(exc).__name__
+            raise LoaderError(f"LoRA {path.name}: ExLlamaV3 cannot apply it ({reason})") from exc
+
+    def _unload_adapters(self) -> None:
+        for adapter in self._adapters:
+            adapter.lora.unload()
+        self._adapters = []
