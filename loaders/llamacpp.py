@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loaders import llamacpp_sampling as native
+from loaders.llamacpp_info import model_info, trained_context
+from loaders.llamacpp_media import MMPROJ_PARAM, LlamaVision, MediaLayouts, Projector
 from loaders.llamacpp_sequence import LlamaSequence
-from webui.errors import GenerationError, LoaderError
+from webui.errors import GenerationError, LoaderError, ModelRuntimeError
+from webui.gguf_files import find_projector, is_projector_name, model_ggufs
 from webui.input_errors import InvalidGrammar, check_token_ids
 from webui.loader_api import Loader, LoaderParam, Model, ModelInfo
 from webui.memory_estimate import AUTO_GPU_LAYERS, MemoryEstimateError, auto_gpu_layers
@@ -40,33 +43,24 @@ def ntk_rope_freq_base(alpha: float, base: float = 10000.0) -> float:
 
 
 def find_gguf(path: Path) -> Path | None:
-    """The GGUF to load for `path`: the file itself, or the first (shard of the) GGUF in a folder."""
+    """The GGUF to load for `path`: the file itself, or the first (shard of the) GGUF in a folder; never a
+    multimodal projector (`webui.gguf_files`), which only loads beside a model."""
     if path.is_file():
-        return path if path.suffix.lower() == ".gguf" else None
+        return path if path.suffix.lower() == ".gguf" and not is_projector_name(path.name) else None
     if path.is_dir():
-        ggufs = sorted(path.glob("*.gguf"))
+        ggufs = model_ggufs(path)
         return ggufs[0] if ggufs else None
     return None
 
 
-def gguf_file_type_name(file_type: int | None) -> str:
-    import gguf
-
-    if file_type is None:
-        return ""
-    try:
-        return gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
-    except ValueError:
-        return f"type {file_type}"
-
-
-class LlamaCppModel(Model):
-    """A GGUF model in llama.cpp. Slot 0 uses the Llama's own context; slot 1 (CFG) gets a second one."""
+class LlamaCppModel(LlamaVision, Model):
+    """A GGUF model in llama.cpp. Slot 0 uses the Llama's own context; slot 1 (CFG) gets a second one.
+    With a projector (`loaders.llamacpp_media`) it takes images."""
 
     prefer_native = True
     torch_threads = 1
 
-    def __init__(self, llm: Any, info: ModelInfo):
+    def __init__(self, llm: Any, info: ModelInfo, projector: Projector | None = None):
         from llama_cpp import llama_cpp as capi
 
         self._capi = capi
@@ -80,6 +74,7 @@ class LlamaCppModel(Model):
         eos |= {eot} if eot >= 0 else set()
         self._eos = frozenset(t for t in eos if t >= 0)
         self._loras: Any = None  # loaders.lora_llamacpp.LlamaLoras, made on the first set_loras
+        self._projector, self._layouts = projector, MediaLayouts()
 
     @property
     def evaluated_tokens(self) -> int:  # type: ignore[override]
@@ -145,13 +140,15 @@ class LlamaCppModel(Model):
         import torch
 
         seq = self._slot(slot)
-        seq.sync(ids)
+        seq.sync(ids, self._spans(ids))
         return torch.from_numpy(seq.last_logits())
 
     def sequence_logits(self, ids: Sequence[int]) -> torch.Tensor:
         """One batched pass with logits requested for every token (`LlamaSequence.score_all`, slot 0)."""
         import torch
 
+        if self._spans(ids):
+            raise ModelRuntimeError("logits at every position are not available over an image on llama.cpp")
         return torch.from_numpy(self._slot(0).score_all(ids))
 
     @property
@@ -207,7 +204,7 @@ class LlamaCppModel(Model):
         capi = self._capi
         masked = isinstance(grammar, Constraint)
         try:
-            seq.sync(ids)
+            seq.sync(ids, self._spans(ids))
             for token in ids if history < 0 else ids[len(ids) - history :] if history else ():
                 chain.accept(token)  # penalties and DRY see the prompt, as in llama.cpp's server
             candidates = None
@@ -251,6 +248,7 @@ class LlamaCppModel(Model):
             chain.close()
 
     def unload(self) -> None:
+        self._close_projector()  # before the model it was made for
         for seq in list(self._slots.values())[1:]:
             seq.ctx.close()
         self._slots.clear()
@@ -279,6 +277,7 @@ class LlamaCppLoader(Loader):
         LoaderParam("mmap", "bool", True, "Memory-map the file instead of reading it into RAM."),
         LoaderParam("mlock", "bool", False, "Lock the weights in RAM so the OS cannot swap them out."),
         LoaderParam("tensor_split", "str", "", "Share of the model per GPU, e.g. 60,40."),
+        MMPROJ_PARAM,
     )
 
     @classmethod
@@ -296,8 +295,10 @@ class LlamaCppLoader(Loader):
 
         gguf_path = find_gguf(path)
         if gguf_path is None:
-            raise LoaderError(f"{path} is not a GGUF file")
+            what = "a multimodal projector (mmproj): load the model beside it" if is_projector_name(path.name) else "not a GGUF file"
+            raise LoaderError(f"{path} is {what}")
         self._check_gguf(gguf_path)
+        mmproj = find_projector(path, gguf_path, params["mmproj"])
         if params["n_gpu_layers"] == AUTO_LAYERS:
             try:
                 params = {**params, "n_gpu_layers": auto_gpu_layers(gguf_path, params)}
@@ -308,7 +309,17 @@ class LlamaCppLoader(Loader):
             llm = Llama(model_path=str(gguf_path), **kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
             raise LoaderError(f"llama.cpp could not load {gguf_path.name}: {exc}") from exc
-        return self.model_class(llm, self._info(path, gguf_path, llm))
+        projector = None
+        try:
+            if mmproj is not None:
+                projector = Projector(mmproj, llm, use_gpu=kwargs["n_gpu_layers"] != 0, n_threads=kwargs["n_threads"],
+                                      flash_attn=params["flash_attn"])
+            return self.model_class(llm, model_info(self.name, path, gguf_path, llm, projector), projector)
+        except BaseException:
+            if projector is not None:
+                projector.close()
+            llm.close()
+            raise
 
     @staticmethod
     def _check_gguf(path: Path) -> None:
@@ -321,13 +332,14 @@ class LlamaCppLoader(Loader):
         gguf_path = find_gguf(path)
         if gguf_path is not None:  # a corrupt file is refused before the working model is unloaded
             cls._check_gguf(gguf_path)
+            find_projector(path, gguf_path, params["mmproj"])  # so is a projector that is not there
         if params["cache_type"] in QUANTIZED_CACHE and not params["flash_attn"]:
             raise LoaderError(f"cache_type {params['cache_type']} needs flash_attn: llama.cpp quantizes the V cache only with flash attention")
         _tensor_split(params["tensor_split"])
 
     @staticmethod
     def llama_kwargs(path: Path, params: dict[str, Any]) -> dict[str, Any]:
-        n_ctx = params["n_ctx"] or min(_trained_context(path) or MAX_DEFAULT_CTX, MAX_DEFAULT_CTX)
+        n_ctx = params["n_ctx"] or min(trained_context(path) or MAX_DEFAULT_CTX, MAX_DEFAULT_CTX)
         rope_base = params["rope_freq_base"] or (ntk_rope_freq_base(params["alpha_value"]) if params["alpha_value"] != 1 else 0.0)
         cores = os.cpu_count() or 1
         kwargs: dict[str, Any] = {
@@ -351,27 +363,6 @@ class LlamaCppLoader(Loader):
             kwargs["tensor_split"] = split
         return kwargs
 
-    def _info(self, path: Path, gguf_path: Path, llm: Any) -> ModelInfo:
-        from llama_cpp import llama_cpp as capi
-
-        meta = llm.metadata
-        arch = meta.get("general.architecture", "unknown")
-        file_type = meta.get("general.file_type")
-        return ModelInfo(
-            name=path.name,
-            loader=self.name,
-            path=str(gguf_path),
-            architecture=arch,
-            parameters=int(capi.llama_model_n_params(llm._model.model)),
-            context_length=llm.n_ctx(),
-            vocab_size=llm.n_vocab(),
-            quantization=gguf_file_type_name(int(file_type) if file_type is not None else None),
-            chat_template=meta.get("tokenizer.chat_template"),
-            bos_token=_token_text(llm, llm.token_bos()),
-            eos_token=_token_text(llm, llm.token_eos()),
-            extra={"trained_context_length": int(meta.get(f"{arch}.context_length", 0) or 0), "file_size": gguf_path.stat().st_size},
-        )
-
 
 def _tensor_split(text: str) -> list[float] | None:
     if not text.strip():
@@ -380,24 +371,6 @@ def _tensor_split(text: str) -> list[float] | None:
         return [float(x) for x in text.split(",")]
     except ValueError:
         raise LoaderError(f"tensor_split: expected numbers separated by commas, got {text!r}") from None
-
-
-def _token_text(llm: Any, token: int) -> str | None:
-    return llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else None
-
-
-def _trained_context(path: Path) -> int:
-    """The model's training context from the GGUF header (no tensor data is read)."""
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path, "r")
-        arch_field = reader.get_field("general.architecture")
-        arch = arch_field.contents() if arch_field else "llama"
-        field = reader.get_field(f"{arch}.context_length")
-        return int(field.contents()) if field else 0
-    except (ValueError, OSError, KeyError):
-        return 0
 
 
 @hookimpl

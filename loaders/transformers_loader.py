@@ -1,4 +1,5 @@
-"""Transformers loader: an HF folder (config.json + safetensors/bin) through AutoModelForCausalLM.
+"""Transformers loader: an HF folder (config.json + safetensors/bin) through AutoModelForCausalLM, or an
+image-text-to-text model through AutoModelForImageTextToText and its processor (`loaders.transformers_vision`).
 
 Generation goes through Hearth's own loop (`Model.logits` + the sampler pipeline), so every sampler,
 CFG and the negative prompt work the same here as on llama.cpp through the pipeline path.
@@ -65,7 +66,8 @@ class TransformersModel(HFTokenized, Model):
         self._tokenizer = tokenizer
         self._device = device
         self.info = info
-        self._caches: dict[int, tuple[list[int], Any, Any]] = {}
+        #: slot -> (ids, KV cache, last logits, the images among the ids)
+        self._caches: dict[int, tuple[list[int], Any, Any, tuple]] = {}
         eos = model.generation_config.eos_token_id if model.generation_config else None
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -93,62 +95,80 @@ class TransformersModel(HFTokenized, Model):
         return self._model.config.get_text_config().vocab_size
 
     def logits(self, ids: Sequence[int], slot: int = 0) -> Any:
-        torch = self._torch
-        ids = list(ids)
+        return self._read(list(ids), slot)
+
+    def _read(self, ids: list[int], slot: int, every: bool = False) -> Any:
+        """`logits`, through the slot's cache; with `every`, (the logits of each position it evaluated,
+        the first such position) instead."""
         if not ids:
             raise ModelRuntimeError("cannot compute logits for an empty sequence")
-        cached_ids, cache, last_logits = self._caches.get(slot, ([], None, None))
+        media = self._media_in(ids)
+        cached_ids, cache, last_logits, cached_media = self._caches.get(slot, ([], None, None, ()))
         prefix = common_prefix_length(cached_ids, ids)
-        if prefix == len(ids) == len(cached_ids) and last_logits is not None:
+        if prefix == len(ids) == len(cached_ids) and media == cached_media and last_logits is not None and not every:
             return last_logits
         self._caches.pop(slot, None)  # while it is rebuilt, an old cache must not stay alive beside it
-        prefix = min(prefix, len(ids) - 1)  # at least one token must be fed to get its logits
+        # at least one token must be fed to get its logits; an image is evaluated whole or not at all
+        prefix = self._resume_at(min(prefix, len(ids) - 1), cached_media, media)
         if cache is not None and prefix < len(cached_ids):
             cache.crop(prefix - len(cached_ids))  # transformers 5: a negative count of tokens to drop
         if cache is None or prefix == 0:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=self._model.config)
+            cache = self._new_cache()
             prefix = 0
-        new = ids[prefix:]
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(new), PREFILL_CHUNK):  # chunks bound the activations' memory
-                    chunk = torch.tensor([new[start : start + PREFILL_CHUNK]], dtype=torch.long, device=self._device)
-                    out = self._model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                    cache = out.past_key_values
-        except RuntimeError as exc:
-            raise ModelRuntimeError(f"the model failed to evaluate {len(new)} tokens: {exc}") from exc
-        self.evaluated_tokens += len(new)
-        logits = out.logits[0, -1].float().cpu()
-        self._caches[slot] = (ids, cache, logits)
-        return logits
+        logits, cache = self._evaluate(ids, prefix, cache, media, every)
+        self.evaluated_tokens += len(ids) - prefix
+        self._caches[slot] = (ids, cache, logits[-1].clone() if every else logits, media)
+        return (logits, prefix) if every else logits
 
     def sequence_logits(self, ids: Sequence[int]) -> Any:
         """Every position's logits from one forward pass (chunked like `logits`); the pass's cache then
         becomes slot 0's, so generation reuses it truthfully and only one cache is alive at a time."""
-        torch = self._torch
         ids = list(ids)
         if not ids:
             raise ModelRuntimeError("cannot compute logits for an empty sequence")
+        media = self._media_in(ids)
+        self._caches.pop(0, None)
+        logits, cache = self._evaluate(ids, 0, self._new_cache(), media, every=True)
+        self.evaluated_tokens += len(ids)
+        self._caches[0] = (ids, cache, logits[-1].clone(), media)
+        return logits
+
+    # -- the forward passes; a vision model (loaders/transformers_vision.py) adds its images here ----------
+    def _media_in(self, ids: list[int]) -> tuple:
+        """The images `ids` carry (part of the cache key); a text model has none."""
+        return ()
+
+    def _resume_at(self, prefix: int, cached_media: tuple, media: tuple) -> int:
+        """Where evaluation restarts, given the reusable prefix of the token ids."""
+        return prefix
+
+    def _new_cache(self) -> Any:
         from transformers import DynamicCache
 
-        self._caches.pop(0, None)
-        cache = DynamicCache(config=self._model.config)
+        return DynamicCache(config=self._model.config)
+
+    def _chunks(self, start: int, end: int, media: tuple) -> list[tuple[int, int]]:
+        return [(s, min(s + PREFILL_CHUNK, end)) for s in range(start, end, PREFILL_CHUNK)]
+
+    def _forward(self, ids: list[int], begin: int, end: int, cache: Any, media: tuple, every: bool) -> Any:
+        chunk = self._torch.tensor([ids[begin:end]], dtype=self._torch.long, device=self._device)
+        return self._model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=0 if every else 1)
+
+    def _evaluate(self, ids: list[int], start: int, cache: Any, media: tuple, every: bool) -> tuple[Any, Any]:
+        """Feed ids[start:] on top of `cache` in chunks (they bound the activations' memory): the last
+        position's logits (every position's, from `start`, with `every`) and the grown cache."""
+        torch = self._torch
         rows = []
         try:
             with torch.inference_mode():
-                for start in range(0, len(ids), PREFILL_CHUNK):
-                    chunk = torch.tensor([ids[start : start + PREFILL_CHUNK]], dtype=torch.long, device=self._device)
-                    out = self._model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=0)
+                for begin, end in self._chunks(start, len(ids), media):
+                    out = self._forward(ids, begin, end, cache, media, every)
                     cache = out.past_key_values
-                    rows.append(out.logits[0].float().cpu())
+                    if every:
+                        rows.append(out.logits[0].float().cpu())
         except RuntimeError as exc:
-            raise ModelRuntimeError(f"the model failed to evaluate {len(ids)} tokens: {exc}") from exc
-        self.evaluated_tokens += len(ids)
-        logits = torch.cat(rows)
-        self._caches[0] = (ids, cache, logits[-1].clone())
-        return logits
+            raise ModelRuntimeError(f"the model failed to evaluate {len(ids) - start} tokens: {exc}") from exc
+        return (torch.cat(rows) if every else out.logits[0, -1].float().cpu()), cache
 
     def unload(self) -> None:
         self._caches.clear()
@@ -175,8 +195,8 @@ class TransformersLoader(Loader):
         if not is_hf_folder(path):
             return 0
         method = str(read_quantization_config(path).get("quant_method", "")).lower()
-        if method == "exl2":
-            return 0  # Transformers cannot read EXL2 weights; only ExLlamaV2 can
+        if method in ("exl2", "exl3"):
+            return 0  # Transformers cannot read EXL2 / EXL3 weights; only ExLlamaV2 / ExLlamaV3 can
         return 20 if method == "gptq" else 50
 
     @classmethod
@@ -186,7 +206,10 @@ class TransformersLoader(Loader):
 
     def load(self, path: Path, params: dict[str, Any]) -> Model:
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+        from loaders.transformers_processor import is_vision_config, load_processor
+        from loaders.transformers_vision import TransformersVisionModel
 
         if not is_hf_folder(path):
             raise LoaderError(f"{path} is not a Transformers model folder (config.json and weights are needed)")
@@ -202,13 +225,19 @@ class TransformersLoader(Loader):
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=params["trust_remote_code"])
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=params["trust_remote_code"])
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            vision = is_vision_config(config)  # an image-text-to-text model: with its processor
+            auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+            model = auto.from_pretrained(path, **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise LoaderError(f"Transformers could not load {path.name}: {exc}") from exc
         if "device_map" not in kwargs:
             model.to(device)
         model.eval()
-        return TransformersModel(model, tokenizer, self._info(path, model, config, tokenizer), torch.device(device))
+        if not vision:
+            return TransformersModel(model, tokenizer, self._info(path, model, config, tokenizer), torch.device(device))
+        processor, problem = load_processor(path, config, params["trust_remote_code"])
+        info = self._info(path, model, config, tokenizer, getattr(processor, "chat_template", None))
+        return TransformersVisionModel(model, tokenizer, info, torch.device(device), processor, problem)
 
     @staticmethod
     def _device(choice: str) -> str:
@@ -227,7 +256,9 @@ class TransformersLoader(Loader):
         return getattr(torch, choice)
 
     @staticmethod
-    def _info(path: Path, model: Any, config: Any, tokenizer: Any) -> ModelInfo:
+    def _info(path: Path, model: Any, config: Any, tokenizer: Any, processor_template: str | None = None) -> ModelInfo:
+        """What the Model tab shows; the chat template is the tokenizer's, else the processor's (a vision
+        model's processor may ship the only one)."""
         text_config = config.get_text_config()
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         quant = read_quantization_config(path).get("quant_method") or dtype
@@ -240,7 +271,7 @@ class TransformersLoader(Loader):
             context_length=int(getattr(text_config, "max_position_embeddings", 0) or 2048),
             vocab_size=int(text_config.vocab_size),
             quantization=str(quant),
-            chat_template=getattr(tokenizer, "chat_template", None),
+            chat_template=getattr(tokenizer, "chat_template", None) or processor_template,
             bos_token=tokenizer.bos_token,
             eos_token=tokenizer.eos_token,
         )

@@ -44,8 +44,10 @@ def free_port() -> int:
 
 @contextmanager
 def serve_api(models_dir: Path, user_data: Path, *, model: str | None = "tiny-llama.gguf",
-              params: dict[str, Any] | None = None, **settings: Any) -> Iterator[Served]:
-    app = App.create(Settings(models_dir=models_dir, user_data_dir=user_data, api_port=free_port(), **settings))
+              params: dict[str, Any] | None = None, plugins: Any = None, **settings: Any) -> Iterator[Served]:
+    """The API on a free port over `models_dir` with `model` loaded (`plugins`: a plugin manager of one's own)."""
+    app = App.create(Settings(models_dir=models_dir, user_data_dir=user_data, api_port=free_port(), **settings),
+                     plugins=plugins)
     if model:
         app.models.load(model, params=params)
     server, thread = start_api(app)

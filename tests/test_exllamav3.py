@@ -138,9 +138,6 @@ def test_exl3_folders_go_to_exllamav3(
     assert manager.choose_loader(folders["plain"]) == "Transformers"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="loaders/transformers_loader.py score() must return 0 for quant_method exl3"
-)
 def test_transformers_does_not_take_exl3_folders(folders: dict[str, Path]) -> None:
     assert TransformersLoader.score(folders["exl3"]) == 0
 

@@ -263,7 +263,8 @@ def test_malformed_message_parts_and_grammar_are_400(open_api: Served):
             assert_error(c.post("/v1/chat/completions", json=body), 400)
         image = {"type": "image_url", "image_url": {"url": "data:,"}}
         parts = [{"type": "text", "text": "Hi"}, image]
-        assert c.post("/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": parts}]}).status_code == 200
+        assert_error(c.post("/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": parts}]}),
+                     400, "messages[0].content[1]")  # an empty data URL is not an image: refused, never dropped
         grammar = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "grammar_string": "root ::= ("})
         assert_error(grammar, 400, "grammar_string")
         assert c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "grammar_string": 'root ::= "a"'}).status_code == 200

@@ -3,6 +3,10 @@
 The Chat tab and the API's chat completions both go through here, so a chat means the same thing
 everywhere. Prompt text itself is built by `webui.prompts.chat` (pure); this module adds what needs the
 loaded model (token counting, its template, its BOS/EOS text) and persistence.
+
+Images: a new user message's images (`stream_reply(images=...)`) are stored on its turn, and every prompt
+carries the images of the turns it keeps (`ChatPrompt.images`), so regenerate and continue send them again.
+A prompt with images the loaded model cannot take is refused (`check_images`) before anything is saved.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from webui.app import App
-from webui.errors import HearthError
+from webui.chat_messages import ChatError, ImageResolver, messages_to_history
 from webui.events import Finished
 from webui.generation import GenerationRequest
+from webui.media import Image, MediaError, check_placement
 from webui.plugins import PromptBuilder
 from webui.prompts.characters import Character, CharacterStore, default_character
 from webui.prompts.chat import DEFAULT_CHAT_INSTRUCT_COMMAND, ChatMode, ChatPrompt, build_chat_prompt
@@ -39,10 +44,6 @@ from webui.prompts.templates import (
 from webui.prompts.tool_calls import ContentDelta, detect_tool_format
 from webui.reply_parts import ReasoningDelta, ReplyShape
 from webui.thinking_budget import ThinkingBudget
-
-
-class ChatError(HearthError):
-    """A chat request that cannot be served (bad messages, unknown character or template)."""
 
 
 @dataclass(frozen=True)
@@ -173,9 +174,9 @@ class ChatService:
     # -- prompts ----------------------------------------------------------------------------------
     def build_prompt(self, history: ChatHistory, user_input: str | None, options: ChatOptions, *,
                      max_new_tokens: int, truncation_length: int = 0, impersonate: bool = False,
-                     continue_last: bool = False) -> ChatPrompt:
+                     continue_last: bool = False, images: Sequence[Image] = ()) -> ChatPrompt:
         build = self.prompt_builder(max_new_tokens=max_new_tokens, truncation_length=truncation_length,
-                                    impersonate=impersonate, continue_last=continue_last)
+                                    impersonate=impersonate, continue_last=continue_last, images=images)
         character = self.character_for(options)
         ext = self.app.extensions
         if ext is None:
@@ -186,9 +187,10 @@ class ChatService:
         return ext.custom_chat_prompt(user_input, history, options, character, state, build)
 
     def prompt_builder(self, *, max_new_tokens: int, truncation_length: int = 0, impersonate: bool = False,
-                       continue_last: bool = False) -> PromptBuilder:
+                       continue_last: bool = False, images: Sequence[Image] = ()) -> PromptBuilder:
         """Hearth's own prompt building for one reply: ``build(user_input, history, options, character)``.
-        Extensions get it to wrap (see `ExtensionSpecs.custom_generate_chat_prompt`)."""
+        Extensions get it to wrap (see `ExtensionSpecs.custom_generate_chat_prompt`). `images`: the new
+        user message's, attached to whatever input the builder is given."""
         model = self.app.models.require()
         budget = min(truncation_length or model.n_ctx, model.n_ctx) - max_new_tokens
 
@@ -201,18 +203,20 @@ class ChatService:
                 bos_token=model.info.bos_token or "", eos_token=model.info.eos_token or "",
                 impersonate=impersonate, continue_last=continue_last,
                 chat_instruct_command=options.chat_instruct_command, system_message=options.system_message,
-                tools=options.tools, template_kwargs=template_kwargs(options),
+                tools=options.tools, template_kwargs=template_kwargs(options), images=images,
             )
 
         return build
 
     # -- replies ----------------------------------------------------------------------------------
     def plan_reply(self, history: ChatHistory, user_input: str | None, options: ChatOptions,
-                   probe: GenerationRequest, *, impersonate: bool = False, continue_last: bool = False) -> ReplyPlan:
+                   probe: GenerationRequest, *, impersonate: bool = False, continue_last: bool = False,
+                   images: Sequence[Image] = ()) -> ReplyPlan:
         """The prompt for the next reply, after the extensions' chat hooks (chat_input, input, history,
         bot prefix, custom prompt). `probe` carries the request's sizes and settings for the hooks' state.
         The Chat tab and the API's chat completions both plan their replies here. A constrained reply (a
-        grammar or JSON schema) is written without reasoning: the constraint holds from its first token."""
+        grammar or JSON schema) is written without reasoning: the constraint holds from its first token.
+        `images`: the new user message's; MediaError when the loaded model cannot take the prompt's images."""
         sizes = {"max_new_tokens": probe.max_new_tokens, "truncation_length": probe.truncation_length}
         if probe.sampling.constrained:
             options = replace(options, enable_thinking=False)
@@ -230,13 +234,16 @@ class ChatService:
             if new_reply:
                 bias = ext.bot_prefix(bias, state)  # the hook gets "Start reply with" (else "") to extend
         # -- end extensions ------------------------------------------------------------------------
-        base, prefix = self._reply_base(history, user_input, impersonate, continue_last, visible)
+        base, prefix = self._reply_base(history, user_input, impersonate, continue_last, visible, images)
         if bias:  # the reply starts with the bias: prompt as if continuing a reply that says it
             prompt = self.build_prompt(base.with_turn("assistant", bias), None, options, **sizes, continue_last=True)
             prefix = bias
         else:
             prompt = self.build_prompt(history, user_input, options, **sizes, impersonate=impersonate,
-                                       continue_last=continue_last)
+                                       continue_last=continue_last, images=images)
+        self.check_images(images=prompt.images)
+        if prompt.images:  # a marker typed into the text (or an extension's prompt) would misplace them
+            check_placement(prompt.text, prompt.images)
         template = self.template(options.instruction_template, options.instruction_template_text)
         prompt, shape = self._thinking(prompt, template.text, options, reasoning=not impersonate)
         budget = None
@@ -273,17 +280,35 @@ class ChatService:
         return prompt, ReplyShape(fmt, inside, tool_format, options.tools)
 
     def plan_reply_to_messages(self, messages: Sequence[dict[str, Any]], options: ChatOptions,
-                               probe: GenerationRequest, *, continue_last: bool = False) -> ReplyPlan:
+                               probe: GenerationRequest, *, continue_last: bool = False,
+                               image_url: ImageResolver | None = None) -> ReplyPlan:
         """`plan_reply` for OpenAI-style messages (system / user / assistant): the last user message is the
         new input; with `continue_last` a final assistant message is continued instead of answered.
         In instruct mode without a named character the messages are all there is: the prompt is what the
-        model's template makes of them (its own default system text included), nothing of a persona."""
-        history, user_input, system = messages_to_history(messages, options.character or "Assistant")
+        model's template makes of them (its own default system text included), nothing of a persona.
+        `image_url` reads an image part's URL (see `messages_to_history`)."""
+        history, user_input, system, images = messages_to_history(messages, options.character or "Assistant",
+                                                                   image_url)
         if system is not None and options.system_message is None:
             options = replace(options, system_message=system)
         if options.mode == "instruct" and not options.character:
             options = replace(options, default_persona=False)
-        return self.plan_reply(history, user_input, options, probe, continue_last=continue_last)
+        return self.plan_reply(history, user_input, options, probe, continue_last=continue_last, images=images)
+
+    def check_images(self, history: ChatHistory | None = None, images: Sequence[Image] = ()) -> None:
+        """Whether the loaded model can take a prompt with the images of `history` and `images` (a new
+        message's): MediaError naming the model and the fix otherwise (no vision: load its projector or a
+        vision model; more than its limit). NoModelLoaded without a model. The Chat tab calls it before it
+        shows a message; `plan_reply` checks the images its prompt keeps (a long chat's oldest may drop)."""
+        images = [*(history.images if history is not None else ()), *images]
+        if not images:
+            return
+        model = self.app.models.require()
+        if model.max_images <= 0 or model.remote is not None:
+            raise MediaError(model.vision_missing())
+        if len(images) > model.max_images:
+            raise MediaError(f"{len(images)} images in one prompt (this message's and the chat's earlier ones); "
+                             f"{model.info.name} takes at most {model.max_images}: remove some, or start a new chat")
 
     def finish_reply(self, plan: ReplyPlan, generated: str, trim: bool = True) -> str:
         """The final reply: prefix + generated (`trim`: stripped, for the Chat tab), after the output modifier."""
@@ -296,24 +321,28 @@ class ChatService:
     def stream_reply(self, history: ChatHistory, user_input: str | None, options: ChatOptions,
                      settings: dict[str, Any], cancel: threading.Event | None = None, *,
                      impersonate: bool = False, continue_last: bool = False, save: bool = True,
-                     replacing: Turn | None = None) -> Iterator[ChatUpdate]:
+                     replacing: Turn | None = None, images: Sequence[Image] = ()) -> Iterator[ChatUpdate]:
         """Generate the next reply (or continue the last one, or impersonate the user), streaming.
         With impersonate the history is left as it is and `text` is the user's message to edit.
         `replacing`: the reply being regenerated (`history` ends before it): the new reply becomes its
         newest version, the earlier ones kept; stopped before any text, it stays as it was.
         With `save`, a new user message is saved before the reply starts (a crash mid-reply keeps it), and
         the history again when the reply ends (including a stopped reply), never half-written. A reply
-        stopped before any text leaves no assistant turn."""
+        stopped before any text leaves no assistant turn.
+        `images`: the new user message's (kept on its turn); every image the prompt keeps from the history
+        is sent again. Images the model cannot take raise MediaError before anything is saved."""
         probe = request_from_settings(settings, prompt="")
-        plan = self.plan_reply(history, user_input, options, probe, impersonate=impersonate, continue_last=continue_last)
+        plan = self.plan_reply(history, user_input, options, probe, impersonate=impersonate, continue_last=continue_last,
+                               images=images)
         prompt, base, prefix = plan.prompt, plan.base, plan.prefix
         request = request_from_settings(settings, prompt=prompt.text, stop=[*probe.stop, *prompt.stop_strings],
                                         thinking_budget=plan.budget, special_tokens=plan.shape.reads_markers,
-                                        **plan.chat_fields())
-        if save and (user_input or "").strip() and not (impersonate or continue_last):
+                                        images=list(prompt.images), **plan.chat_fields())
+        if save and ((user_input or "").strip() or images) and not (impersonate or continue_last):
             self.histories.save(base)  # the user's new message, before the reply starts
         text, reasoning = "", ""
         kept = dict(history.turns[-1].metadata) if continue_last else {}  # a continued turn stays what it was
+        shown = history.turns[-1].images if continue_last else ()
         if continue_last:
             reasoning = kept.pop("reasoning", "")
         parts = plan.shape.streamer()
@@ -333,21 +362,22 @@ class ChatService:
                 elif stopped_empty:
                     final = base.with_turns((*base.turns, replacing))
                 else:
-                    final = _with_reply(base, reply, {**kept, **thought}, replacing)
+                    final = _with_reply(base, reply, {**kept, **thought}, replacing, shown)
                 if save and not impersonate:
                     self.histories.save(final)
                 yield ChatUpdate(final, reply, True, prompt.dropped_turns, event.reason, event, reasoning)
                 return
             partial = prefix + text
-            turn = base if impersonate else _with_reply(base, partial, {**kept, **thought}, replacing)
+            turn = base if impersonate else _with_reply(base, partial, {**kept, **thought}, replacing, shown)
             yield ChatUpdate(turn, partial, dropped_turns=prompt.dropped_turns, reasoning=reasoning,
                              thinking=bool(reasoning) and not text)
 
     @staticmethod
     def _reply_base(history: ChatHistory, user_input: str | None, impersonate: bool,
-                    continue_last: bool, visible: str | None = None) -> tuple[ChatHistory, str]:
+                    continue_last: bool, visible: str | None = None,
+                    images: Sequence[Image] = ()) -> tuple[ChatHistory, str]:
         """The history the reply is appended to, and text the reply starts with. ``visible``: how the
-        user's message is shown when an extension changed what the model sees."""
+        user's message is shown when an extension changed what the model sees; ``images``: the message's."""
         text = (user_input or "").strip()
         if impersonate:
             return history, text + (" " if text else "")
@@ -355,46 +385,17 @@ class ChatService:
             last = history.turns[-1]
             return history.with_turns(history.turns[:-1]), last.content
         shown = {"visible": visible.strip()} if visible and visible.strip() != text else {}
-        return (history.with_turn("user", user_input or "", **shown) if text else history), ""
+        if not (text or images):
+            return history, ""
+        return history.with_turn("user", user_input if text else "", images=tuple(images), **shown), ""
 
 
-def _with_reply(base: ChatHistory, reply: str, metadata: dict[str, Any], replacing: Turn | None) -> ChatHistory:
-    """`base` plus the reply: a new turn, or the newest version of the turn being regenerated."""
-    turn = Turn("assistant", reply, metadata) if replacing is None else replacing.with_version(reply, **metadata)
+def _with_reply(base: ChatHistory, reply: str, metadata: dict[str, Any], replacing: Turn | None,
+                images: tuple[Image, ...] = ()) -> ChatHistory:
+    """`base` plus the reply: a new turn (a continued one keeps its `images`), or the newest version of the
+    turn being regenerated."""
+    if replacing is None:
+        turn = Turn("assistant", reply, metadata, images)
+    else:
+        turn = replacing.with_version(reply, **metadata)
     return base.with_turns((*base.turns, turn))
-
-
-#: Message fields kept with a turn (as its metadata) for the template, per role: tool calling and reasoning.
-_KEPT_FIELDS = {"assistant": ("tool_calls", "reasoning_content"), "tool": ("tool_call_id", "name"), "user": ()}
-
-
-def messages_to_history(messages: Sequence[dict[str, Any]], character: str) -> tuple[ChatHistory, str | None, str | None]:
-    """Split OpenAI messages into (earlier turns, the new user input, the system message). An assistant's
-    `tool_calls`, a tool result's `tool_call_id` / `name` and a reply's `reasoning_content` stay with the turn."""
-    system_parts, turns = [], []
-    for index, message in enumerate(messages):
-        role = message.get("role")
-        content = _content_text(message.get("content"), index)
-        if role in ("system", "developer"):
-            system_parts.append(content)
-        elif role in ("user", "assistant", "tool"):
-            turns.append((role, content, {k: message[k] for k in _KEPT_FIELDS[role] if message.get(k) is not None}))
-        else:
-            raise ChatError(f"messages[{index}].role must be system, user, assistant or tool, got {role!r}")
-    user_input = turns.pop()[1] if turns and turns[-1][0] == "user" else None
-    history = ChatHistory.new(character)
-    for role, content, fields in turns:
-        history = history.with_turn(role, content, **fields)
-    return history, user_input, "\n\n".join(system_parts) if system_parts else None
-
-
-def _content_text(content: Any, index: int) -> str:
-    """Message content as text: a string, or OpenAI content parts of type text."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        return "".join(parts)
-    if content is None:
-        return ""
-    raise ChatError(f"messages[{index}].content must be a string or a list of text parts")

@@ -68,6 +68,8 @@ class Settings:
     allow_unauthenticated: bool = False
     #: Largest API request body, in MiB (larger: 413).
     max_request_mb: int = 32
+    #: Let API clients give images as http(s) URLs that the server downloads (off: data: URLs only).
+    allow_image_urls: bool = False
     extensions: list[str] = field(default_factory=list)
     preset: str | None = None
     no_browser_ui: bool = False
@@ -161,6 +163,8 @@ def build_parser(loaders: dict[str, type[Loader]]) -> argparse.ArgumentParser:
     api.add_argument("--admin-key", help="Key required to load/unload models and change what is served (default: any API key).")
     api.add_argument("--max-request-mb", type=int, help="Largest API request body in MiB (default 32; larger gets a 413).")
     api.add_argument("--cors-origins", nargs="*", help="Origins allowed by CORS (default: none).")
+    api.add_argument("--allow-image-urls", action="store_true",
+                     help="Let chat requests give images as http(s) URLs, which the server downloads (at most 20 MiB, 10 s each); this lets any API client make the server fetch addresses on its network. Default: images only inline as data: URLs.")
 
     ext = parser.add_argument_group("Extensions")
     ext.add_argument("--extensions", nargs="*", help="Extensions to enable, by name.")

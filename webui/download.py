@@ -78,16 +78,18 @@ def download(
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     loras_dir: str | Path | None = None,
+    mmproj: bool = True,
 ) -> Path:
     """Fetch the selected files into models/ and return the model's path (a .gguf file or a folder); a LoRA
-    adapter repo (`RepoListing.kind` "lora") goes into `loras_dir` instead, when given.
+    adapter repo (`RepoListing.kind` "lora") goes into `loras_dir` instead, when given. A GGUF quant of a
+    vision model comes with its projector (mmproj) into a folder of its own unless `mmproj` is False.
 
     Files already in place with the Hub's size and hash are skipped (re-hashed, never trusted by size);
     partial ones are resumed; every file is checked against the Hub's sha256 or git blob id. Raises a
     HubError subclass (`UnsafeRemotePath` for a name that would land outside models/, before any write)."""
     endpoint = resolve_endpoint(endpoint)
     listing = spec if isinstance(spec, RepoListing) else list_repo(spec, token=token, endpoint=endpoint)
-    files = select_files(listing, select)
+    files = select_files(listing, select, mmproj=mmproj)
     models_dir = Path(models_dir)
     if listing.kind == "lora" and loras_dir is not None:
         models_dir = Path(loras_dir)
@@ -274,6 +276,9 @@ def format_listing(listing: RepoListing) -> str:
     for label, files in listing.quantizations().items():
         parts = f" ({len(files)} parts)" if len(files) > 1 else ""
         rows.append(f"  {label:<10} {human_bytes(sum(f.size for f in files)):>10}  {files[0].path}{parts}")
+    if listing.projector is not None:
+        rows.append(f"  projector  {human_bytes(listing.projector.size):>10}  {listing.projector.path} "
+                    "(images; comes with the quant you pick unless --no-mmproj)")
     return "\n".join(rows)
 
 
@@ -314,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         "--lora-dir", type=Path, default=Path("loras"), help="where LoRA adapter repos go (default: loras)"
     )
     parser.add_argument("--list", action="store_true", help="only list the repo's files")
+    parser.add_argument(
+        "--no-mmproj", action="store_true",
+        help="of a vision model's GGUF repo, take only the quant, not its multimodal projector (mmproj)",
+    )
     args = parser.parse_args(argv)
     bar = TerminalBar()
     try:
@@ -321,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print("\n".join(f"{human_bytes(f.size):>10}  {f.path}" for f in listing.files))
             return 0
-        path = download(listing, args.models_dir, select=args.select, on_progress=bar, loras_dir=args.lora_dir)
+        path = download(listing, args.models_dir, select=args.select, on_progress=bar, loras_dir=args.lora_dir,
+                        mmproj=not args.no_mmproj)
     except SelectionRequired as exc:
         print(format_listing(exc.listing))
         print("Several quantizations: choose one with --select, e.g. --select Q4_K_M", file=sys.stderr)

@@ -365,7 +365,8 @@ class ExtensionManager:
                 if ok and isinstance(result, ChatPrompt):
                     return result
                 if ok and result is not None:
-                    return ChatPrompt(result, build(*args).stop_strings)
+                    default = build(*args)  # a text prompt keeps the images (the core checks their markers)
+                    return ChatPrompt(result, default.stop_strings, images=default.images)
             return build(*args)
 
         return rest(0, user_input, history, options, character)

@@ -29,6 +29,7 @@ from huggingface_hub.errors import (
 )
 
 from webui.errors import HearthError
+from webui.gguf_files import is_projector_name, precision_rank
 from webui.safe_files import UnsafeNameError, relative_path_inside
 
 try:  # huggingface_hub 2.x talks through httpx2, 1.x through httpx
@@ -132,6 +133,11 @@ class RemoteFile:
         return self.path.rsplit("/", 1)[-1]
 
     @property
+    def is_projector(self) -> bool:
+        """A multimodal projector (``mmproj-*.gguf``): it goes with a model, it is not one."""
+        return self.name.lower().endswith(".gguf") and is_projector_name(self.name)
+
+    @property
     def quant(self) -> str | None:
         """Quantization read from a GGUF file name (Q4_K_M, IQ3_XS, BF16, ...); None if not a GGUF or unnamed."""
         if not self.name.lower().endswith(".gguf"):
@@ -151,7 +157,18 @@ class RepoListing:
 
     @property
     def ggufs(self) -> tuple[RemoteFile, ...]:
-        return tuple(f for f in self.files if f.name.lower().endswith(".gguf"))
+        """The model GGUFs (projectors are `projectors`)."""
+        return tuple(f for f in self.files if f.name.lower().endswith(".gguf") and not f.is_projector)
+
+    @property
+    def projectors(self) -> tuple[RemoteFile, ...]:
+        """Multimodal projectors (mmproj) of a vision model's GGUF repo, best first (`projector`)."""
+        return tuple(sorted((f for f in self.files if f.is_projector), key=lambda f: (precision_rank(f.name), f.path)))
+
+    @property
+    def projector(self) -> RemoteFile | None:
+        """The projector fetched with a quant, as llama-server's ``-hf`` does: F16, else BF16, Q8_0, F32."""
+        return self.projectors[0] if self.projectors else None
 
     @property
     def kind(self) -> str:
@@ -221,12 +238,15 @@ def list_repo(spec: str | RepoRef, *, token: str | None = None, endpoint: str | 
     return RepoListing(ref, commit, files)
 
 
-def select_files(listing: RepoListing, select: str | None = None) -> list[RemoteFile]:
-    """The files to fetch: `select` is a quant label or a glob; without it, the one obvious choice."""
+def select_files(listing: RepoListing, select: str | None = None, *, mmproj: bool = True) -> list[RemoteFile]:
+    """The files to fetch: `select` is a quant label or a glob; without it, the one obvious choice. A GGUF
+    quant of a vision model's repo comes with its projector (`RepoListing.projector`) unless `mmproj` is
+    False; a glob takes exactly what it matches."""
+    with_projector = [listing.projector] if mmproj and listing.projector is not None else []
     if select:
         by_label = {label.lower(): files for label, files in listing.quantizations().items()}
         if select.lower() in by_label:
-            return list(by_label[select.lower()])
+            return [*by_label[select.lower()], *with_projector]
         matched = [
             f
             for f in listing.files
@@ -243,16 +263,21 @@ def select_files(listing: RepoListing, select: str | None = None) -> list[Remote
         choices = listing.quantizations()
         if len(choices) > 1:
             raise SelectionRequired(listing)
-        return list(next(iter(choices.values())))
+        return [*next(iter(choices.values())), *with_projector]
     raise HubError(
         f"{listing.repo.repo_id} has no GGUF, safetensors or .bin weights: pass a file name or glob"
     )
 
 
 def destination(listing: RepoListing, files: list[RemoteFile], models_dir: Path) -> Path:
-    """A lone GGUF goes straight into models/; anything else into models/user_repo[_branch]/."""
+    """A lone GGUF goes straight into models/; a quant with its projector into a folder named after the
+    quant (models/gemma-3-4b-it-Q4_K_M/, so two quants of one repo stay two models); anything else into
+    models/user_repo[_branch]/."""
     if len(files) == 1 and files[0].name.lower().endswith(".gguf"):
         return local_path(models_dir, files[0].name)
+    models = [f for f in files if f.name.lower().endswith(".gguf") and not f.is_projector]
+    if models and all(f.name.lower().endswith(".gguf") for f in files) and len(models) < len(files):
+        return local_path(models_dir, _SHARD.sub("", models[0].name[: -len(".gguf")]))
     return local_path(models_dir, listing.repo.folder_name)
 
 

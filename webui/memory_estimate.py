@@ -142,8 +142,21 @@ def estimate(path: str | Path, loader_name: str, params: dict[str, Any]) -> Memo
     if facts.format == "gguf" or loader_name.lower().startswith("llama"):  # llama.cpp, llamacpp_HF (not ExLlamav2)
         if facts.format != "gguf":
             raise MemoryEstimateError(f"{Path(path).name} is not a GGUF model: {loader_name} cannot load it")
-        return estimate_llamacpp(facts, params)
+        return with_projector(estimate_llamacpp(facts, params), path, facts, params)
     return estimate_transformers(facts, params)
+
+
+def with_projector(base: MemoryEstimate, path: str | Path, facts: ModelFacts, params: dict[str, Any]) -> MemoryEstimate:
+    """`base` plus the multimodal projector the llama.cpp loader would load beside the model (mmproj)."""
+    from webui.gguf_files import projector_bytes
+
+    ngl = int(params.get("n_gpu_layers", 0))
+    projector = projector_bytes(path, {**params, "n_gpu_layers": auto_gpu_layers(facts, params) if ngl == AUTO_GPU_LAYERS else ngl})
+    if not projector.total:
+        return base
+    return _split(base.weights_gpu + (projector.weights if projector.on_gpu else 0),
+                  base.weights_cpu + (0 if projector.on_gpu else projector.weights),
+                  base.kv_cache, base.overhead + projector.compute, base.vram + projector.vram)
 
 
 def estimate_llamacpp(facts: ModelFacts, params: dict[str, Any]) -> MemoryEstimate:
@@ -239,6 +252,10 @@ def auto_gpu_layers(model: ModelFacts | str | Path, params: dict[str, Any]) -> i
     free = available_memory()["vram_free"]
     if free <= 0:
         return 0
+    if not isinstance(model, ModelFacts):  # the projector (mmproj) goes to the GPU with any offloaded layer
+        from webui.gguf_files import projector_bytes
+
+        free -= projector_bytes(model, {**params, "n_gpu_layers": -1}).vram
     return max_gpu_layers(model, {**params, "n_gpu_layers": 0}, int(free * 0.95))
 
 
@@ -263,7 +280,9 @@ def read_model(path: str | Path) -> ModelFacts:
     """Facts for a GGUF file, a folder holding one, or an HF folder with config.json."""
     path = Path(path)
     if path.is_dir() and not (path / "config.json").is_file():
-        ggufs = sorted(path.glob("*.gguf"))
+        from webui.gguf_files import model_ggufs
+
+        ggufs = model_ggufs(path)  # never the projector (mmproj) beside the model
         if ggufs:
             return read_gguf(ggufs[0])
     if path.is_dir():

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from webui.errors import HearthError, LoaderError, ModelNotFound, NoModelLoaded, RemoteCodeNotAllowed
 from webui.fifo import FifoLock
+from webui.gguf_files import is_projector_name, model_ggufs
 from webui.loader_api import Loader, Model
 from webui.remotes import PREFIX as REMOTE_PREFIX
 from webui.remotes import RemoteRegistry
@@ -54,16 +55,17 @@ def _size(path: Path) -> int:
 
 
 def _as_model(entry: Path) -> LocalModel | None:
-    """`entry` of a models folder as a model, or None: hidden entries, partial downloads (*.incomplete) and
-    non-first GGUF shards are not models; a folder is one when it has a config.json or a GGUF inside."""
+    """`entry` of a models folder as a model, or None: hidden entries, partial downloads (*.incomplete),
+    non-first GGUF shards and multimodal projectors (mmproj, `webui.gguf_files`) are not models; a folder is
+    one when it has a config.json or a model GGUF inside."""
     if entry.name.startswith(".") or entry.name.endswith(".incomplete"):
         return None
     if entry.is_file() and entry.suffix.lower() == ".gguf":
         shard = _SHARD.search(entry.name)
-        if shard and int(shard.group(1)) != 1:
+        if (shard and int(shard.group(1)) != 1) or is_projector_name(entry.name):
             return None
         return LocalModel(entry.name, entry, _size(entry))
-    if entry.is_dir() and ((entry / "config.json").is_file() or next(entry.glob("*.gguf"), None)):
+    if entry.is_dir() and ((entry / "config.json").is_file() or model_ggufs(entry)):
         return LocalModel(entry.name, entry, _size(entry))
     return None
 

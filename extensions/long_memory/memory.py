@@ -7,7 +7,7 @@ turns added later are simply not covered yet. Pure: no model here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from webui.prompts.history import ChatHistory, Turn
 
@@ -46,7 +46,7 @@ def remember(history: ChatHistory, last_index: int, summary: str) -> ChatHistory
     """The history with `summary` stored on turn `last_index` (it covers every turn up to there)."""
     turns = list(history.turns)
     turn = turns[last_index]
-    turns[last_index] = Turn(turn.role, turn.content, {**turn.metadata, KEY: {"summary": summary}})
+    turns[last_index] = replace(turn, metadata={**turn.metadata, KEY: {"summary": summary}})
     return history.with_turns(tuple(turns))
 
 

@@ -23,6 +23,7 @@ from webui.api.schemas import (
 from webui.api.tool_schemas import NamedToolChoice
 from webui.chat_service import ChatOptions, ChatService, ReplyPlan
 from webui.generation import GenerationRequest
+from webui.media_urls import image_resolver
 from webui.prompts.tool_calls import ToolCallFormat, call_frame, call_schema
 from webui.sampling import SamplingParams, load_preset
 from webui.sampling.constraints import ANY_JSON_OBJECT, framed_json_grammar
@@ -212,7 +213,8 @@ def chat_plan(service: ChatService, body: ChatFields, probe: GenerationRequest, 
         thinking_budget=body.thinking_budget or 0,
     )
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    return service.plan_reply_to_messages(messages, options, probe, continue_last=body.continue_)
+    return service.plan_reply_to_messages(messages, options, probe, continue_last=body.continue_,
+                                          image_url=image_resolver(service.app.settings.allow_image_urls))
 
 
 def with_chat_prompt(probe: GenerationRequest, plan: ReplyPlan, tools: ToolUse | None = None) -> GenerationRequest:
@@ -220,7 +222,8 @@ def with_chat_prompt(probe: GenerationRequest, plan: ReplyPlan, tools: ToolUse |
     thinking budget, and for a forced tool call the grammar that makes the reply one (or several) calls."""
     stop = _unique([*probe.stop, *plan.prompt.stop_strings])
     update: dict[str, Any] = {"prompt": plan.prompt.text, "stop": stop, "thinking_budget": plan.budget,
-                              "special_tokens": plan.shape.reads_markers, **plan.chat_fields()}
+                              "special_tokens": plan.shape.reads_markers, "images": list(plan.prompt.images),
+                              **plan.chat_fields()}
     if tools is not None and tools.forced:
         update["sampling"] = probe.sampling.model_copy(update={"grammar_string": forced_call_grammar(plan, tools)})
     return probe.model_copy(update=update)

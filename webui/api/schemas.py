@@ -122,19 +122,30 @@ class CompletionRequest(GenerationFields):
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="Choices per prompt (choice index = prompt * n + sample).")
 
 
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    url: str = Field(description="A data: URL (data:image/png;base64,...); an http(s) URL only when the server "
+                                 "was started with --allow-image-urls.")
+    detail: str | None = Field(None, description="Accepted for compatibility (auto, low, high); the model's "
+                                                  "own processor decides the resolution.")
+
+
 class ContentPart(BaseModel):
-    """One part of a message's content, as OpenAI's: text parts are read, other kinds (images) ignored."""
+    """One part of a message's content (OpenAI's): text and image_url parts are read, other kinds ignored."""
 
     model_config = ConfigDict(extra="allow")
 
     type: str
     text: str | None = None
+    image_url: ImageURL | str | None = Field(None, description="The image of a part of type image_url: "
+                                                               "{url, detail}, or the URL as a string.")
 
     @model_validator(mode="after")
     def _text_part_has_text(self) -> ContentPart:
         if self.type == "text" and self.text is None:
             raise ValueError("a part of type 'text' needs a 'text' string")
-        return self
+        return self  # an image_url part is checked with its image (webui.chat_messages), naming the part
 
 
 class ChatMessage(BaseModel):

@@ -7,6 +7,11 @@
 
 Long chats lose their oldest exchanges first; the context and the greeting always stay, and the number of
 dropped turns is reported so the UI can say so. Everything here is pure: no model, no files.
+
+A turn's images (`Turn.images`) enter the prompt as `MEDIA_MARKER`, one per image, on their own lines before
+the turn's text (as llama-server turns a message's image parts into markers before the template sees it):
+inside the message content in instruct mode, inside the turn's ``Name:`` line in the chat modes.
+`ChatPrompt.images` lists them in prompt order; a dropped turn's images go with it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from webui.errors import HearthError
+from webui.media import MEDIA_MARKER, Image
 from webui.prompts.characters import Character
 from webui.prompts.chat_template import render_chat
 from webui.prompts.history import ChatHistory, HistoryError, Turn
@@ -45,6 +51,8 @@ class ChatPrompt:
     #: Instruct mode: the messages `text` renders (a server applying its own chat template takes these).
     #: None for chat transcripts and for a started reply (continue, impersonate), which messages can't say.
     messages: list[dict[str, Any]] | None = None
+    #: The images of the prompt in order: `text` holds `MEDIA_MARKER` once for each, where it goes.
+    images: tuple[Image, ...] = ()
 
 
 def user_name_for(user_name: str | None, character: Character) -> str:
@@ -74,7 +82,7 @@ class _Request:
     bos_token: str
     eos_token: str
     impersonate: bool
-    partial: str  # continued bot text, or the user's started text when impersonating
+    partial: str  # continued bot text (with its image markers), or the user's started text when impersonating
     continue_last: bool
     command: str
     system_message: str | None
@@ -116,6 +124,7 @@ def build_chat_prompt(
     template_name: str = "instruction template",
     tools: Sequence[dict[str, Any]] = (),
     template_kwargs: dict[str, Any] | None = None,
+    images: Sequence[Image] = (),
 ) -> ChatPrompt:
     """Build the prompt for the next reply (or, with impersonate, the user's next message).
 
@@ -125,20 +134,24 @@ def build_chat_prompt(
     ``system_message`` overrides the character context as the instruct system prompt (instruct modes).
     ``max_prompt_tokens`` is truncation_length - max_new_tokens; oldest exchanges drop until it fits.
     ``tools`` (OpenAI function tools) and ``template_kwargs`` (``enable_thinking``, ``reasoning_effort``...)
-    reach the template (instruct modes; see `render_chat`).
+    reach the template (instruct modes; see `render_chat`). ``images`` are the new user message's.
     """
     if mode not in CHAT_MODES:
         raise ValueError(f"mode must be one of {CHAT_MODES}, got {mode!r}")
     if impersonate and continue_last:
         raise ValueError("impersonate and continue_last cannot be combined")
+    if images and (impersonate or continue_last):
+        raise ValueError("images belong to a new user message, not to an impersonated or continued one")
     turns = list(history.turns)
     text = user_input if user_input and user_input.strip() else ""  # as given: instruct renders it verbatim
     partial = text.strip() if impersonate else ""
+    partial_images: tuple[Image, ...] = ()
     if continue_last:
         if not turns or turns[-1].role != "assistant":
             raise HistoryError("there is no reply to continue")
-        partial = turns.pop().content
-    tail = [Turn("user", text)] if text and not impersonate and not continue_last else []
+        continued = turns.pop()
+        partial, partial_images = with_markers(continued), continued.images
+    tail = [Turn("user", text, images=tuple(images))] if (text or images) and not (impersonate or continue_last) else []
     request = _Request(
         mode,
         character,
@@ -183,7 +196,8 @@ def build_chat_prompt(
     plain = mode == "instruct" and not (impersonate or continue_last)
     kept = [*pinned, *(t for group in groups[low:] for t in group), *tail]
     messages = _instruct_messages(request, kept) if plain else None
-    return ChatPrompt(prompt_for(low), _stop_strings(request), dropped, messages)
+    kept_images = (*(image for turn in kept for image in turn.images), *partial_images)
+    return ChatPrompt(prompt_for(low), _stop_strings(request), dropped, messages, kept_images)
 
 
 def _exchanges(turns: Sequence[Turn]) -> list[list[Turn]]:
@@ -226,8 +240,15 @@ def _chat_transcript(request: _Request, turns: list[Turn]) -> str:
     text = "".join(part + "\n\n" for part in head if part)
     for turn in turns:
         name = request.user_name if turn.role == "user" else request.character.name
-        text += f"{name}: {turn.content.strip()}\n"
+        text += f"{name}: {with_markers(turn).strip()}\n"
     return text
+
+
+def with_markers(turn: Turn) -> str:
+    """The turn's text with one `MEDIA_MARKER` line per image before it (its content when it has none)."""
+    if not turn.images:
+        return turn.content
+    return "\n".join([MEDIA_MARKER] * len(turn.images) + ([turn.content] if turn.content else []))
 
 
 def _system(content: str | None) -> list[dict[str, Any]]:
@@ -257,7 +278,7 @@ MESSAGE_FIELDS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
 def turn_message(turn: Turn) -> dict[str, Any]:
     """A turn as a chat-template message: role and content, plus the tool-calling fields and the reply's
     reasoning (``reasoning_content``, which templates that keep earlier reasoning render) where it has them."""
-    message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+    message: dict[str, Any] = {"role": turn.role, "content": with_markers(turn)}
     for key in MESSAGE_FIELDS:
         if turn.metadata.get(key) is not None:
             message[key] = turn.metadata[key]

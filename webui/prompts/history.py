@@ -10,23 +10,40 @@ Format version 2 adds reply versions: a regenerated reply keeps the earlier ones
 with ``metadata["version"]`` the index shown. The shown version is also the turn's own ``content`` and
 metadata, so every reader that knows nothing of versions (prompts, the API, extensions) sees the chosen
 reply; `Turn` keeps the two in step. Version 1 files (no versions) and tgw's files load unchanged.
+
+Format version 3 adds images (`Turn.images`, a message's attached pictures): a turn's ``"images"`` list
+names each by its file in ``<chat id>.media/`` beside the saved chat, or holds it inline as a ``data:`` URL
+in an exported chat and in `ChatHistory.to_dict` (see `webui.prompts.history_media`). A chat without
+images is still written as version 2, byte for byte as before. An image that cannot be read back (missing,
+corrupt) leaves its turn with a note (``metadata["media_notes"]``) instead of failing the whole chat.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from webui.errors import HearthError
+from webui.media import Image, MediaError
+from webui.prompts.history_media import MEDIA_NOTES, MEDIA_SUFFIX, MediaFolder, from_inline, inline
 from webui.safe_files import atomic_write_text, is_plain_name, path_inside, safe_name
 
 FORMAT = "hearth-chat"
-FORMAT_VERSION = 2  # 2: reply versions (metadata "versions" / "version")
+FORMAT_VERSION = 3  # 2: reply versions (metadata "versions" / "version"); 3: images
+_TEXT_VERSION = 2  # what a chat without images is written as (readers before images load it whole)
 ROLES = ("user", "assistant", "tool")  # "tool": a tool's result (API tool calling)
+#: Roles whose turns may hold images: the user's attachments, and a reply that showed a picture (API clients
+#: such as SillyTavern send a character's generated pictures back on its messages).
+IMAGE_ROLES = ("user", "assistant")
+#: Where a turn's stored image is found, by file name: an Image, or None to leave it out unread.
+ImageSource = Callable[[str], "Image | None"]
 TGW_GREETING_MARKER = "<|BEGIN-VISIBLE-CHAT|>"
 _PREVIEW_CHARS = 60
 
@@ -48,8 +65,11 @@ class Turn:
     role: str
     content: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The message's images, in order (a user's attachments); the text is `content`.
+    images: tuple[Image, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "images", tuple(self.images))
         versions, index = self.metadata.get("versions"), self.metadata.get("version")
         if isinstance(versions, list) and isinstance(index, int) and 0 <= index < len(versions):
             synced = [*versions[:index], self._entry(), *versions[index + 1 :]]
@@ -84,18 +104,22 @@ class Turn:
         """This message with new text (the shown version's, for a reply with versions); a user message an
         extension rewrote loses the rewrite (``visible``): what was typed now is what the model reads."""
         metadata = {k: v for k, v in self.metadata.items() if k != "visible"}
-        return Turn(self.role, content, metadata)
+        return Turn(self.role, content, metadata, self.images)
 
     def _showing(self, versions: list[dict[str, Any]], index: int) -> Turn:
         shown = versions[index]
         own = {k: v for k, v in self.metadata.items() if k not in (*VERSION_FIELDS, "versions", "version")}
         fields = {k: shown[k] for k in VERSION_FIELDS if k in shown}
-        return Turn(self.role, str(shown["content"]), {**own, **fields, "versions": versions, "version": index})
+        return Turn(self.role, str(shown["content"]), {**own, **fields, "versions": versions, "version": index},
+                    self.images)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, image_ref: Callable[[Image], str] = inline) -> dict[str, Any]:
+        """The turn as plain data; each image as `image_ref` gives it (default: a ``data:`` URL)."""
         data: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.metadata:
             data["metadata"] = self.metadata
+        if self.images:
+            data["images"] = [image_ref(image) for image in self.images]
         return data
 
 
@@ -118,11 +142,14 @@ class ChatHistory:
         chat_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
         return cls(character=character, turns=turns, chat_id=chat_id, created=now, updated=now)
 
-    def with_turn(self, role: str, content: str, **metadata: Any) -> ChatHistory:
-        """This history plus one turn at the end."""
+    def with_turn(self, role: str, content: str, *, images: tuple[Image, ...] | list[Image] = (),
+                  **metadata: Any) -> ChatHistory:
+        """This history plus one turn at the end (`images`: the message's attached images)."""
         if role not in ROLES:
             raise HistoryError(f"role must be one of {ROLES}, got {role!r}")
-        return self.with_turns((*self.turns, Turn(role, content, dict(metadata))))
+        if images and role not in IMAGE_ROLES:
+            raise HistoryError(f"a {role} message cannot hold images (only {' and '.join(IMAGE_ROLES)} messages)")
+        return self.with_turns((*self.turns, Turn(role, content, dict(metadata), tuple(images))))
 
     def with_turns(self, turns: tuple[Turn, ...]) -> ChatHistory:
         """This history with its turns replaced (and ``updated`` moved to now)."""
@@ -135,29 +162,38 @@ class ChatHistory:
         first_user = next((t.content for t in self.turns if t.role == "user" and t.content.strip()), "")
         return _preview(first_user) or "New chat"
 
-    def to_dict(self) -> dict[str, Any]:
+    @property
+    def images(self) -> tuple[Image, ...]:
+        """Every image of the chat, in order (one entry per attachment, repeats included)."""
+        return tuple(image for turn in self.turns for image in turn.images)
+
+    def to_dict(self, image_ref: Callable[[Image], str] = inline) -> dict[str, Any]:
+        """The chat as plain data; images inline as ``data:`` URLs unless `image_ref` names them otherwise
+        (`HistoryStore.save` names them by file)."""
         return {
             "format": FORMAT,
-            "version": FORMAT_VERSION,
+            "version": FORMAT_VERSION if self.images else _TEXT_VERSION,
             "id": self.chat_id,
             "character": self.character,
             "title": self.title,
             "created": self.created,
             "updated": self.updated,
-            "turns": [t.to_dict() for t in self.turns],
+            "turns": [t.to_dict(image_ref) for t in self.turns],
         }
 
-    def to_json(self) -> str:
-        """The export form (also what is saved); readable and diffable."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
+    def to_json(self, image_ref: Callable[[Image], str] = inline) -> str:
+        """The export form (images inline: the file is the whole chat); readable and diffable."""
+        return json.dumps(self.to_dict(image_ref), ensure_ascii=False, indent=2)
 
     @classmethod
-    def from_data(cls, data: Any, character: str, chat_id: str = "") -> ChatHistory:
-        """Validate and convert our JSON or tgw's ``internal`` format; anything else is a HistoryError."""
+    def from_data(cls, data: Any, character: str, chat_id: str = "", media: ImageSource | None = None) -> ChatHistory:
+        """Validate and convert our JSON or tgw's ``internal`` format; anything else is a HistoryError.
+        Inline images are read here; images named by file come from `media` (a saved chat's folder; without
+        it, or when it fails, the turn gets a note instead of the image)."""
         if not isinstance(data, dict):
             raise HistoryError("a chat file must hold a JSON object")
         if "turns" in data:
-            turns = tuple(_turn_from(item, index) for index, item in enumerate(_list(data, "turns")))
+            turns = tuple(_turn_from(item, index, media) for index, item in enumerate(_list(data, "turns")))
         elif "internal" in data:
             turns = _turns_from_tgw(_list(data, "internal"))
         else:
@@ -180,7 +216,7 @@ def _list(data: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def _turn_from(item: Any, index: int) -> Turn:
+def _turn_from(item: Any, index: int, media: ImageSource | None) -> Turn:
     if (
         not isinstance(item, dict)
         or item.get("role") not in ROLES
@@ -192,7 +228,36 @@ def _turn_from(item: Any, index: int) -> Turn:
         raise HistoryError(f"turn {index + 1}: metadata must be an object")
     if "versions" in metadata or "version" in metadata:
         _check_versions(metadata, index)
-    return Turn(item["role"], item["content"], metadata)
+    images, notes = _images_from(item.get("images"), index, media)
+    if notes:
+        earlier = metadata.get(MEDIA_NOTES)
+        earlier = earlier if isinstance(earlier, list) else []
+        metadata = {**metadata, MEDIA_NOTES: list(dict.fromkeys([*earlier, *notes]))}
+    return Turn(item["role"], item["content"], metadata, images)
+
+
+def _images_from(entries: Any, index: int, media: ImageSource | None) -> tuple[tuple[Image, ...], list[str]]:
+    """A turn's images, and a note for each one that cannot be had (the rest of the chat still loads)."""
+    if entries is None:
+        return (), []
+    if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
+        raise HistoryError(f"turn {index + 1}: images must be a list of image file names or data: URLs")
+    images: list[Image] = []
+    notes: list[str] = []
+    for number, entry in enumerate(entries, 1):
+        try:
+            if entry.startswith("data:"):
+                image: Image | None = from_inline(entry, f"the data URL of image {number}")
+            elif media is None:
+                raise MediaError(f"{entry} is stored beside the saved chat, not in this file")
+            else:
+                image = media(entry)
+        except MediaError as exc:
+            notes.append(f"image {number} could not be loaded: {exc}")
+            continue
+        if image is not None:
+            images.append(image)
+    return tuple(images), notes
 
 
 def _check_versions(metadata: dict[str, Any], index: int) -> None:
@@ -244,8 +309,13 @@ class ChatSummary:
     turn_count: int
 
 
+#: One save, delete or rename of a chat's files at a time (its JSON and its images must agree).
+_FILES_LOCK = threading.RLock()
+
+
 class HistoryStore:
-    """Chats on disk, one JSON file each, one folder per character."""
+    """Chats on disk, one JSON file each, one folder per character; a chat's images in ``<chat id>.media/``
+    beside its JSON (see `webui.prompts.history_media`)."""
 
     def __init__(self, user_data_dir: Path) -> None:
         self.root = user_data_dir / "chats"
@@ -256,15 +326,28 @@ class HistoryStore:
     def _path(self, character: str, chat_id: str) -> Path:
         return path_inside(self._folder(character), chat_id, ".json", what="chat")
 
+    def media(self, character: str, chat_id: str) -> MediaFolder:
+        """The folder of a chat's images (it exists only while the chat holds some)."""
+        return MediaFolder(path_inside(self._folder(character), chat_id, MEDIA_SUFFIX, what="chat"))
+
     def save(self, history: ChatHistory) -> Path:
-        """Atomically write the chat (a crash leaves the previous version); returns its path."""
+        """Atomically write the chat (a crash leaves the previous version) and its images; returns its path.
+        New images are stored before the JSON that names them, and images no longer named are removed after."""
         if not history.chat_id:
             raise HistoryError("cannot save a chat without an id (use ChatHistory.new)")
         path = self._path(history.character, history.chat_id)
-        atomic_write_text(path, history.to_json())
+        media = self.media(history.character, history.chat_id)
+        with _FILES_LOCK:
+            media.write(history.images)
+            atomic_write_text(path, history.to_json(image_ref=lambda image: image.file_name))
+            media.prune({image.file_name for image in history.images})
         return path
 
     def load(self, character: str, chat_id: str) -> ChatHistory:
+        """The saved chat with its images (an image that cannot be read leaves a note on its turn)."""
+        return self._read(character, chat_id, functools.cache(self.media(character, chat_id).read))  # each file once
+
+    def _read(self, character: str, chat_id: str, media: ImageSource) -> ChatHistory:
         path = self._path(character, chat_id)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -272,7 +355,7 @@ class HistoryStore:
             raise HistoryError(f"no chat {chat_id!r} for {character!r}") from None
         except (OSError, ValueError) as exc:
             raise HistoryError(f"cannot read chat {chat_id!r}: {exc}") from exc
-        return ChatHistory.from_data(data, character, chat_id=path.stem)
+        return ChatHistory.from_data(data, character, chat_id=path.stem, media=media)
 
     def list_chats(self, character: str) -> list[ChatSummary]:
         """Past chats, newest first; unreadable files are skipped rather than hiding the others (see
@@ -290,7 +373,7 @@ class HistoryStore:
             if not is_plain_name(path.stem):
                 continue
             try:
-                history = self.load(character, path.stem)
+                history = self._read(character, path.stem, lambda name: None)  # the list needs no pictures
             except HistoryError as exc:
                 problems.append(f"{path.name}: {exc}")
                 continue
@@ -317,14 +400,18 @@ class HistoryStore:
         renamed = ChatHistory(character, history.turns, new_id, new_name.strip(), history.created, _now())
         self.save(renamed)
         if new_id != chat_id:
-            self._path(character, chat_id).unlink()
+            self.delete(character, chat_id)
         return renamed
 
     def delete(self, character: str, chat_id: str) -> None:
+        """Remove the chat and its images."""
         path = self._path(character, chat_id)
-        if not path.is_file():
-            raise HistoryError(f"no chat {chat_id!r} for {character!r}")
-        path.unlink()
+        media = self.media(character, chat_id)
+        with _FILES_LOCK:
+            if not path.is_file():
+                raise HistoryError(f"no chat {chat_id!r} for {character!r}")
+            path.unlink()
+            media.remove()
 
     def import_chat(self, character: str, data: bytes | str) -> ChatHistory:
         """Validate an uploaded chat (ours or tgw's) and save it as a new chat of this character."""

@@ -335,7 +335,9 @@ def read_model_chat_template(path: Path) -> str | None:
         found = _json_chat_template(path / json_name)
         if found:
             return found
-    ggufs = sorted(path.glob("*.gguf"))
+    from webui.gguf_files import model_ggufs
+
+    ggufs = model_ggufs(path)  # never the projector (mmproj) beside the model
     return _gguf_chat_template(ggufs[0]) if ggufs else None
 
 

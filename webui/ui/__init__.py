@@ -57,6 +57,7 @@ CSS = """
 [data-testid="status-tracker"]:has(> .error) { display: none !important; }
 .hearth-refresh { align-self: center; margin-top: 1.5em; }
 .hearth-notice { border-left: 4px solid var(--color-accent); padding: 0.2em 0.8em; }
+#chat-chatbot img { max-height: 12em; width: auto; }  /* an attached image: a thumbnail in its message */
 """
 
 LOGIN_MESSAGE = "Log in to Hearth (accounts from --gradio-auth / --gradio-auth-path)."

@@ -10,7 +10,7 @@ a `HearthError`, which the tab shows as one toast; each edit saves the chat befo
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from webui.chat_service import ChatError, ChatOptions, ChatService, ChatUpdate, request_from_settings
 from webui.errors import HearthError
+from webui.media import Image
 from webui.prompts import chat as chat_ops
 from webui.prompts.chat import substitute_names, user_name_for
 from webui.prompts.history import ChatHistory, HistoryError
@@ -29,12 +30,14 @@ from webui.ui.context import chat_history, chat_options
 class Reply:
     """A reply about to stream. `shown` is the chat to show at once (with the user's new message), before
     the prompt is even planned; `updates` plans it at the first step (a message too long for the context
-    fails there) and then streams. `typing`: a new reply bubble belongs after `shown` until text arrives."""
+    fails there) and then streams. `typing`: a new reply bubble belongs after `shown` until text arrives.
+    `sent`: whether a new user message (text or images) was sent, which the input box gives up."""
 
     shown: ChatHistory
     updates: Iterator[ChatUpdate]
     user_text: str | None = None
     typing: bool = True
+    sent: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,18 +194,29 @@ class ChatSession:
         self.histories.save(trimmed)
         return trimmed, text
 
+    @staticmethod
+    def removed_images(before: ChatHistory, after: ChatHistory) -> tuple[Image, ...]:
+        """The images of the user message `remove_last` took from `before` (to give back with its text)."""
+        removed = before.turns[len(after.turns) :]
+        return next((t.images for t in removed if t.role == "user"), ())
+
     def last_reply(self, history: ChatHistory) -> str:
         replies = [t.content for t in history.turns if t.role == "assistant"]
         if not replies:
             raise ChatError("there is no reply to copy yet")
         return replies[-1]
 
-    def add_turn(self, history: ChatHistory, role: str, text: str) -> ChatHistory:
-        """A message or a reply written by hand (no generation)."""
-        if not text.strip():
+    def add_turn(
+        self, history: ChatHistory, role: str, text: str, images: Sequence[Image] = ()
+    ) -> ChatHistory:
+        """A message or a reply written by hand (no generation), with the `images` attached to it."""
+        if not text.strip() and not images:
             raise ChatError("type the message first")
-        add = chat_ops.send_dummy_message if role == "user" else chat_ops.send_dummy_reply
-        history = add(history, text.strip())
+        if images:
+            history = history.with_turn(role, text.strip(), images=tuple(images))
+        else:
+            add = chat_ops.send_dummy_message if role == "user" else chat_ops.send_dummy_reply
+            history = add(history, text.strip())
         self.histories.save(history)
         return history
 
@@ -257,14 +271,17 @@ class ChatSession:
         options: ChatOptions,
         settings: dict[str, Any],
         cancel: threading.Event | None = None,
+        images: Sequence[Image] = (),
     ) -> Reply:
-        """The reply to `text` (blank: the character speaks again). No model is an error before anything
-        is shown, so the message stays where it was typed."""
+        """The reply to `text` and its `images` (neither: the character speaks again). No model, or
+        images the model cannot take, is an error before anything is shown, so the message stays where it
+        was typed."""
         self.service.app.models.require()
-        text = (text or "").strip() or None
-        shown = history.with_turn("user", text) if text else history
-        updates = self.service.stream_reply(history, text, options, settings, cancel)
-        return Reply(shown, updates, text)
+        text, images = (text or "").strip() or None, tuple(images)
+        self._check_images(history, images)
+        shown = history.with_turn("user", text or "", images=images) if text or images else history
+        updates = self.service.stream_reply(history, text, options, settings, cancel, images=images)
+        return Reply(shown, updates, text, sent=bool(text or images))
 
     def regenerate(
         self,
@@ -278,6 +295,7 @@ class ChatSession:
         if len(history.turns) == 1:  # the greeting, flagged or not (see `remove_last`)
             raise ChatError("there is no reply to regenerate (the greeting stays)")
         base = chat_ops.regenerate(history)
+        self._check_images(base)
         updates = self.service.stream_reply(base, None, options, settings, cancel, replacing=history.turns[-1])
         return Reply(base, updates)
 
@@ -292,8 +310,14 @@ class ChatSession:
         self.service.app.models.require()
         if not history.turns or history.turns[-1].role != "assistant":
             raise ChatError("there is no reply to continue")
+        self._check_images(history)
         updates = self.service.stream_reply(history, None, options, settings, cancel, continue_last=True)
         return Reply(history, updates, typing=False)
+
+    def _check_images(self, history: ChatHistory, images: Sequence[Image] = ()) -> None:
+        """MediaError now (before anything is shown) when the loaded model cannot take the chat's images
+        and `images` (no vision, or too many); the chat service checks again when it plans the prompt."""
+        self.service.check_images(history, images)
 
     def impersonate(
         self,

@@ -11,6 +11,11 @@ the reply ends. Errors are one toast (`toasts`); the outputs keep their values.
 
 Clicking a message opens its tools under the chat (`webui.ui.message_tools`: edit, versions, branch,
 delete). A saved chat file of the character that cannot be read is named in a toast when its chats open.
+
+Images are attached in the input box (a `gr.MultimodalTextbox`: drop, paste or pick them), whose value is
+``{"text": ..., "files": [paths]}``. Each file is checked when the message is sent (a bad one is a toast
+naming it); a model that cannot take them is a warning before anything is shown. Either way the message
+and its images stay in the box.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import gradio as gr
 
 from webui.chat_service import ChatOptions, ChatService
 from webui.errors import HearthError
+from webui.media import MediaError
 from webui.prompts.chat import CHAT_MODES
 from webui.prompts.history import ChatHistory
+from webui.ui.chat_images import image_file, read_attachments
 from webui.ui.chat_options_panel import build_chat_options_panel
 from webui.ui.chat_session import ChatRef, ChatSession, Reply
 from webui.ui.chat_view import NO_MODEL, chat_messages, dropped_notice, reply_messages, token_label
@@ -43,6 +50,23 @@ BUSY = "A reply is still being written: wait for it, or press Stop (Esc)."
 OPEN_CHATS_KEY = "hearth-open-chats"
 States = dict[str, Any] | None
 Start = Callable[[ChatHistory, ChatOptions, threading.Event], Reply]
+#: The input box's value: ``{"text": str, "files": [path, ...]}`` (a plain string from older callers).
+Box = dict[str, Any] | str | None
+#: Gradio turns a longer paste into a text file attachment; a chat message is text, however long.
+PASTE_AS_TEXT = 10**9
+
+
+def box_text(box: Box) -> str:
+    return box if isinstance(box, str) else str((box or {}).get("text") or "")
+
+
+def box_files(box: Box) -> list[str]:
+    return [] if isinstance(box, str) else [str(f) for f in (box or {}).get("files") or []]
+
+
+def _typed(text: str, box: Box) -> dict[str, Any]:
+    """The input box showing `text`, keeping the images attached in `box`."""
+    return {"text": text, "files": box_files(box)}
 
 
 def _buttons(busy: bool) -> tuple[Any, ...]:
@@ -89,13 +113,13 @@ class ChatTab:
         )
 
     def status(
-        self, text: str, history_state: States, character_state: dict[str, Any], params: dict[str, Any]
+        self, box: Box, history_state: States, character_state: dict[str, Any], params: dict[str, Any]
     ) -> tuple[Any, Any]:
         """The no-model notice and the token count; never raises (it runs as the user types)."""
         loaded = self.ctx.app.models.model is not None
         try:
             history = self.session.current(history_state, character_state)
-            count = self.session.token_count(history, text or "", chat_options(character_state), params)
+            count = self.session.token_count(history, box_text(box), chat_options(character_state), params)
             label = token_label(count)
         except HearthError as exc:
             label = f"Tokens: {exc}"
@@ -103,10 +127,16 @@ class ChatTab:
 
     # -- replies -------------------------------------------------------------------------------------
     def _reply(
-        self, start: Start, history_state: States, character_state: dict[str, Any], request: gr.Request | None
+        self,
+        start: Start,
+        history_state: States,
+        character_state: dict[str, Any],
+        request: gr.Request | None,
+        box: Box = None,
     ) -> Iterator[tuple[Any, ...]]:
         """Stream the reply ``start(history, options, cancel)`` makes into (chatbot, history, input box,
-        notice, *buttons): the user's message and a typing bubble at once, the buttons busy until the end."""
+        notice, *buttons): the user's message and a typing bubble at once, the buttons busy until the end.
+        `box`: the input box's value at sending (put back, images too, if the reply cannot start)."""
         skip = gr.skip()
         if self.cancels.busy(request):
             gr.Warning(BUSY)
@@ -115,17 +145,23 @@ class ChatTab:
         with toasts(), self.cancels.running(request) as cancel:
             options = chat_options(character_state)
             history = self.session.current(history_state, character_state)
-            reply = start(history, options, cancel)
+            try:
+                reply = start(history, options, cancel)
+            except MediaError as exc:  # images the model cannot take: nothing shown, the box keeps them
+                gr.Warning(str(exc))
+                yield (skip,) * 8
+                return
             speakers = self.session.speakers(options)
             shown = chat_messages(reply.shown, speakers, typing=reply.typing)
-            yield shown, skip, "" if reply.user_text else skip, "", *_buttons(True)
+            yield shown, skip, "" if reply.sent else skip, "", *_buttons(True)
             try:
                 first = next(reply.updates)  # the prompt is planned here: a message that cannot fit fails now
             except StopIteration:
                 return
             except HearthError as exc:  # the message goes back to the input box, the chat stays as it was
                 gr.Warning(str(exc))  # a toast, not gr.Error: that would mark every output as failed
-                yield chat_messages(history, speakers), skip, reply.user_text or skip, skip, *_buttons(False)
+                back = _typed(reply.user_text or "", box) if reply.sent else skip
+                yield chat_messages(history, speakers), skip, back, skip, *_buttons(False)
                 return
             for update in throttle(itertools.chain([first], reply.updates)):
                 if not update.done:
@@ -139,17 +175,25 @@ class ChatTab:
 
     def send(
         self,
-        text: str,
+        box: Box,
         history_state: States,
         character_state: dict[str, Any],
         params: dict[str, Any],
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
+        """The input box's message and images sent; a file that is no usable image is one error toast
+        naming it, and nothing is sent."""
+        with toasts():
+            images = read_attachments(box_files(box))
+        text = box_text(box)
         yield from self._reply(
-            lambda history, options, cancel: self.session.send(history, text, options, params, cancel),
+            lambda history, options, cancel: self.session.send(
+                history, text, options, params, cancel, images
+            ),
             history_state,
             character_state,
             request,
+            box,
         )
 
     def redo(self, action: Callable[..., Reply]) -> Callable[..., Iterator[tuple[Any, ...]]]:
@@ -172,23 +216,25 @@ class ChatTab:
 
     def impersonate(
         self,
-        text: str,
+        box: Box,
         history_state: States,
         character_state: dict[str, Any],
         params: dict[str, Any],
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
-        """The model writes the user's message into the input box (outputs: the box, *buttons)."""
+        """The model writes the user's message into the input box (outputs: the box, *buttons); images
+        attached there stay."""
         if self.cancels.busy(request):
             gr.Warning(BUSY)
             yield (gr.skip(),) * 5
             return
         with toasts(), self.cancels.running(request) as cancel:
             history = self.session.current(history_state, character_state)
-            texts = self.session.impersonate(history, text, chat_options(character_state), params, cancel)
+            options = chat_options(character_state)
+            texts = self.session.impersonate(history, box_text(box), options, params, cancel)
             yield gr.skip(), *_buttons(True)
             for typed in throttle(texts):
-                yield typed, *(gr.skip(),) * 4
+                yield _typed(typed, box), *(gr.skip(),) * 4
             yield gr.skip(), *_buttons(False)
 
     def busy_notice(self) -> None:
@@ -199,11 +245,16 @@ class ChatTab:
         return (gr.skip(),) * 4 if self.cancels.busy(request) else _buttons(False)
 
     # -- hand edits ----------------------------------------------------------------------------------
-    def remove(self, typed: str, history_state: States, character_state: dict[str, Any]) -> tuple[Any, Any]:
-        """Drop the last exchange; its message goes back to the input box unless something is typed there."""
+    def remove(self, box: Box, history_state: States, character_state: dict[str, Any]) -> tuple[Any, Any]:
+        """Drop the last exchange; its message (and images) go back to the input box unless something is
+        typed or attached there."""
         with toasts():
-            history, text = self.session.remove_last(self.session.current(history_state, character_state))
-        return history.to_dict(), gr.skip() if typed.strip() else text
+            before = self.session.current(history_state, character_state)
+            history, text = self.session.remove_last(before)
+        if box_text(box).strip() or box_files(box):
+            return history.to_dict(), gr.skip()
+        images = self.session.removed_images(before, history)
+        return history.to_dict(), {"text": text, "files": [image_file(image) for image in images]}
 
     def last_reply(self, history_state: States, character_state: dict[str, Any]) -> str:
         with toasts():
@@ -211,11 +262,12 @@ class ChatTab:
         gr.Info("Last reply copied")
         return reply
 
-    def add_turn(self, role: str) -> Callable[[str, States, dict[str, Any]], tuple[Any, str]]:
-        def add(text: str, history_state: States, character_state: dict[str, Any]) -> tuple[Any, str]:
+    def add_turn(self, role: str) -> Callable[[Box, States, dict[str, Any]], tuple[Any, str]]:
+        def add(box: Box, history_state: States, character_state: dict[str, Any]) -> tuple[Any, str]:
             with toasts():
+                images = read_attachments(box_files(box))
                 history = self.session.current(history_state, character_state)
-                return self.session.add_turn(history, role, text).to_dict(), ""
+                return self.session.add_turn(history, role, box_text(box), images).to_dict(), ""
 
         return add
 
@@ -263,12 +315,16 @@ def build_chat_tab(ctx: UIContext) -> None:
             build_message_tools(tab, chatbot, notice)  # click a message: edit, versions, branch, delete
             with gr.Row():
                 # one line that grows: Gradio then sends on Enter and keeps Shift+Enter a newline
-                user_input = gr.Textbox(
+                user_input = gr.MultimodalTextbox(
                     show_label=False,
-                    placeholder="Send a message (Enter)",
+                    placeholder="Send a message (Enter) · drop, paste or attach images",
+                    file_types=["image"],
+                    file_count="multiple",
                     lines=1,
                     max_lines=12,
                     scale=6,
+                    submit_btn=False,
+                    max_plain_text_length=PASTE_AS_TEXT,
                     elem_id="chat-input",
                 )
                 generate = gr.Button("Generate", variant="primary", scale=1, elem_id="chat-generate")

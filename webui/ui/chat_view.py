@@ -5,14 +5,21 @@ and the short notices around the input box. Plain functions of plain values; no 
 A reply of a thinking model (its reasoning kept apart in ``metadata["reasoning"]`` by the chat service)
 shows as two messages: a "Thinking" thought above the answer (Gradio draws a message with
 ``metadata["title"]`` as a collapsible block: open with a spinner while ``status`` is "pending", closed once
-"done"), then the answer, so the copy button, Copy last reply and the token count work on the answer."""
+"done"), then the answer, so the copy button, Copy last reply and the token count work on the answer.
+
+A user message's images show under its text as thumbnails (file parts of the message: Gradio draws an
+image file as an ``<img>``); `webui.ui.chat_images` writes the files the browser is served. An image a
+saved chat could not load back is a line saying so in its message."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from webui.chat_service import ChatUpdate
+from webui.media import Image
 from webui.prompts.history import ChatHistory, Turn
+from webui.prompts.history_media import MEDIA_NOTES
+from webui.ui.chat_images import thumbnail_file
 from webui.ui.chat_session import TokenCount
 from webui.ui.markup import literal_markdown, literal_text
 
@@ -57,12 +64,15 @@ def turn_messages(
     """One turn's messages: a reply's Thinking block (`pending`: still being written) above its answer; a
     reply that has only reasoning so far (or was cut off in it) is the block alone."""
     text = str(turn.metadata.get("visible") or turn.content)
+    notes = turn.metadata.get(MEDIA_NOTES)
+    if isinstance(notes, list) and notes:
+        text = "\n\n".join([text, *(f"⚠️ {note}" for note in notes)]).strip()
     reasoning = str(turn.metadata.get("reasoning") or "") if turn.role == "assistant" else ""
     mark = version_mark(turn)
+    shown = message(turn.role, text, speakers, mark, turn.images)
     if not reasoning:
-        return [message(turn.role, text, speakers, mark)]
-    answer = [message(turn.role, text, speakers, mark)] if text.strip() else []
-    return [thought(reasoning, pending), *answer]
+        return [shown]
+    return [thought(reasoning, pending), *([shown] if text.strip() or turn.images else [])]
 
 
 def version_mark(turn: Turn) -> str:
@@ -109,8 +119,15 @@ def reply_messages(
     return messages
 
 
-def message(role: str, text: str, speakers: tuple[str, str] | None = None, mark: str = "") -> dict[str, Any]:
-    """A chatbot message: the speaker's name (and a reply's version `mark`) above the text."""
+def message(
+    role: str,
+    text: str,
+    speakers: tuple[str, str] | None = None,
+    mark: str = "",
+    images: tuple[Image, ...] = (),
+) -> dict[str, Any]:
+    """A chatbot message: the speaker's name (and a reply's version `mark`) above the text, then its
+    `images` (the content is a list of parts then, else the text alone)."""
     body = literal_markdown(text)
     if speakers is not None:
         name = speakers[0] if role == "user" else speakers[1]
@@ -118,7 +135,15 @@ def message(role: str, text: str, speakers: tuple[str, str] | None = None, mark:
         body = f"{header}\n\n{body}"
     elif mark:
         body = f"{mark}\n\n{body}"
-    return {"role": role, "content": body}
+    if not images:
+        return {"role": role, "content": body}
+    parts = [image_part(image, index) for index, image in enumerate(images, 1)]
+    return {"role": role, "content": [body, *parts] if body.strip() else parts}
+
+
+def image_part(image: Image, number: int) -> dict[str, Any]:
+    """An image of a message as a chatbot file part (its thumbnail; Gradio reads the type from the name)."""
+    return {"path": thumbnail_file(image), "alt_text": f"image {number} ({image.width} x {image.height})"}
 
 
 def dropped_notice(dropped_turns: int) -> str:

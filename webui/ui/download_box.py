@@ -1,5 +1,9 @@
 """The Model tab's download box: user/repo[:branch] -> list files -> pick a GGUF quant -> download.
 
+A vision model's GGUF repo also holds a multimodal projector (mmproj): the box offers it with the quant
+(a ticked checkbox naming the file), as llama-server's ``-hf`` does; both land in one folder, where the
+llama.cpp loader's ``mmproj auto`` finds it.
+
 Listing and transfers are `webui.hub` / `webui.download`; this renders their progress events as a bar
 (bytes, speed, ETA) and wires Cancel to the download's cancel event. One download per browser session:
 the cancel events are kept by session hash, so two people downloading do not cancel each other.
@@ -41,8 +45,9 @@ def progress_html(event: ProgressEvent) -> str:
     )
 
 
-def quant_choices(spec: str) -> tuple[list[tuple[str, str]], str]:
-    """Dropdown choices (label with size, quant label) and a summary line for a repo."""
+def quant_choices(spec: str) -> tuple[list[tuple[str, str]], str, str | None]:
+    """Dropdown choices (label with size, quant label), a summary line for a repo, and the label of the
+    projector (mmproj) that comes with a quant (None when the repo has none)."""
     listing = list_repo(spec)
     choices = [
         (f"{label} — {human_bytes(sum(f.size for f in files))} — {files[0].path}", label)
@@ -53,7 +58,11 @@ def quant_choices(spec: str) -> tuple[list[tuple[str, str]], str]:
     )
     if listing.kind == "gguf":
         summary += f"; {len(choices)} GGUF quantizations — pick one"
-    return choices, summary
+    projector = listing.projector if listing.kind == "gguf" else None
+    if projector is not None:
+        summary += "; a vision model: its projector comes with the quant"
+        return choices, summary, f"With its projector for images: {projector.path} ({human_bytes(projector.size)})"
+    return choices, summary, None
 
 
 class DownloadBox:
@@ -63,15 +72,16 @@ class DownloadBox:
         self.app = app
         self._cancels: dict[str, threading.Event] = {}
 
-    def list_files(self, spec: str) -> tuple[Any, str]:
+    def list_files(self, spec: str) -> tuple[Any, str, Any]:
         try:
-            choices, summary = quant_choices(spec)
+            choices, summary, projector = quant_choices(spec)
         except HubError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         value = choices[0][1] if len(choices) == 1 else None
-        return gr.update(choices=choices, value=value, visible=bool(choices)), summary
+        mmproj = gr.update(visible=True, value=True, label=projector) if projector else gr.update(visible=False, value=True)
+        return gr.update(choices=choices, value=value, visible=bool(choices)), summary, mmproj
 
-    def start(self, spec: str, quant: str | None, request: gr.Request) -> Iterator[tuple[str, Any]]:
+    def start(self, spec: str, quant: str | None, with_mmproj: bool, request: gr.Request) -> Iterator[tuple[str, Any]]:
         """Run the download in a thread and stream its progress; the last yield names the new model."""
         cancel = threading.Event()
         self._cancels[request.session_hash or ""] = cancel
@@ -86,6 +96,7 @@ class DownloadBox:
                     on_progress=events.put,
                     cancel=cancel,
                     loras_dir=self.app.settings.loras_dir,
+                    mmproj=bool(with_mmproj),
                 )
                 # a LoRA adapter repo lands in the LoRA folder: the model list has nothing new to select
                 events.put(f"LoRA {path.name}" if path.parent == self.app.settings.loras_dir else path.name)
@@ -134,13 +145,14 @@ def build_download_box(app: App) -> gr.Textbox:
         quant = gr.Dropdown(
             label="File (GGUF quantization)", choices=[], visible=False, elem_id="download-quant"
         )
+        mmproj = gr.Checkbox(label="With its projector for images", value=True, visible=False, elem_id="download-mmproj")
         with gr.Row():
             start = gr.Button("Download", variant="primary", elem_id="download-start")
             stop = gr.Button("Cancel", elem_id="download-cancel")
         progress = gr.HTML()
         finished = gr.Textbox(visible=False)
-    list_button.click(box.list_files, [spec], [quant, summary])
-    spec.submit(box.list_files, [spec], [quant, summary])
-    start.click(box.start, [spec, quant], [progress, finished], concurrency_limit=None)
+    list_button.click(box.list_files, [spec], [quant, summary, mmproj])
+    spec.submit(box.list_files, [spec], [quant, summary, mmproj])
+    start.click(box.start, [spec, quant, mmproj], [progress, finished], concurrency_limit=None)
     stop.click(box.cancel, None, None, queue=False)
     return finished

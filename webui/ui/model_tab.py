@@ -127,9 +127,18 @@ def info_markdown(app: App) -> str:
             "Chat template",
             "found in the model" if info.chat_template else "not found (detected from the name)",
         ),
+        ("Images", _vision_text(model)),
         ("Load parameters", load_params_text(app)),
     ]
     return "\n".join(f"- **{k}:** {html.escape(str(v))}" for k, v in rows)
+
+
+def _vision_text(model) -> str:
+    """Whether the model takes images, how many, and through which projector (llama.cpp's mmproj)."""
+    if not model.max_images:
+        return "no"
+    projector = model.info.extra.get("projector")
+    return f"up to {model.max_images} per prompt" + (f" (projector {projector})" if projector else "")
 
 
 class ModelTab:
