@@ -33,6 +33,17 @@ def vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vlm_gguf_dir(vlm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny vision model as llama.cpp files (tests/vision_gguf.py: llama.cpp's own converter): a
+    models folder holding tiny-vlm-gguf/ (the text GGUF and its mmproj projector)."""
+    from tests.vision_gguf import build_vlm_gguf
+
+    root = tmp_path_factory.mktemp("vision-gguf")
+    build_vlm_gguf(vlm_dir, root / "tiny-vlm-gguf")
+    return root
+
+
+@pytest.fixture(scope="session")
 def loaders() -> dict:
     return collect_loaders(make_plugin_manager())
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from loaders.llamacpp import LlamaCppLoader, find_gguf
-from tests.vision_gguf import build_qwen2vl_gguf, build_vlm_gguf, mtmd_reference_logits
+from tests.vision_gguf import build_qwen2vl_gguf, mtmd_reference_logits
 from tests.vision_models import IMAGE_SIZE, IMAGE_TOKENS
 from webui.errors import LoaderError
 from webui.events import Finished
@@ -61,11 +61,9 @@ def picture(seed: int, size: int = IMAGE_SIZE) -> Image:
 
 
 @pytest.fixture(scope="session")
-def vision_models(vlm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def vision_models(vlm_gguf_dir: Path) -> Path:
     """A models folder holding tiny-vlm-gguf/: the text GGUF and its projector."""
-    root = tmp_path_factory.mktemp("vision-models")
-    build_vlm_gguf(vlm_dir, root / MODEL)
-    return root
+    return vlm_gguf_dir
 
 
 @pytest.fixture
