@@ -57,6 +57,7 @@ def input_text(mtmd: Any, text: str) -> Any:
     request.text, request.text_len, request.add_special, request.parse_special = encoded, len(encoded), False, True
     return request
 
+
 class ImageChunk:
     """One image (or one slice of it) as mtmd tokenized it: an owned copy of the chunk, freed with this object."""
 
@@ -276,6 +277,15 @@ class LlamaVision:
             spans = [ImageSpan(s.start + 1, s.n_tokens, s.n_pos, s.sha256, s.chunk) for s in spans]
         self._layouts.add(ids, spans)
         return ids
+
+    def image_tokens(self, image: Image) -> int:
+        """The ids mtmd makes of one image (its wrapping tokens included); nothing is remembered."""
+        if self._projector is None:
+            return 0
+        ids, spans = self._projector.tokenize(MEDIA_MARKER, [image])
+        for span in spans:
+            span.chunk.close()
+        return len(ids)
 
     def _spans(self, ids: Sequence[int]) -> list[ImageSpan]:
         return self._layouts.spans_for(ids) if self._projector is not None else []

@@ -170,6 +170,12 @@ class TransformersVisionModel(TransformersModel):
         self._layouts = [layout, *self._layouts[: KEPT_PROMPTS - 1]]
         return ids
 
+    def image_tokens(self, image: Image) -> int:
+        """The ids the processor makes of one image's placeholder (its wrapping tokens included)."""
+        if self._problem or self._placeholder is None:
+            return 0
+        return len(self._process(self._placeholder, _decode([image]))["input_ids"][0])
+
     def _process(self, text: str, pictures: list[Any]) -> Any:
         try:
             return self._processor(

@@ -79,16 +79,18 @@ def scripted_manager(tmp_path: Path, scripted_plugins) -> ModelManager:
 def say(scripted_manager: ModelManager):
     """``say(["Hel", "lo"], ..., n_ctx=256, filler=" ", vision=0, native_greedy=False)``: write a scripted
     model saying those replies into the models folder and load it by name, the loader chosen by its score
-    (`vision`: the most images a prompt may carry)."""
+    (`vision`: the most images a prompt may carry; `image_cost`: the tokens each takes)."""
     from itertools import count
 
     from tests.scripted_loader import write_script
 
     names = count()
 
-    def load(*replies: list[str], n_ctx: int = 256, filler: str = " ", vision: int = 0, **params: object):
+    def load(*replies: list[str], n_ctx: int = 256, filler: str = " ", vision: int = 0, image_cost: int = 1,
+             **params: object):
         name = f"script-{next(names)}"
-        write_script(scripted_manager.models_dir, name, *replies, n_ctx=n_ctx, filler=filler, vision=vision)
+        write_script(scripted_manager.models_dir, name, *replies, n_ctx=n_ctx, filler=filler, vision=vision,
+                     image_cost=image_cost)
         return scripted_manager.load(name, params=params)
 
     return load

@@ -13,8 +13,9 @@ of one reply makes the model say the next one), and a finished reply ends with E
 the model says the filler token and then its reply again, for as long as the generation lets it.
 A prompt that ends with the opening tokens of a reply counts them as already said.
 
-``"vision": N`` in the script makes a model that takes up to N images per prompt: each image becomes one
-``<image>`` token, and the model records the SHA-256 of the images of every prompt (`seen_images`).
+``"vision": N`` in the script makes a model that takes up to N images per prompt: each image becomes
+``"image_cost"`` (default 1) ``<image>`` tokens, and the model records the SHA-256 of the images of every
+prompt (`seen_images`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ _SCORES = (20.0, 12.0, 6.0, 3.0)
 
 
 def write_script(
-    models_dir: Path, name: str, *replies: Sequence[str], n_ctx: int = 256, filler: str = " ", vision: int = 0
+    models_dir: Path, name: str, *replies: Sequence[str], n_ctx: int = 256, filler: str = " ", vision: int = 0,
+    image_cost: int = 1,
 ) -> Path:
     """A scripted model folder in `models_dir` that says `replies` (lists of token texts); `vision`: the
     most images a prompt may carry (0: none)."""
@@ -53,6 +55,7 @@ def write_script(
         "n_ctx": n_ctx,
         "filler": filler,
         "vision": vision,
+        "image_cost": image_cost,
     }
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder
@@ -80,7 +83,7 @@ class ScriptedModel(Model):
 
     def __init__(
         self, info: ModelInfo, replies: list[list[str]], n_ctx: int, filler: str, native_greedy: bool,
-        vision: int = 0,
+        vision: int = 0, image_cost: int = 1,
     ):
         self.info = info
         pieces = dict.fromkeys(p.encode("utf-8") for reply in [*replies, [filler]] for p in reply)
@@ -88,7 +91,7 @@ class ScriptedModel(Model):
         self.vocab += [p for p in pieces if len(p) > 1]
         self.image_token = len(self.vocab)
         self.vocab.append(b"<image>")
-        self.max_images = vision
+        self.max_images, self.image_cost = vision, image_cost
         #: The SHA-256 of the images of each prompt given to `tokenize_media`, in order.
         self.seen_images: list[list[str]] = []
         self._ids = {text: i for i, text in enumerate(self.vocab) if i >= _FIRST_BYTE}
@@ -132,13 +135,16 @@ class ScriptedModel(Model):
         return ids
 
     def tokenize_media(self, text: str, images: Sequence[Image], add_bos: bool = True) -> list[int]:
-        """One ``<image>`` token per image, in the marker's place."""
+        """`image_cost` ``<image>`` tokens per image, in the marker's place."""
         self.seen_images.append([image.sha256 for image in images])
         first, *rest = text.split(MEDIA_MARKER)
         ids = self.tokenize(first, add_bos)
         for piece in rest:
-            ids += [self.image_token, *self.tokenize(piece, add_bos=False)]
+            ids += [self.image_token] * self.image_cost + self.tokenize(piece, add_bos=False)
         return ids
+
+    def image_tokens(self, image: Image) -> int:
+        return self.image_cost
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return b"".join(self.vocab[i] for i in ids if i >= _FIRST_BYTE and i != self.image_token).decode(
@@ -234,7 +240,7 @@ class ScriptedLoader(Loader):
         )
         model = ScriptedModel(
             info, script["replies"], n_ctx, script.get("filler", " "), params["native_greedy"],
-            int(script.get("vision", 0)),
+            int(script.get("vision", 0)), int(script.get("image_cost", 1)),
         )
         info.vocab_size = model.vocab_size
         return model

@@ -184,7 +184,7 @@ def test_misplaced_or_missing_image_fields(served: Served):
         error = assert_error(
             c.post("/v1/chat/completions", json={"messages": too_many, "max_tokens": 2}), 400
         )
-        assert "3 images in one prompt" in error["message"] and "seer takes at most 2" in error["message"]
+        assert "3 images in one message" in error["message"] and "seer takes at most 2" in error["message"]
 
 
 def test_a_model_without_vision_is_a_400_naming_it(served: Served, client: openai.OpenAI):

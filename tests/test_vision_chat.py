@@ -280,14 +280,31 @@ def test_a_typed_marker_is_refused_before_the_message_is_saved(scripted_app: Any
     assert plain.text == "I see"
 
 
-def test_over_the_models_limit_counts_the_chats_earlier_images(scripted_app: Any) -> None:
+def test_a_long_chat_drops_its_oldest_images_to_stay_within_the_models_limit(scripted_app: Any) -> None:
     service = load(scripted_app, vision=2, name="two-eyes")
     history = (
         ChatHistory.new("Assistant").with_turn("user", "one", images=[RED, BLUE]).with_turn("assistant", "ok")
     )
-    with pytest.raises(MediaError, match="3 images in one prompt.*two-eyes takes at most 2"):
-        next(service.stream_reply(history, "and this", ChatOptions(), SETTINGS, images=[GREEN]))
-    assert service.histories.list_chats("Assistant") == []
-    service.check_images(images=[GREEN, RED])
-    with pytest.raises(MediaError, match="takes at most 2"):
-        service.check_images(history, [GREEN])
+    *_, last = service.stream_reply(history, "and this", ChatOptions(), SETTINGS, images=[GREEN])
+    assert scripted_app.models.model.seen_images[-1] == [GREEN.sha256] and last.dropped_turns == 2
+    assert last.history.turns[0].images == (RED, BLUE)  # dropped from the prompt, never from the chat
+    with pytest.raises(MediaError, match="3 images in one message; two-eyes takes at most 2"):
+        service.check_images(history, [GREEN, RED, BLUE])
+    service.check_images(history, [GREEN, RED])
+
+
+def test_fitting_counts_what_an_image_really_costs(scripted_app: Any) -> None:
+    """Each image takes 150 tokens of a 700-token context (the scripted tokenizer reads a byte per token):
+    counted as its marker's text, three turns with images would seem to fit and the core would refuse the
+    prompt; counted as 150 each, the oldest exchange drops and the reply comes."""
+    write_script(scripted_app.settings.models_dir, "costly", ["I", " see"], n_ctx=700, vision=8, image_cost=150)
+    scripted_app.models.load("costly")
+    service = ChatService(scripted_app)
+    history = ChatHistory.new("Assistant")
+    for image in (RED, BLUE):
+        history = history.with_turn("user", "look", images=[image]).with_turn("assistant", "ok")
+    *_, last = service.stream_reply(history, "and now?", ChatOptions(), SETTINGS, images=[GREEN])
+    assert last.text == "I see" and last.dropped_turns == 2
+    assert scripted_app.models.model.seen_images[-1] == [BLUE.sha256, GREEN.sha256]
+
+

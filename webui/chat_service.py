@@ -20,6 +20,7 @@ from webui.app import App
 from webui.chat_messages import ChatError, ImageResolver, messages_to_history
 from webui.events import Finished
 from webui.generation import GenerationRequest
+from webui.loader_api import Model
 from webui.media import Image, MediaError, check_placement
 from webui.plugins import PromptBuilder
 from webui.prompts.characters import Character, CharacterStore, default_character
@@ -142,6 +143,7 @@ class ChatService:
         self.histories = HistoryStore(app.settings.user_data_dir)
         self.templates = TemplateLibrary(app.settings.templates_dir, user_templates_dir(app.settings.user_data_dir))
         self._reasoning: dict[tuple[int, str], ReasoningFormat | None] = {}  # the last model + template's
+        self._image_costs: tuple[object, dict[str, int]] = (None, {})  # the loaded model's, by image sha256
 
     # -- ingredients ------------------------------------------------------------------------------
     def template(self, name: str | None = None, text: str | None = None) -> DetectedTemplate:
@@ -194,6 +196,9 @@ class ChatService:
         model = self.app.models.require()
         budget = min(truncation_length or model.n_ctx, model.n_ctx) - max_new_tokens
 
+        def image_tokens(image: Image) -> int:
+            return self.image_tokens(model, image)
+
         def build(user_input: str | None, history: ChatHistory, options: ChatOptions, character: Character) -> ChatPrompt:
             template = self.template(options.instruction_template, options.instruction_template_text)
             return build_chat_prompt(
@@ -204,9 +209,20 @@ class ChatService:
                 impersonate=impersonate, continue_last=continue_last,
                 chat_instruct_command=options.chat_instruct_command, system_message=options.system_message,
                 tools=options.tools, template_kwargs=template_kwargs(options), images=images,
+                image_tokens=image_tokens, max_images=model.max_images,
             )
 
         return build
+
+    def image_tokens(self, model: Model, image: Image) -> int:
+        """What `image` costs in `model`'s prompt (`Model.image_tokens`), asked once per image while the model
+        stays loaded: fitting and the Chat tab's live count ask often."""
+        owner, costs = self._image_costs
+        if owner is not model:
+            self._image_costs = owner, costs = model, {}
+        if image.sha256 not in costs:
+            costs[image.sha256] = model.image_tokens(image) if model.max_images else 0
+        return costs[image.sha256]
 
     # -- replies ----------------------------------------------------------------------------------
     def plan_reply(self, history: ChatHistory, user_input: str | None, options: ChatOptions,
@@ -296,19 +312,21 @@ class ChatService:
         return self.plan_reply(history, user_input, options, probe, continue_last=continue_last, images=images)
 
     def check_images(self, history: ChatHistory | None = None, images: Sequence[Image] = ()) -> None:
-        """Whether the loaded model can take a prompt with the images of `history` and `images` (a new
-        message's): MediaError naming the model and the fix otherwise (no vision: load its projector or a
-        vision model; more than its limit). NoModelLoaded without a model. The Chat tab calls it before it
-        shows a message; `plan_reply` checks the images its prompt keeps (a long chat's oldest may drop)."""
-        images = [*(history.images if history is not None else ()), *images]
-        if not images:
+        """Whether the loaded model can take the chat `history` with `images` (a new message's): MediaError
+        naming the model and the fix otherwise (images for a model without vision: load its projector or a
+        vision model; more new images than its limit). NoModelLoaded without a model. The Chat tab calls it
+        before it shows a message. A chat's earlier images count against the limit only as far as the prompt
+        keeps them: fitting drops the oldest exchanges first (`build_chat_prompt`'s max_images), and
+        `plan_reply` checks the images its prompt keeps."""
+        earlier = history.images if history is not None else ()
+        if not (earlier or images):
             return
         model = self.app.models.require()
         if model.max_images <= 0 or model.remote is not None:
             raise MediaError(model.vision_missing())
         if len(images) > model.max_images:
-            raise MediaError(f"{len(images)} images in one prompt (this message's and the chat's earlier ones); "
-                             f"{model.info.name} takes at most {model.max_images}: remove some, or start a new chat")
+            raise MediaError(f"{len(images)} images in one message; {model.info.name} takes at most "
+                             f"{model.max_images} per prompt: send fewer")
 
     def finish_reply(self, plan: ReplyPlan, generated: str, trim: bool = True) -> str:
         """The final reply: prefix + generated (`trim`: stripped, for the Chat tab), after the output modifier."""

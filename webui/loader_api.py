@@ -197,6 +197,12 @@ class Model(ABC):
         Default: no vision (`vision_missing`)."""
         raise MediaError(self.vision_missing())
 
+    def image_tokens(self, image: Image) -> int:
+        """How many tokens `image` takes in a prompt (with the model's own wrapping tokens), without keeping
+        anything: the chat's history fitting drops old exchanges by it. Called from any thread, so it must not
+        touch the evaluation state. Default 0 (an image then counts as its marker's text)."""
+        return 0
+
     #: Whether `set_loras` can apply LoRA adapters to this model without reloading it.
     supports_loras: bool = False
 

@@ -125,6 +125,8 @@ def build_chat_prompt(
     tools: Sequence[dict[str, Any]] = (),
     template_kwargs: dict[str, Any] | None = None,
     images: Sequence[Image] = (),
+    image_tokens: Callable[[Image], int] | None = None,
+    max_images: int = 0,
 ) -> ChatPrompt:
     """Build the prompt for the next reply (or, with impersonate, the user's next message).
 
@@ -134,7 +136,10 @@ def build_chat_prompt(
     ``system_message`` overrides the character context as the instruct system prompt (instruct modes).
     ``max_prompt_tokens`` is truncation_length - max_new_tokens; oldest exchanges drop until it fits.
     ``tools`` (OpenAI function tools) and ``template_kwargs`` (``enable_thinking``, ``reasoning_effort``...)
-    reach the template (instruct modes; see `render_chat`). ``images`` are the new user message's.
+    reach the template (instruct modes; see `render_chat`). ``images`` are the new user message's;
+    ``image_tokens`` says what an image costs in the model's tokens (`Model.image_tokens`), so that fitting
+    drops old exchanges by what their images really take (by default an image counts as its marker text);
+    ``max_images`` (0: no limit) drops old exchanges until the images kept are within the model's limit.
     """
     if mode not in CHAT_MODES:
         raise ValueError(f"mode must be one of {CHAT_MODES}, got {mode!r}")
@@ -176,19 +181,30 @@ def build_chat_prompt(
         kept = [t for group in groups[dropped_groups:] for t in group]
         return _build(request, [*pinned, *kept, *tail])
 
+    def pictures(dropped_groups: int) -> tuple[Image, ...]:
+        kept = [*pinned, *(t for group in groups[dropped_groups:] for t in group), *tail]
+        return (*(image for turn in kept for image in turn.images), *partial_images)
+
+    def cost(dropped_groups: int) -> int:
+        """Tokens of the prompt without its oldest `dropped_groups` exchanges, images at their real size."""
+        return count_tokens(prompt_for(dropped_groups)) + sum(map(image_tokens or (lambda _: 0), pictures(dropped_groups)))
+
+    def fits(dropped_groups: int) -> bool:
+        return (not max_images or len(pictures(dropped_groups)) <= max_images) and cost(dropped_groups) <= max_prompt_tokens
+
     # Fewer kept turns never makes a prompt longer, so binary search keeps tokenizer calls at O(log n).
     # Without a new message the last exchange is the one being answered (a tool's result, a regenerated
     # reply): it is never dropped.
     low, high = 0, len(groups) - (1 if groups and not tail and not continue_last and not impersonate else 0)
-    if count_tokens(prompt_for(high)) > max_prompt_tokens:
+    if cost(high) > max_prompt_tokens:
         raise PromptTooLongError(
-            f"the prompt needs {count_tokens(prompt_for(high))} tokens with only the context, greeting and "
+            f"the prompt needs {cost(high)} tokens with only the context, greeting and "
             f"current message, over the {max_prompt_tokens} available; shorten the character context or "
             "the message, or raise the truncation length"
         )
     while low < high:
         middle = (low + high) // 2
-        if count_tokens(prompt_for(middle)) <= max_prompt_tokens:
+        if fits(middle):
             high = middle
         else:
             low = middle + 1

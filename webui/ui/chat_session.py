@@ -356,4 +356,5 @@ class ChatSession:
         except HearthError as exc:
             return TokenCount(message, None, context, problem=str(exc))
         tokens = len(model.tokenize(prompt.text, add_bos=sizes.add_bos_token))
+        tokens += sum(self.service.image_tokens(model, image) for image in prompt.images)
         return TokenCount(message, tokens, context, prompt.dropped_turns)
