@@ -4,11 +4,13 @@ Run: .venv/bin/python bench/bench_memory_estimate.py [--loader llama.cpp|Transfo
 The goal is a ratio measured/estimate within 0.90-1.10, where measured is the RSS increase of a fresh child
 process over its baseline (the loader's library already imported).
 
-llama.cpp (default): without --model it builds (once, cached in bench/.cache/) the same ~0.25B-parameter,
-32k-vocabulary Q8_0 GGUF as bench_llamacpp.py. The child loads it with llama_cpp.Llama (use_mmap=False, so the
-weights are read into counted memory rather than mapped pages that only count once touched) and fills the
-whole context with a prompt, so every KV cache page and the compute buffer at its peak are touched.
-llama.cpp's own buffer report is printed alongside for each part.
+llama.cpp (default): without --model it builds (once each, cached in bench/.cache/) the same ~0.25B-parameter,
+32k-vocabulary GGUF as bench_llamacpp.py in every type of --quants, and measures each at every --ctx. The child
+loads it with llama_cpp.Llama as Hearth's loader does (memory-mapped; --no-mmap reads it instead) and fills the
+whole context with a prompt, so every weight page, every KV cache page and the compute buffer at its peak
+are touched. Mapped pages count in RSS once touched, and weights that llama.cpp's CPU backend copies into an
+extra buffer (AMX, CPU_REPACK: webui/cpu_weight_buffers.py) count twice. llama.cpp's own buffer report is
+printed alongside, and one table at the end.
 
 Transformers (--loader Transformers [--dtype auto|float32|bfloat16]): without --model it builds the same shape
 as an F32 HF folder (bench/.cache/bench-hf/). The child loads it through Hearth's ModelManager (device cpu)
@@ -55,7 +57,7 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def measure_llamacpp(model: str, n_ctx: int, n_batch: int) -> None:
+def measure_llamacpp(model: str, n_ctx: int, n_batch: int, mmap: bool) -> None:
     """Child process: print the RSS increase (bytes) of loading `model` and filling its context."""
     import gc
 
@@ -69,7 +71,7 @@ def measure_llamacpp(model: str, n_ctx: int, n_batch: int) -> None:
         n_batch=n_batch,
         n_ubatch=n_batch,
         n_gpu_layers=0,
-        use_mmap=False,
+        use_mmap=mmap,
         verbose=True,
     )
     llm.eval([llm.token_bos()] + [1000 + i % 20000 for i in range(n_ctx - 2)])
@@ -162,19 +164,31 @@ def _parts(est: MemoryEstimate) -> str:
 
 
 def run_llamacpp(args: argparse.Namespace) -> None:
-    if args.model is None:
+    models = [args.model] if args.model else []
+    if not models:
         from tests.model_factory import build_bench_gguf
 
-        args.model = build_bench_gguf(ROOT / "bench" / ".cache")
-    params = {"n_ctx": args.ctx, "n_gpu_layers": 0, "cache_type": "f16", "flash_attn": False, "n_batch": args.batch}
-    est = estimate(args.model, "llama.cpp", params)
+        models = [build_bench_gguf(ROOT / "bench" / ".cache", quant) for quant in args.quants.split(",")]
+    rows = []
+    for model in models:
+        for n_ctx in (int(c) for c in str(args.ctx).split(",")):
+            rows.append(_measure_one(model, n_ctx, args.batch, not args.no_mmap))
+    print(f"\n{'model':<22} {'n_ctx':>6} {'file MiB':>9} {'extra MiB':>10} {'estimate':>9} {'measured':>9} {'ratio':>6}")
+    for name, n_ctx, size, extra, est, measured in rows:
+        print(f"{name:<22} {n_ctx:>6} {size:>9.1f} {extra:>10.1f} {est:>9.1f} {measured:>9.1f} {measured / est:>6.3f}")
+    print("ratio = measured RSS increase / estimate (goal 0.90-1.10); extra = llama.cpp's AMX + CPU_REPACK buffers")
+
+
+def _measure_one(model: Path, n_ctx: int, n_batch: int, mmap: bool) -> tuple[str, int, float, float, float, float]:
+    params = {"n_ctx": n_ctx, "n_gpu_layers": 0, "cache_type": "f16", "flash_attn": False, "n_batch": n_batch,
+              "mmap": mmap}
+    est = estimate(model, "llama.cpp", params)
     figures, log = _child(
-        ["--model", str(args.model), "--ctx", str(args.ctx), "--batch", str(args.batch)]
+        ["--model", str(model), "--ctx", str(n_ctx), "--batch", str(n_batch), *([] if mmap else ["--no-mmap"])]
     )
     measured = figures["rss_increase"]
-    print(
-        f"model {args.model.name}: {args.model.stat().st_size / MiB:.0f} MiB, n_ctx {args.ctx}, n_batch {args.batch}"
-    )
+    extra = sum(float(mib) for name, mib in re.findall(r"(AMX|CPU_REPACK) model buffer size =\s+([\d.]+) MiB", log))
+    print(f"model {model.name}: {model.stat().st_size / MiB:.0f} MiB, n_ctx {n_ctx}, n_batch {n_batch}, mmap {mmap}")
     print(f"estimate: {est.describe()}")
     print("llama.cpp reports (MiB): " + ", ".join(f"{k} {v:.1f}" for k, v in llama_cpp_buffers(log).items()))
     print(_parts(est))
@@ -182,9 +196,11 @@ def run_llamacpp(args: argparse.Namespace) -> None:
         f"measured RSS increase {measured / MiB:.1f} MiB, estimate {est.total / MiB:.1f} MiB, "
         f"ratio measured/estimate {measured / est.total:.3f} (goal 0.90-1.10)"
     )
+    return model.name, n_ctx, model.stat().st_size / MiB, extra, est.total / MiB, measured / MiB
 
 
 def run_transformers(args: argparse.Namespace) -> None:
+    args.ctx = int(args.ctx)
     if args.model is None:
         from tests.model_factory import build_bench_hf
 
@@ -221,7 +237,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loader", choices=("llama.cpp", "Transformers"), default="llama.cpp")
     parser.add_argument("--model", type=Path, help="a GGUF file or an HF folder (default: build the benchmark model)")
-    parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--ctx", default="2048", help="context size(s), comma-separated (llama.cpp), e.g. 2048,8192")
+    parser.add_argument("--quants", default="Q4_0,Q4_K_M,Q5_K_M,Q6_K,Q8_0",
+                        help="llama.cpp: the benchmark model's types to build and measure (comma-separated)")
+    parser.add_argument("--no-mmap", action="store_true", help="llama.cpp: read the file instead of mapping it")
     parser.add_argument("--batch", type=int, default=512, help="llama.cpp's n_batch and n_ubatch")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="Transformers' load dtype (auto is float32 on the CPU)")
@@ -229,9 +248,9 @@ def main() -> None:
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure and args.loader == "Transformers":
-        return measure_transformers(str(args.model), args.ctx, args.dtype, args.chunk)
+        return measure_transformers(str(args.model), int(args.ctx), args.dtype, args.chunk)
     if args.measure:
-        return measure_llamacpp(str(args.model), args.ctx, args.batch)
+        return measure_llamacpp(str(args.model), int(args.ctx), args.batch, not args.no_mmap)
     if args.loader == "Transformers":
         return run_transformers(args)
     return run_llamacpp(args)

@@ -2,6 +2,8 @@
 ``exllamav3.generator.sampler`` module, imported with its CUDA extension replaced by torch stand-ins for the
 few kernels its step-by-step sampler calls.
 
+The packages above it are entered without running their __init__ (which imports the whole model stack and
+triton), and `exllamav3.tokenizer` is a stand-in class: the sampler names it in type hints only.
 The stand-ins are written here from what the kernels compute (exllamav3_ext/generator/rep_pen.cu and
 gumbel.cu in the 1.6.5 wheel): a repetition penalty that divides positive logits and multiplies negative
 ones for tokens seen in the window, with a linear fade over ``decay_range``; OpenAI's presence and
@@ -14,6 +16,7 @@ keeps "the original step-by-step implementation (for testing/validation)".
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import types
@@ -92,6 +95,19 @@ def real_sampler_module() -> types.ModuleType:
     ext = types.ModuleType("exllamav3.ext")
     ext.exllamav3_ext = SamplerKernels("exllamav3_ext")
     sys.modules["exllamav3.ext"] = ext
+    # The packages above the sampler, without their __init__ (which imports the whole model stack, triton
+    # included): submodules are still found in the installed package's folders.
+    spec = importlib.util.find_spec("exllamav3")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("exllamav3 is not installed")
+    root = list(spec.submodule_search_locations)[0]
+    for name, folder in (("exllamav3", root), ("exllamav3.generator", os.path.join(root, "generator"))):
+        package = types.ModuleType(name)
+        package.__path__ = [folder]
+        sys.modules[name] = package
+    tokenizer = types.ModuleType("exllamav3.tokenizer")  # the sampler names the class in type hints only
+    tokenizer.Tokenizer = type("Tokenizer", (), {})
+    sys.modules["exllamav3.tokenizer"] = tokenizer
     os.environ["EXL3_FUSED_SAMPLER"] = "0"
     try:
         module = importlib.import_module("exllamav3.generator.sampler")

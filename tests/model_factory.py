@@ -115,12 +115,14 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_gguf(path: Path, cfg: TinyConfig, tokenizer, weights: dict[str, np.ndarray], name: str = "tiny-llama",
-               vocab: int | None = None) -> Path:
-    """Write the weights as an F32 GGUF. `vocab` larger than the tokenizer's pads it with unused tokens."""
+               vocab: int | None = None, split_max_tensors: int = 0) -> Path:
+    """Write the weights as an F32 GGUF. `vocab` larger than the tokenizer's pads it with unused tokens.
+    `split_max_tensors`: write a split GGUF (`NAME-00001-of-0000N.gguf`, ...) with at most that many tensors
+    per shard, as gguf-split does; the first shard's path is returned."""
     import gguf
 
     vocab = vocab or tokenizer.get_vocab_size()
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     writer.add_name(name)
     writer.add_context_length(cfg.context)
     writer.add_embedding_length(cfg.hidden)
@@ -155,6 +157,8 @@ def write_gguf(path: Path, cfg: TinyConfig, tokenizer, weights: dict[str, np.nda
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    if split_max_tensors:
+        return next(path.parent.glob(f"{path.stem}-00001-of-*.gguf"))
     return path
 
 
@@ -205,7 +209,7 @@ def build_bench_gguf(root: Path, quant: str = "Q8_0", vocab: int = 32000, cfg: T
     tokenizer = build_tokenizer(cfg.vocab)
     f32 = write_gguf(root / "bench-F32.gguf", cfg, tokenizer, random_weights(cfg, vocab), name="bench", vocab=vocab)
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = {"Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "Q4_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[quant]
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")  # Q8_0, Q4_K_M, Q6_K, IQ4_NL, ...
     if llama_cpp.llama_model_quantize(str(f32).encode(), str(out).encode(), params) != 0:
         raise RuntimeError("llama.cpp failed to quantize the benchmark model")
     f32.unlink()

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webui.cpu_weight_buffers import extra_buffer_bytes
 from webui.errors import HearthError
 
 GiB = 1 << 30
@@ -79,6 +80,10 @@ class ModelFacts:
     dtype: str = ""  # the checkpoint's torch dtype (HF folders)
     bytes_by_type: dict[str, int] = field(default_factory=dict)
     quantizable_params: int = 0  # HF: 2-D weights inside blocks, what bitsandbytes quantizes
+    #: GGUF: per block and for the output head, the weights llama.cpp's CPU backend copies into an extra buffer
+    #: (`webui.cpu_weight_buffers`) when they run on the CPU: (bytes as stored, bytes in the extra buffer).
+    layer_moved: tuple[tuple[int, int], ...] = ()
+    output_moved: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,7 @@ def estimate_llamacpp(facts: ModelFacts, params: dict[str, Any]) -> MemoryEstima
         facts.n_layers, n_ctx, facts.n_kv_heads, facts.head_dim, str(params.get("cache_type", "f16"))
     )
     kv_gpu = kv * blocks // max(facts.n_layers, 1)
+    extra_cpu = cpu_extra_buffers(facts, blocks, ngl > facts.n_layers, bool(params.get("mmap", True)))
     n_batch, flash_attn = int(params.get("n_batch", 512)), bool(params.get("flash_attn", False))
     compute = compute_buffer_bytes(facts, n_ctx, n_batch, flash_attn)
     overhead_gpu = compute + CUDA_RESERVE if ngl else 0
@@ -183,7 +189,16 @@ def estimate_llamacpp(facts: ModelFacts, params: dict[str, Any]) -> MemoryEstima
     else:  # only the input embedding lookup and the host copy of the batch
         overhead_cpu = 4 * 4 * facts.hidden_size * n_batch + runtime
     vram = weights_gpu + kv_gpu + overhead_gpu
-    return _split(weights_gpu, facts.weight_bytes - weights_gpu, kv, overhead_gpu + overhead_cpu, vram)
+    return _split(weights_gpu, facts.weight_bytes - weights_gpu + extra_cpu, kv, overhead_gpu + overhead_cpu, vram)
+
+
+def cpu_extra_buffers(facts: ModelFacts, gpu_blocks: int, output_on_gpu: bool, mmap: bool) -> int:
+    """What the CPU backend's extra weight buffers (AMX, CPU_REPACK: `webui.cpu_weight_buffers`) add for the
+    weights that run on the CPU: their copy, on top of the mapped file's resident pages; without mmap the copy
+    replaces the stored bytes (only a layout's extra bytes are added)."""
+    moved = [*facts.layer_moved[: max(facts.n_layers - gpu_blocks, 0)], *([] if output_on_gpu else [facts.output_moved])]
+    stored, copied = sum(m[0] for m in moved), sum(m[1] for m in moved)
+    return copied if mmap else copied - stored
 
 
 #: Tokens per forward call of Hearth's Transformers loader while reading a prompt (its PREFILL_CHUNK).
@@ -292,15 +307,35 @@ def read_model(path: str | Path) -> ModelFacts:
     raise MemoryEstimateError(f"{path.name}: expected a .gguf file or a folder with config.json")
 
 
+_SHARD = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+
+
+def gguf_shards(path: Path) -> list[Path]:
+    """Every file of a split GGUF, given any one of them (`name-00001-of-00003.gguf`, as llama.cpp's
+    gguf-split and convert_hf_to_gguf.py --split-max-size write them); [path] for a single file.
+    MemoryEstimateError names a missing shard."""
+    match = _SHARD.match(path.name)
+    if not match or int(match.group("count")) <= 1:
+        return [path]
+    count = int(match.group("count"))
+    shards = [path.with_name(f"{match.group('stem')}-{no:05d}-of-{count:05d}.gguf") for no in range(1, count + 1)]
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        raise MemoryEstimateError(f"{path.name} is one of {count} shards, and {', '.join(missing)} is missing")
+    return shards
+
+
 def read_gguf(path: str | Path) -> ModelFacts:
-    """Metadata and tensor infos of a GGUF (the first shard's tensors only, for split files)."""
+    """Metadata and tensor infos of a GGUF; a split GGUF is read from every shard (the metadata is the first's)."""
     from gguf import GGUFReader
 
     path = Path(path)
+    shards = gguf_shards(path)
     try:
-        reader = GGUFReader(path)
+        readers = [GGUFReader(shard) for shard in shards]
     except (ValueError, OSError) as exc:
         raise MemoryEstimateError(f"{path.name} is not a readable GGUF file: {exc}") from exc
+    reader = readers[0]
 
     def meta(key: str, default: Any = 0) -> Any:
         found = reader.fields.get(key)
@@ -313,17 +348,24 @@ def read_gguf(path: str | Path) -> ModelFacts:
     n_layers = int(meta(f"{arch}.block_count"))
     hidden, n_heads = int(meta(f"{arch}.embedding_length")), int(meta(f"{arch}.attention.head_count", 1)) or 1
     layer_bytes, by_type = [0] * n_layers, {}
+    layer_moved, output_moved = [(0, 0)] * n_layers, (0, 0)
     input_bytes = output_bytes = n_params = 0
-    for tensor in reader.tensors:
+    for tensor in (tensor for shard in readers for tensor in shard.tensors):
+        size, kind = int(tensor.n_bytes), tensor.tensor_type.name
         n_params += int(tensor.n_elements)
-        by_type[tensor.tensor_type.name] = by_type.get(tensor.tensor_type.name, 0) + int(tensor.n_bytes)
+        by_type[kind] = by_type.get(kind, 0) + size
+        extra = extra_buffer_bytes(kind, tuple(int(d) for d in tensor.shape))
+        moved = (size, extra) if extra else (0, 0)
         block = re.match(r"blk\.(\d+)\.", tensor.name)
         if block and int(block.group(1)) < n_layers:
-            layer_bytes[int(block.group(1))] += int(tensor.n_bytes)
+            index = int(block.group(1))
+            layer_bytes[index] += size
+            layer_moved[index] = (layer_moved[index][0] + moved[0], layer_moved[index][1] + moved[1])
         elif tensor.name.startswith("token_embd"):
-            input_bytes += int(tensor.n_bytes)
+            input_bytes += size  # read by row (GET_ROWS): never moved
         else:
-            output_bytes += int(tensor.n_bytes)
+            output_bytes += size
+            output_moved = (output_moved[0] + moved[0], output_moved[1] + moved[1])
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     return ModelFacts(
         format="gguf",
@@ -337,9 +379,11 @@ def read_gguf(path: str | Path) -> ModelFacts:
         ffn_size=int(meta(f"{arch}.feed_forward_length")),
         vocab_size=int(meta(f"{arch}.vocab_size", len(tokens.data) if tokens else 0)),
         context_length=int(meta(f"{arch}.context_length")),
-        file_size=path.stat().st_size,
+        file_size=sum(shard.stat().st_size for shard in shards),
         weight_bytes=sum(by_type.values()),
         layer_bytes=tuple(layer_bytes),
+        layer_moved=tuple(layer_moved),
+        output_moved=output_moved,
         input_bytes=input_bytes,
         output_bytes=output_bytes,
         n_experts=int(meta(f"{arch}.expert_count")),
