@@ -38,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.interleave import without_extra_buffers  # noqa: E402
 from webui.memory_estimate import MemoryEstimate, MiB, estimate  # noqa: E402
 
 
@@ -172,24 +173,23 @@ def run_llamacpp(args: argparse.Namespace) -> None:
     rows = []
     for model in models:
         for n_ctx in (int(c) for c in str(args.ctx).split(",")):
-            rows.append(_measure_one(model, n_ctx, args.batch, not args.no_mmap))
+            rows.append(_measure_one(model, n_ctx, args.batch, not args.no_mmap, not args.no_extra_buffers))
     print(f"\n{'model':<22} {'n_ctx':>6} {'file MiB':>9} {'extra MiB':>10} {'estimate':>9} {'measured':>9} {'ratio':>6}")
     for name, n_ctx, size, extra, est, measured in rows:
         print(f"{name:<22} {n_ctx:>6} {size:>9.1f} {extra:>10.1f} {est:>9.1f} {measured:>9.1f} {measured / est:>6.3f}")
     print("ratio = measured RSS increase / estimate (goal 0.90-1.10); extra = llama.cpp's AMX + CPU_REPACK buffers")
 
 
-def _measure_one(model: Path, n_ctx: int, n_batch: int, mmap: bool) -> tuple[str, int, float, float, float, float]:
+def _measure_one(model: Path, n_ctx: int, n_batch: int, mmap: bool,
+                 extra_buffers: bool) -> tuple[str, int, float, float, float, float]:
     params = {"n_ctx": n_ctx, "n_gpu_layers": 0, "cache_type": "f16", "flash_attn": False, "n_batch": n_batch,
-              "mmap": mmap}
+              "mmap": mmap, "extra_buffers": extra_buffers}
     est = estimate(model, "llama.cpp", params)
-    figures, log = _child(
-        ["--model", str(model), "--ctx", str(n_ctx), "--batch", str(n_batch), *([] if mmap else ["--no-mmap"])]
-    )
+    flags = [*([] if mmap else ["--no-mmap"]), *([] if extra_buffers else ["--no-extra-buffers"])]
+    figures, log = _child(["--model", str(model), "--ctx", str(n_ctx), "--batch", str(n_batch), *flags])
     measured = figures["rss_increase"]
     extra = sum(float(mib) for name, mib in re.findall(r"(AMX|CPU_REPACK) model buffer size =\s+([\d.]+) MiB", log))
     print(f"model {model.name}: {model.stat().st_size / MiB:.0f} MiB, n_ctx {n_ctx}, n_batch {n_batch}, mmap {mmap}")
-    print(f"estimate: {est.describe()}")
     print("llama.cpp reports (MiB): " + ", ".join(f"{k} {v:.1f}" for k, v in llama_cpp_buffers(log).items()))
     print(_parts(est))
     print(
@@ -208,7 +208,6 @@ def run_transformers(args: argparse.Namespace) -> None:
     est = estimate(args.model, "Transformers", {"device": "cpu", "dtype": args.dtype, "n_ctx": args.ctx})
     size = sum(f.stat().st_size for f in args.model.glob("*.safetensors"))
     print(f"model {args.model.name}: {size / MiB:.0f} MiB of safetensors, dtype {args.dtype}, n_ctx {args.ctx}")
-    print(f"estimate: {est.describe()}")
     print(_parts(est))
     for label, chunk in (("prefill", args.ctx), (f"growing by {args.chunk}", args.chunk)):
         fig, _ = _child(
@@ -241,6 +240,9 @@ def main() -> None:
     parser.add_argument("--quants", default="Q4_0,Q4_K_M,Q5_K_M,Q6_K,Q8_0",
                         help="llama.cpp: the benchmark model's types to build and measure (comma-separated)")
     parser.add_argument("--no-mmap", action="store_true", help="llama.cpp: read the file instead of mapping it")
+    parser.add_argument("--no-extra-buffers", action="store_true",
+                        help="llama.cpp: load without extra buffer types (AMX, CPU_REPACK), estimated the same way; "
+                             + str(without_extra_buffers.__doc__).split(". ", 1)[1])
     parser.add_argument("--batch", type=int, default=512, help="llama.cpp's n_batch and n_ubatch")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="Transformers' load dtype (auto is float32 on the CPU)")
@@ -249,6 +251,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure and args.loader == "Transformers":
         return measure_transformers(str(args.model), int(args.ctx), args.dtype, args.chunk)
+    if args.no_extra_buffers:
+        without_extra_buffers()
     if args.measure:
         return measure_llamacpp(str(args.model), int(args.ctx), args.batch, not args.no_mmap)
     if args.loader == "Transformers":

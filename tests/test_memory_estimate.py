@@ -359,6 +359,8 @@ def test_extra_weight_buffers_match_what_llama_cpp_allocates(quantized: dict[str
         stored = sum(moved[0] for moved in (*facts.layer_moved, facts.output_moved))
         assert mapped.weights_cpu == facts.weight_bytes + round(predicted * MiB)  # the copy and the mapped pages
         assert read.weights_cpu == facts.weight_bytes - stored + round(predicted * MiB)  # only the copy
+        plain = estimate(path, "llama.cpp", {"n_ctx": 64, "n_gpu_layers": 0, "extra_buffers": False})
+        assert plain.weights_cpu == facts.weight_bytes  # llama.cpp's use_extra_bufts off: used in place
 
 
 def test_a_split_gguf_is_read_from_every_shard(tmp_path: Path) -> None:
