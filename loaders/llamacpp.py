@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loaders import llamacpp_sampling as native
+from loaders.llamacpp_batch import LlamaBatcher
 from loaders.llamacpp_info import model_info, trained_context
 from loaders.llamacpp_media import MMPROJ_PARAM, LlamaVision, MediaLayouts, Projector
 from loaders.llamacpp_sequence import LlamaSequence
+from webui import lanes
 from webui.errors import GenerationError, LoaderError, ModelRuntimeError
 from webui.gguf_files import find_projector, is_projector_name, model_ggufs
 from webui.input_errors import InvalidGrammar, check_token_ids
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 CACHE_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2}  # ggml_type ids
 QUANTIZED_CACHE = ("q8_0", "q4_0")  # llama.cpp quantizes the V cache only with flash attention
 MAX_DEFAULT_CTX = 8192
+MAX_PARALLEL = 64
 AUTO_LAYERS = AUTO_GPU_LAYERS  # n_gpu_layers: as many as fit in the free VRAM
 
 
@@ -55,19 +58,34 @@ def find_gguf(path: Path) -> Path | None:
 
 class LlamaCppModel(LlamaVision, Model):
     """A GGUF model in llama.cpp. Slot 0 uses the Llama's own context; slot 1 (CFG) gets a second one.
-    With a projector (`loaders.llamacpp_media`) it takes images."""
+    With a projector (`loaders.llamacpp_media`) it takes images.
+
+    With `parallel` N > 1 the Llama's context is replaced by one holding N sequences of n_ctx tokens each
+    (n_seq_max = N, not unified: each sequence has its own n_ctx). Each running request (a lane, see
+    `webui.lanes`) holds one of them, chosen by the longest cached prefix as llama.cpp's server does, and
+    their tokens are decoded together (`loaders.llamacpp_batch`). A lane's CFG slot gets its own context."""
 
     prefer_native = True
     torch_threads = 1
 
-    def __init__(self, llm: Any, info: ModelInfo, projector: Projector | None = None):
+    def __init__(self, llm: Any, info: ModelInfo, projector: Projector | None = None, parallel: int = 1):
         from llama_cpp import llama_cpp as capi
 
         self._capi = capi
         self._llm = llm
         self.info = info
         self._n_vocab = llm.n_vocab()
-        self._slots = {0: LlamaSequence(llm._ctx, llm._batch, llm.n_batch, self._n_vocab, llm.n_ctx())}
+        self._n_ctx = llm.n_ctx()
+        self.parallel = parallel
+        if parallel > 1:
+            ctx = self._shared_context(llm, parallel)
+            self.stepper = LlamaBatcher(ctx, llm._batch, llm.n_batch)
+            self._seqs = [LlamaSequence(ctx, llm._batch, llm.n_batch, self._n_vocab, self._n_ctx, seq_id=i,
+                                        batcher=self.stepper) for i in range(parallel)]
+        else:
+            self._seqs = [LlamaSequence(llm._ctx, llm._batch, llm.n_batch, self._n_vocab, self._n_ctx)]
+        #: Second contexts (CFG's negative prompt), by (sequence index, slot).
+        self._extra: dict[tuple[int, int], LlamaSequence] = {}
         eos = {llm.token_eos()}
         vocab = llm._model.vocab
         eot = capi.llama_vocab_eot(vocab)
@@ -76,13 +94,30 @@ class LlamaCppModel(LlamaVision, Model):
         self._loras: Any = None  # loaders.lora_llamacpp.LlamaLoras, made on the first set_loras
         self._projector, self._layouts = projector, MediaLayouts()
 
+    def _shared_context(self, llm: Any, parallel: int) -> Any:
+        """A context of `parallel` sequences of n_ctx each, in place of the Llama's own (freed first)."""
+        from llama_cpp._internals import LlamaContext
+
+        params = type(llm.context_params).from_buffer_copy(llm.context_params)
+        params.n_ctx, params.n_seq_max, params.kv_unified = self._n_ctx * parallel, parallel, False
+        llm._ctx.close()
+        try:
+            llm._ctx = LlamaContext(model=llm._model, params=params, verbose=False)
+        except ValueError as exc:
+            raise LoaderError(f"llama.cpp could not make a context of {parallel} slots x {self._n_ctx} tokens "
+                              f"({exc}): lower parallel or n_ctx") from exc
+        return llm._ctx
+
+    def _sequences(self) -> list[LlamaSequence]:
+        return [*self._seqs, *self._extra.values()]
+
     @property
     def evaluated_tokens(self) -> int:  # type: ignore[override]
-        return sum(s.evaluated for s in self._slots.values())
+        return sum(s.evaluated for s in self._sequences())
 
     @property
     def n_ctx(self) -> int:
-        return self._llm.n_ctx()
+        return self._n_ctx
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -123,23 +158,30 @@ class LlamaCppModel(LlamaVision, Model):
         check_token_ids([token_id], self._n_vocab, "token_id")
         return self._llm.detokenize([token_id], special=True)
 
-    def _slot(self, slot: int) -> LlamaSequence:
-        if slot not in self._slots:
+    def _slot(self, slot: int, ids: Sequence[int] = ()) -> LlamaSequence:
+        """The sequence of `slot` for the running lane (or the only one)."""
+        index = 0
+        lane = lanes.current()
+        if self.parallel > 1 and lane is not None:
+            index = self.stepper.hold(lane, self._seqs, ids)
+        if slot == 0:
+            return self._seqs[index]
+        if (index, slot) not in self._extra:
             from llama_cpp._internals import LlamaBatch, LlamaContext
 
             llm = self._llm
             ctx = LlamaContext(model=llm._model, params=llm.context_params, verbose=False)
             batch = LlamaBatch(n_tokens=llm.n_batch, embd=0, n_seq_max=1, verbose=False)
-            self._slots[slot] = LlamaSequence(ctx, batch, llm.n_batch, self._n_vocab, llm.n_ctx())
-            self._slots[slot].keepalive = batch  # type: ignore[attr-defined]
+            seq = self._extra[index, slot] = LlamaSequence(ctx, batch, llm.n_batch, self._n_vocab, self._n_ctx)
+            seq.keepalive = batch  # type: ignore[attr-defined]
             if self._loras is not None:  # a new context gets the applied LoRAs too
                 self._loras.set_on(ctx)
-        return self._slots[slot]
+        return self._extra[index, slot]
 
     def logits(self, ids: Sequence[int], slot: int = 0) -> torch.Tensor:
         import torch
 
-        seq = self._slot(slot)
+        seq = self._slot(slot, ids)
         seq.sync(ids, self._spans(ids))
         return torch.from_numpy(seq.last_logits())
 
@@ -149,7 +191,7 @@ class LlamaCppModel(LlamaVision, Model):
 
         if self._spans(ids):
             raise ModelRuntimeError("logits at every position are not available over an image on llama.cpp")
-        return torch.from_numpy(self._slot(0).score_all(ids))
+        return torch.from_numpy(self._slot(0, ids).score_all(ids))
 
     @property
     def native_sampler(self) -> str | None:  # type: ignore[override]
@@ -186,8 +228,8 @@ class LlamaCppModel(LlamaVision, Model):
 
         if self._loras is None:
             self._loras = LlamaLoras(self._capi, self._llm._model, Path(self.info.path))
-        self._loras.apply(loras, [seq.ctx for seq in self._slots.values()])
-        for seq in self._slots.values():  # a prefix cached without these adapters is wrong with them
+        self._loras.apply(loras, list({id(seq.ctx): seq.ctx for seq in self._sequences()}.values()))
+        for seq in self._sequences():  # a prefix cached without these adapters is wrong with them
             seq.reset()
 
     def _grammar_sampler(self, grammar: str) -> Any:
@@ -200,7 +242,7 @@ class LlamaCppModel(LlamaVision, Model):
     def _native_loop(self, ids: list[int], chain: Any, grammar: Any, history: int) -> Iterator[int]:
         """llama.cpp's chain picks each token; `grammar` (llama.cpp's grammar sampler, or a llguidance
         `Constraint`) first removes what it does not allow, and ends the reply once it allows only the end."""
-        seq = self._slots[0]
+        seq = self._slot(0, ids)
         capi = self._capi
         masked = isinstance(grammar, Constraint)
         try:
@@ -211,7 +253,7 @@ class LlamaCppModel(LlamaVision, Model):
             end = np.array(sorted(self._eos), dtype=np.intc)
             while True:
                 if grammar is None:
-                    token = chain.sample(seq.ctx, -1)
+                    token = chain.sample(seq.ctx, seq.logits_index)
                 else:
                     from llama_cpp._internals import LlamaTokenDataArray
 
@@ -249,9 +291,10 @@ class LlamaCppModel(LlamaVision, Model):
 
     def unload(self) -> None:
         self._close_projector()  # before the model it was made for
-        for seq in list(self._slots.values())[1:]:
+        for seq in self._extra.values():
             seq.ctx.close()
-        self._slots.clear()
+        self._extra.clear()
+        self._seqs.clear()
         self._llm.close()
         self._llm = None
         gc.collect()
@@ -267,6 +310,9 @@ class LlamaCppLoader(Loader):
         LoaderParam("threads", "int", 0, "CPU threads for generation (0 = physical cores).", 0, 256),
         LoaderParam("threads_batch", "int", 0, "CPU threads for prompt processing (0 = all cores).", 0, 256),
         LoaderParam("n_batch", "int", 512, "Tokens evaluated per batch while reading the prompt.", 1, 8192),
+        LoaderParam("parallel", "int", 1, "Requests decoded together, like llama-server's --parallel: each gets "
+                    "its own slot of n_ctx tokens (KV cache memory x this) and their tokens share each batch.",
+                    1, MAX_PARALLEL),
         LoaderParam("rope_freq_base", "float", 0.0, "RoPE base frequency; 0 = from the model, or from alpha_value.", 0),
         LoaderParam("alpha_value", "float", 1.0, "NTK RoPE scaling: rope_freq_base = 10000 * alpha^(64/63).", 1.0, 64.0, step=0.05),
         LoaderParam("compress_pos_emb", "float", 1.0, "Linear RoPE scaling factor (context multiplier).", 1.0, 64.0),
@@ -314,7 +360,8 @@ class LlamaCppLoader(Loader):
             if mmproj is not None:
                 projector = Projector(mmproj, llm, use_gpu=kwargs["n_gpu_layers"] != 0, n_threads=kwargs["n_threads"],
                                       flash_attn=params["flash_attn"])
-            return self.model_class(llm, model_info(self.name, path, gguf_path, llm, projector), projector)
+            info = model_info(self.name, path, gguf_path, llm, projector)
+            return self.model_class(llm, info, projector, params["parallel"])
         except BaseException:
             if projector is not None:
                 projector.close()

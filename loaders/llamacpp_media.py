@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loaders.llamacpp_sequence import ImageSpan
+from webui import lanes
 from webui.errors import LoaderError, ModelRuntimeError
 from webui.loader_api import LoaderParam, ModelInfo
 from webui.media import MEDIA_MARKER, Image, MediaError
@@ -68,7 +69,7 @@ class ImageChunk:
         self.n_pos = int(mtmd.mtmd_input_chunk_get_n_pos(ptr))
         self.sha256 = (mtmd.mtmd_input_chunk_get_id(ptr) or b"").decode("ascii", errors="replace")
 
-    def eval(self, ctx: Any, n_past: int, n_batch: int, logits_last: bool) -> int:
+    def eval(self, ctx: Any, n_past: int, n_batch: int, logits_last: bool, seq_id: int = 0) -> int:
         """Encode the image and write its embeddings into `ctx` (a LlamaContext) from position `n_past`;
         returns the next position."""
         projector = self._projector
@@ -78,7 +79,7 @@ class ImageChunk:
 
         new_n_past = capi.llama_pos(0)
         code = projector.mtmd.mtmd_helper_eval_chunk_single(
-            projector.ctx, ctx.ctx, self._ptr, n_past, 0, n_batch, logits_last, ctypes.byref(new_n_past)
+            projector.ctx, ctx.ctx, self._ptr, n_past, seq_id, n_batch, logits_last, ctypes.byref(new_n_past)
         )
         if code != 0:
             raise ModelRuntimeError(
@@ -214,7 +215,8 @@ def _placeholder_id(llm: Any) -> int:
 class MediaLayouts:
     """The images of the last few `tokenize_media` results, looked up by the ids they were made for. Two
     prompts that differ only in their images have the same ids: the newest `tokenize_media` decides which
-    images they stand for (the core tokenizes a request right before evaluating it, one at a time)."""
+    images they stand for (the core tokenizes a request right before evaluating it; requests side by side
+    in `parallel` slots each keep their own, in their lane)."""
 
     KEEP = 4
 
@@ -275,8 +277,14 @@ class LlamaVision:
         if add_bos and bos is not None and (not ids or ids[0] != bos):
             ids = [bos, *ids]
             spans = [ImageSpan(s.start + 1, s.n_tokens, s.n_pos, s.sha256, s.chunk) for s in spans]
-        self._layouts.add(ids, spans)
+        self._lane_layouts().add(ids, spans)
         return ids
+
+    def _lane_layouts(self) -> MediaLayouts:
+        """The running lane's own layouts (`webui.lanes`: requests side by side may send the same text with
+        other images), or the model's outside lanes."""
+        lane = lanes.current()
+        return self._layouts if lane is None else lane.data.setdefault("media", MediaLayouts())
 
     def image_tokens(self, image: Image) -> int:
         """The ids mtmd makes of one image (its wrapping tokens included); nothing is remembered."""
@@ -288,7 +296,10 @@ class LlamaVision:
         return len(ids)
 
     def _spans(self, ids: Sequence[int]) -> list[ImageSpan]:
-        return self._layouts.spans_for(ids) if self._projector is not None else []
+        if self._projector is None:
+            return []
+        own = self._lane_layouts()
+        return own.spans_for(ids) or (self._layouts.spans_for(ids) if own is not self._layouts else [])
 
     def _close_projector(self) -> None:
         self._layouts.clear()

@@ -10,6 +10,10 @@ image that is not the same image (sha256) at the same place, and never inside on
 whole (its tokens may attend to each other both ways). Positions are counted apart from token indices:
 an M-RoPE model (Qwen2-VL) gives an image fewer positions (`n_pos`) than tokens, and the text after it
 continues from the image's last position, as llama.cpp's own server does.
+
+With `parallel` slots several sequences share one context, each its own `seq_id`; inside a lane
+(`webui.lanes`) their token evaluations go through the context's `LlamaBatcher` (`loaders.llamacpp_batch`)
+and are decoded in one batch with the other lanes' tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from loaders.llamacpp_batch import LlamaBatcher, Wanted, fill_batch
+from webui import lanes
 from webui.errors import ModelRuntimeError
 from webui.loader_api import common_prefix_length
 
@@ -59,12 +65,19 @@ def _reusable(prefix: int, cached: Sequence[ImageSpan], wanted: Sequence[ImageSp
 
 
 class LlamaSequence:
-    def __init__(self, ctx: Any, batch: Any, n_batch: int, n_vocab: int, n_ctx: int):
+    def __init__(self, ctx: Any, batch: Any, n_batch: int, n_vocab: int, n_ctx: int, seq_id: int = 0,
+                 batcher: LlamaBatcher | None = None):
         self._ctx = ctx
         self._batch = batch
         self._n_batch = n_batch
         self._n_vocab = n_vocab
         self._n_ctx = n_ctx
+        #: This sequence's id in its context (the context holds several with `parallel` slots).
+        self.seq_id = seq_id
+        #: Set when the context is shared: evaluations inside a lane are batched with the other lanes'.
+        self._batcher = batcher
+        #: The batch row whose logits are this sequence's current ones (-1: the last of its own decode).
+        self.logits_index = -1
         self.ids: list[int] = []
         #: The images among `ids`, in order.
         self.spans: list[ImageSpan] = []
@@ -92,8 +105,8 @@ class LlamaSequence:
         prefix = common_prefix_length(self.ids, ids)
         if self.spans or spans:
             prefix = _reusable(prefix, self.spans, spans)
-        if prefix == len(ids) == len(self.ids):
-            return 0
+        if prefix == len(ids) == len(self.ids) and self._batcher is None:  # a shared context's logits are
+            return 0  # another sequence's by now: the last token is read again below
         prefix = min(prefix, len(ids) - 1)  # the last token is re-fed so that its logits are current:
         prefix = next((s.start for s in spans if s.start < prefix < s.end), prefix)  # a whole image if it ends ids
         prefix = self._truncate(prefix)
@@ -113,7 +126,7 @@ class LlamaSequence:
         return how many are kept."""
         if prefix < len(self.ids):
             position = self.position(prefix)
-            if not self._ctx.kv_cache_seq_rm(0, position, -1):
+            if not self._ctx.kv_cache_seq_rm(self.seq_id, position, -1):
                 self.reset()
                 return 0
             del self.ids[prefix:]
@@ -124,11 +137,13 @@ class LlamaSequence:
     def _append_image(self, span: ImageSpan, placeholders: list[int], logits_last: bool) -> None:
         if len(self.ids) + span.n_tokens > self._n_ctx:
             raise ModelRuntimeError(f"{len(self.ids) + span.n_tokens} tokens do not fit the context of {self._n_ctx}")
+        self._alone()
         try:
-            n_past = span.chunk.eval(self._ctx, self.n_past, self._n_batch, logits_last)
+            n_past = span.chunk.eval(self._ctx, self.n_past, self._n_batch, logits_last, self.seq_id)
         except ModelRuntimeError:
-            self._ctx.kv_cache_seq_rm(0, self.n_past, -1)
+            self._ctx.kv_cache_seq_rm(self.seq_id, self.n_past, -1)
             raise
+        self.logits_index = -1
         self.ids.extend(placeholders)
         self.spans.append(span)
         self.n_past = n_past
@@ -139,13 +154,19 @@ class LlamaSequence:
         logits are requested from llama.cpp and copied into it (perplexity evaluation)."""
         if len(self.ids) + len(tokens) > self._n_ctx:
             raise ModelRuntimeError(f"{len(self.ids) + len(tokens)} tokens do not fit the context of {self._n_ctx}")
+        if not tokens:
+            return 0
+        if self._batcher is not None and out is None and lanes.current() is not None:
+            lanes.park(Wanted(self, list(tokens)))  # decoded with the other lanes' tokens (the batcher appends)
+            return len(tokens)
+        self._alone()
         for start in range(0, len(tokens), self._n_batch):
             chunk = list(tokens[start : start + self._n_batch])
-            self._batch.set_batch(batch=chunk, n_past=self.n_past, logits_all=out is not None)
+            fill_batch(self._batch, [(chunk, self.seq_id, self.n_past)], logits_all=out is not None)
             try:
                 self._ctx.decode(self._batch)
             except RuntimeError as exc:
-                self._ctx.kv_cache_seq_rm(0, self.n_past, -1)
+                self._ctx.kv_cache_seq_rm(self.seq_id, self.n_past, -1)
                 raise ModelRuntimeError(
                     f"llama.cpp failed to evaluate {len(chunk)} tokens at position {self.n_past} ({exc}). "
                     "Return code 1 means no free slot in the KV cache: try a larger n_ctx or a smaller n_batch."
@@ -153,10 +174,20 @@ class LlamaSequence:
             if out is not None:  # rows in batch order: every token of the chunk was an output
                 rows = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(len(chunk), self._n_vocab))
                 out[start : start + len(chunk)] = rows
-            self.ids.extend(chunk)
-            self.n_past += len(chunk)
-            self.evaluated += len(chunk)
+            self.appended(chunk)
+            self.logits_index = -1
         return len(tokens)
+
+    def appended(self, chunk: Sequence[int]) -> None:
+        """`chunk` was decoded into this sequence (by `append`, or by the batcher)."""
+        self.ids.extend(chunk)
+        self.n_past += len(chunk)
+        self.evaluated += len(chunk)
+
+    def _alone(self) -> None:
+        """Inside a lane of a shared context: wait until this sequence may decode by itself."""
+        if self._batcher is not None and lanes.current() is not None:
+            lanes.park(Wanted(exclusive=True))
 
     def score_all(self, ids: Sequence[int]) -> np.ndarray:
         """Evaluate `ids` from position 0 with the logits at every position ([len(ids), n_vocab]). Earlier
@@ -174,13 +205,16 @@ class LlamaSequence:
 
     def last_logits(self) -> np.ndarray:
         """Logits after the last evaluated token, copied out of llama.cpp's buffer."""
-        ptr = self._ctx.get_logits_ith(-1)
+        ptr = self._ctx.get_logits_ith(self.logits_index)
         if not ptr:
             raise ModelRuntimeError("llama.cpp has no logits for the last token")
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
 
     def reset(self) -> None:
-        self._ctx.kv_cache_clear()
+        if self._batcher is not None:  # the context holds other sequences too
+            self._ctx.kv_cache_seq_rm(self.seq_id, -1, -1)
+        else:
+            self._ctx.kv_cache_clear()
         self.ids.clear()
         self.spans.clear()
         self.n_past = 0

@@ -85,7 +85,7 @@ def test_instruct_prompt_is_the_model_template(request: pytest.FixtureRequest, m
         built = c.post("/v1/internal/chat-prompt", json={"messages": messages}).json()
     assert built["prompt"] == expected and built["length"] == len(expected_ids)
     assert ("You are a tiny test model." in expected) == (which == "hf" and messages is CONVERSATION)
-    reply = _client(served).chat.completions.create(model="m", messages=messages, max_tokens=1, extra_body=GREEDY)
+    reply = _client(served).chat.completions.create(model="", messages=messages, max_tokens=1, extra_body=GREEDY)
     assert reply.usage.prompt_tokens == len(expected_ids)
 
 
@@ -94,9 +94,9 @@ def test_reply_is_returned_as_generated(gguf: Served):
     generated = "\n Hello world \n"
     body = {"grammar_string": 'root ::= "\\n Hello world \\n"', "max_tokens": 32, **GREEDY}
     client = _client(gguf)
-    whole = client.chat.completions.create(model="m", messages=CONVERSATION, extra_body=body)
+    whole = client.chat.completions.create(model="", messages=CONVERSATION, extra_body=body)
     assert whole.choices[0].message.content == generated and whole.choices[0].finish_reason == "stop"
-    chunks = client.chat.completions.create(model="m", messages=CONVERSATION, stream=True, extra_body=body)
+    chunks = client.chat.completions.create(model="", messages=CONVERSATION, stream=True, extra_body=body)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == generated
     chat = ChatService(gguf.app)  # the Chat tab's finish trims for display
     plan = chat.plan_reply_to_messages(CONVERSATION, ChatOptions(mode="instruct"), GenerationRequest(prompt=""))

@@ -43,7 +43,7 @@ def async_client(served: Served) -> openai.AsyncOpenAI:
 
 
 async def stream_text(client: openai.AsyncOpenAI, prompt: str) -> str:
-    stream = await client.completions.create(model="m", prompt=prompt, max_tokens=24, stream=True, extra_body=GREEDY)
+    stream = await client.completions.create(model="", prompt=prompt, max_tokens=24, stream=True, extra_body=GREEDY)
     return "".join([chunk.choices[0].text async for chunk in stream])
 
 

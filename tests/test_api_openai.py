@@ -40,12 +40,12 @@ def sse_events(served: Served, path: str, body: dict[str, Any]) -> list[str]:
 
 # -- completions ------------------------------------------------------------------------------------
 def test_completion_with_openai_client_stream_and_not(client: openai.OpenAI):
-    whole = client.completions.create(model="any", prompt=PROMPT, max_tokens=20, extra_body=GREEDY)
+    whole = client.completions.create(model="", prompt=PROMPT, max_tokens=20, extra_body=GREEDY)
     assert whole.object == "text_completion" and whole.model == "tiny-llama.gguf"
     assert whole.choices[0].finish_reason == "length" and whole.choices[0].text
     assert whole.usage is not None and whole.usage.completion_tokens == 20
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + 20
-    chunks = list(client.completions.create(model="any", prompt=PROMPT, max_tokens=20, stream=True, extra_body=GREEDY))
+    chunks = list(client.completions.create(model="", prompt=PROMPT, max_tokens=20, stream=True, extra_body=GREEDY))
     assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
     assert len({c.id for c in chunks}) == 1
     assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage == whole.usage
@@ -64,15 +64,15 @@ def test_raw_sse_lines_end_with_done(served: Served):
 def test_token_id_prompt_and_echo(served: Served, client: openai.OpenAI):
     with served.client() as c:
         ids = c.post("/v1/internal/encode", json={"text": PROMPT}).json()["tokens"]
-    by_text = client.completions.create(model="m", prompt=PROMPT, max_tokens=8, extra_body=GREEDY)
-    by_ids = client.completions.create(model="m", prompt=ids, max_tokens=8, echo=True, extra_body=GREEDY)
+    by_text = client.completions.create(model="", prompt=PROMPT, max_tokens=8, extra_body=GREEDY)
+    by_ids = client.completions.create(model="", prompt=ids, max_tokens=8, echo=True, extra_body=GREEDY)
     assert by_ids.choices[0].text == PROMPT + by_text.choices[0].text
-    batch = client.completions.create(model="m", prompt=["a", PROMPT], max_tokens=8, extra_body=GREEDY)
+    batch = client.completions.create(model="", prompt=["a", PROMPT], max_tokens=8, extra_body=GREEDY)
     assert [c.index for c in batch.choices] == [0, 1] and batch.choices[1].text == by_text.choices[0].text
 
 
 def test_legacy_logprobs_shape(client: openai.OpenAI):
-    result = client.completions.create(model="m", prompt=PROMPT, max_tokens=10, logprobs=3, extra_body=GREEDY)
+    result = client.completions.create(model="", prompt=PROMPT, max_tokens=10, logprobs=3, extra_body=GREEDY)
     text, logprobs = result.choices[0].text, result.choices[0].logprobs
     assert logprobs is not None and len(logprobs.tokens) == 10
     assert "".join(logprobs.tokens) == text
@@ -84,7 +84,7 @@ def test_legacy_logprobs_shape(client: openai.OpenAI):
 def test_echo_with_logprobs_scores_the_prompt_tokens(served: Served, client: openai.OpenAI):
     import torch
 
-    result = client.completions.create(model="m", prompt=PROMPT, max_tokens=4, echo=True, logprobs=2, extra_body=GREEDY)
+    result = client.completions.create(model="", prompt=PROMPT, max_tokens=4, echo=True, logprobs=2, extra_body=GREEDY)
     choice, model = result.choices[0], served.app.models.require()
     ids = model.tokenize(PROMPT)  # BOS first: every prompt token has a context
     n_prompt = len(ids) - 1
@@ -107,22 +107,22 @@ def test_echo_with_logprobs_scores_the_prompt_tokens(served: Served, client: ope
 
 
 def test_stop_and_stopping_strings_are_merged(client: openai.OpenAI):
-    full = client.completions.create(model="m", prompt=PROMPT, max_tokens=30, extra_body=GREEDY).choices[0].text
+    full = client.completions.create(model="", prompt=PROMPT, max_tokens=30, extra_body=GREEDY).choices[0].text
     cut = full[10:13]
     for extra in ({"stop": [cut]}, {"stopping_strings": [cut]}, {"stop": "never-seen", "stopping_strings": cut}):
         body = {k: v for k, v in extra.items() if k != "stop"}
-        result = client.completions.create(model="m", prompt=PROMPT, max_tokens=30, stop=extra.get("stop"),
+        result = client.completions.create(model="", prompt=PROMPT, max_tokens=30, stop=extra.get("stop"),
                                            extra_body={**GREEDY, **body})
         assert result.choices[0].text == full[: full.index(cut)] and result.choices[0].finish_reason == "stop"
 
 
 # -- chat -------------------------------------------------------------------------------------------
 def test_chat_with_openai_client_stream_and_not(client: openai.OpenAI):
-    whole = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=16, extra_body=GREEDY)
+    whole = client.chat.completions.create(model="", messages=MESSAGES, max_tokens=16, extra_body=GREEDY)
     message = whole.choices[0].message
     assert whole.object == "chat.completion" and message.role == "assistant" and message.content
     assert whole.usage.completion_tokens <= 16
-    chunks = list(client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=16, stream=True,
+    chunks = list(client.chat.completions.create(model="", messages=MESSAGES, max_tokens=16, stream=True,
                                                  extra_body=GREEDY))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == message.content
@@ -134,15 +134,15 @@ def test_chat_uses_the_same_prompt_as_chat_prompt_endpoint(served: Served, clien
     body = {"messages": MESSAGES, "max_tokens": 16, **GREEDY}
     with served.client() as c:
         built = c.post("/v1/internal/chat-prompt", json=body).json()
-    via_chat = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=16, extra_body=GREEDY)
-    via_text = client.completions.create(model="m", prompt=built["prompt"], max_tokens=16, stop=built["stop_strings"] or None,
+    via_chat = client.chat.completions.create(model="", messages=MESSAGES, max_tokens=16, extra_body=GREEDY)
+    via_text = client.completions.create(model="", prompt=built["prompt"], max_tokens=16, stop=built["stop_strings"] or None,
                                          extra_body=GREEDY)
     assert via_chat.choices[0].message.content == via_text.choices[0].text
     assert via_chat.usage.prompt_tokens == via_text.usage.prompt_tokens
 
 
 def test_chat_logprobs(client: openai.OpenAI):
-    result = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=6, logprobs=True, top_logprobs=2,
+    result = client.chat.completions.create(model="", messages=MESSAGES, max_tokens=6, logprobs=True, top_logprobs=2,
                                             extra_body=GREEDY)
     content = result.choices[0].logprobs.content
     assert len(content) == result.usage.completion_tokens
@@ -204,18 +204,18 @@ def test_malformed_json_and_non_object_bodies(served: Served):
 
 def test_openai_client_raises_bad_request_with_param(client: openai.OpenAI):
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model="m", prompt=PROMPT, temperature=-1)
+        client.completions.create(model="", prompt=PROMPT, temperature=-1)
     assert info.value.param == "temperature" and "temperature" in info.value.message
 
 
 def test_preset_is_the_base_and_fields_override(client: openai.OpenAI):
-    deterministic = client.completions.create(model="m", prompt=PROMPT, max_tokens=12, extra_body={"preset": "Deterministic", "ban_eos_token": True})
-    greedy = client.completions.create(model="m", prompt=PROMPT, max_tokens=12, extra_body=GREEDY)
+    deterministic = client.completions.create(model="", prompt=PROMPT, max_tokens=12, extra_body={"preset": "Deterministic", "ban_eos_token": True})
+    greedy = client.completions.create(model="", prompt=PROMPT, max_tokens=12, extra_body=GREEDY)
     assert deterministic.choices[0].text == greedy.choices[0].text
 
 
 def test_long_prompt_is_truncated_from_the_left(client: openai.OpenAI):
-    result = client.completions.create(model="m", prompt=" ".join(["the quick brown fox"] * 400), max_tokens=8,
+    result = client.completions.create(model="", prompt=" ".join(["the quick brown fox"] * 400), max_tokens=8,
                                        extra_body={**GREEDY, "truncation_length": 200})
     assert result.usage.prompt_tokens == 200 - 8 and result.usage.completion_tokens == 8
 

@@ -103,7 +103,7 @@ def test_full_tool_loop_with_the_openai_client(request: pytest.FixtureRequest, w
     client = _client(served)
     body = {"instruction_template": "qwen25", **GREEDY}
     first = client.chat.completions.create(
-        model="m", messages=ASK, tools=[WEATHER, TIME], max_tokens=200, parallel_tool_calls=False,
+        model="", messages=ASK, tools=[WEATHER, TIME], max_tokens=200, parallel_tool_calls=False,
         tool_choice={"type": "function", "function": {"name": "get_weather"}}, extra_body=body)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -119,7 +119,7 @@ def test_full_tool_loop_with_the_openai_client(request: pytest.FixtureRequest, w
                                                              "max_tokens": 16, **body}).json()["prompt"]
     assert '"name": "get_weather"' in prompt and "<tool_response>" in prompt and '"temperature": 21' in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
-    second = client.chat.completions.create(model="m", messages=history, tools=[WEATHER, TIME], tool_choice="none",
+    second = client.chat.completions.create(model="", messages=history, tools=[WEATHER, TIME], tool_choice="none",
                                             max_tokens=6, extra_body=body)
     answer = second.choices[0]
     assert answer.finish_reason in ("stop", "length") and answer.message.tool_calls is None
@@ -129,7 +129,7 @@ def test_full_tool_loop_with_the_openai_client(request: pytest.FixtureRequest, w
 @pytest.mark.parametrize("which", ["gguf", "hf"])
 def test_streamed_calls_are_openai_deltas_equal_to_the_whole_reply(request: pytest.FixtureRequest, which: str):
     client = _client(request.getfixturevalue(which))
-    kwargs = {"model": "m", "messages": ASK, "tools": [WEATHER, TIME], "tool_choice": "required", "max_tokens": 200,
+    kwargs = {"model": "", "messages": ASK, "tools": [WEATHER, TIME], "tool_choice": "required", "max_tokens": 200,
               "parallel_tool_calls": False, "extra_body": {"instruction_template": "qwen25", **GREEDY}}
     whole = client.chat.completions.create(**kwargs).choices[0]
     streamed = _stream(client, **kwargs)
@@ -154,7 +154,7 @@ def test_forced_arguments_keep_every_schema_keyword(request: pytest.FixtureReque
         "required": ["text", "zone"], "additionalProperties": False}}}
     for seed in (1, 2, 3):
         reply = client.chat.completions.create(
-            model="m", messages=ASK, tools=[note, TIME], max_tokens=120, parallel_tool_calls=False,
+            model="", messages=ASK, tools=[note, TIME], max_tokens=120, parallel_tool_calls=False,
             tool_choice={"type": "function", "function": {"name": "note"}},
             extra_body={"instruction_template": "qwen25", "temperature": 1.0, "seed": seed}).choices[0]
         assert reply.finish_reason == "tool_calls", reply
@@ -168,7 +168,7 @@ def test_a_template_without_tools_gets_the_generic_tool_prompt(gguf: Served):
     with gguf.client() as http:
         prompt = http.post("/v1/internal/chat-prompt", json={"messages": ASK, "tools": [WEATHER], "max_tokens": 16}).json()["prompt"]
     assert "<tools>" in prompt and '"get_weather"' in prompt and "<tool_call>" in prompt
-    reply = client.chat.completions.create(model="m", messages=ASK, tools=[WEATHER], tool_choice="required",
+    reply = client.chat.completions.create(model="", messages=ASK, tools=[WEATHER], tool_choice="required",
                                            parallel_tool_calls=False, max_tokens=200, extra_body=GREEDY).choices[0]
     assert reply.finish_reason == "tool_calls" and reply.message.tool_calls[0].function.name == "get_weather"
 
@@ -178,11 +178,11 @@ def test_reasoning_content_is_split_from_the_answer(gguf: Served):
     """DeepSeek-R1's template opens <think>; a budget of 4 tokens closes it, then the answer follows."""
     client = _client(gguf)
     body = {"instruction_template": "r1", "thinking_budget": 4, **GREEDY}
-    whole = client.chat.completions.create(model="m", messages=ASK, max_tokens=30, extra_body=body).choices[0]
+    whole = client.chat.completions.create(model="", messages=ASK, max_tokens=30, extra_body=body).choices[0]
     message = whole.message.model_dump()
     assert message["reasoning_content"] and "</think>" not in message["reasoning_content"]
     assert message["content"] and "<think>" not in message["content"] and "</think>" not in message["content"]
-    streamed = _stream(client, model="m", messages=ASK, max_tokens=30, extra_body=body)
+    streamed = _stream(client, model="", messages=ASK, max_tokens=30, extra_body=body)
     assert (streamed["reasoning"], streamed["content"]) == (message["reasoning_content"], message["content"])
 
 
@@ -195,7 +195,7 @@ def test_thinking_off_closes_the_block_in_the_prompt(gguf: Served):
         assert prompt().endswith("<think>\n")
     client = _client(gguf)
     for off in ({"enable_thinking": False}, {"chat_template_kwargs": {"enable_thinking": False}}):
-        reply = client.chat.completions.create(model="m", messages=ASK, max_tokens=6,
+        reply = client.chat.completions.create(model="", messages=ASK, max_tokens=6,
                                                extra_body={"instruction_template": "r1", **off, **GREEDY})
         assert reply.choices[0].message.model_dump().get("reasoning_content") is None
         assert reply.usage.prompt_tokens > 0
@@ -211,15 +211,15 @@ PERSON = {"type": "object", "properties": {"name": {"enum": ["Ann", "Bob"]},
 def test_response_format_on_both_routes(request: pytest.FixtureRequest, which: str):
     client = _client(request.getfixturevalue(which))
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
-    chat = client.chat.completions.create(model="m", messages=ASK, response_format=fmt, max_tokens=120,
+    chat = client.chat.completions.create(model="", messages=ASK, response_format=fmt, max_tokens=120,
                                           extra_body=GREEDY).choices[0]
     assert chat.finish_reason == "stop"
     _valid(PERSON, chat.message.content)
-    any_object = client.chat.completions.create(model="m", messages=ASK, response_format={"type": "json_object"},
+    any_object = client.chat.completions.create(model="", messages=ASK, response_format={"type": "json_object"},
                                                 max_tokens=120, extra_body={"temperature": 0.7, "seed": 3}).choices[0]
     if any_object.finish_reason == "stop":  # a random model may fill an object past max_tokens
         assert isinstance(json.loads(any_object.message.content), dict)
-    text = client.completions.create(model="m", prompt="Person:", max_tokens=120, extra_body={"response_format": fmt,
+    text = client.completions.create(model="", prompt="Person:", max_tokens=120, extra_body={"response_format": fmt,
                                                                                              **GREEDY}).choices[0]
     assert text.finish_reason == "stop"
     _valid(PERSON, text.text)

@@ -85,7 +85,7 @@ def seen(served: Served) -> list[list[str]]:
 # -- data URLs ----------------------------------------------------------------------------------------
 def test_a_data_url_image_reaches_the_model_streamed_or_not(served: Served, client: openai.OpenAI):
     whole = client.chat.completions.create(
-        model="m",
+        model="",
         messages=ask(image_part(data_url(RED))),  # type: ignore[arg-type]
         max_tokens=4,
         extra_body=GREEDY,
@@ -93,7 +93,7 @@ def test_a_data_url_image_reaches_the_model_streamed_or_not(served: Served, clie
     assert whole.choices[0].message.content == "I see" and seen(served)[-1] == [SHA["red"]]
     chunks = list(
         client.chat.completions.create(
-            model="m",
+            model="",
             messages=ask(image_part(data_url(BLUE))),  # type: ignore[arg-type]
             max_tokens=4,
             stream=True,
@@ -193,14 +193,14 @@ def test_a_model_without_vision_is_a_400_naming_it(served: Served, client: opena
         for stream in (False, True):
             with pytest.raises(openai.BadRequestError) as info:
                 client.chat.completions.create(
-                    model="m",
+                    model="",
                     messages=ask(image_part(data_url(RED))),  # type: ignore[arg-type]
                     max_tokens=2,
                     stream=stream,
                 )
             message = info.value.body["message"]  # type: ignore[index]
             assert "blind has no vision" in message and "load a vision model" in message
-        text_only = client.chat.completions.create(model="m", messages=ask(), max_tokens=2, extra_body=GREEDY)  # type: ignore[arg-type]
+        text_only = client.chat.completions.create(model="", messages=ask(), max_tokens=2, extra_body=GREEDY)  # type: ignore[arg-type]
         assert text_only.choices[0].message.content == "No."
     finally:
         served.app.models.load("seer")

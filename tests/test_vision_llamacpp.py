@@ -311,3 +311,30 @@ def test_mrope_positions_across_turns_match_llama_cpps_own_reading(qwen_models: 
         assert read[turn2][1] == len(ids2) - kept
     finally:
         manager.unload()
+
+
+def test_images_in_parallel_slots_match_alone(vision: ModelManager):
+    """An image is written into its own slot's sequence while the other lanes wait (it cannot share a batch):
+    two lanes with different images side by side get the logits each gets alone (each lane keeps its own
+    image layout, though both prompts tokenize to the same ids)."""
+    from webui.lanes import run_lanes
+
+    model = load(vision, parallel=1)
+
+    def two_steps(seed: int):  # the prompt, then one token more, as the sampler pipeline asks
+        ids = model.tokenize_media(PROMPT, [picture(seed)])
+        model.logits(ids)
+        return model.logits([*ids, 100]).clone()
+
+    alone = [two_steps(seed) for seed in (1, 2)]
+    assert float((alone[0] - alone[1]).abs().max()) > 0.1
+    model = load(vision, parallel=2)
+    results: dict[int, object] = {}
+
+    def body(i: int) -> None:  # the same text with another image in each lane, as the core runs requests
+        results[i] = two_steps(i + 1)
+
+    bodies = [lambda i=i: body(i) for i in range(2)]
+    run_lanes(lambda: bodies.pop(0) if bodies else None, 2, lambda: model.stepper)
+    for i in range(2):
+        assert float((results[i] - alone[i]).abs().max()) < 1e-3

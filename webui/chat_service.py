@@ -11,6 +11,7 @@ A prompt with images the loaded model cannot take is refused (`check_images`) be
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -19,9 +20,10 @@ from typing import Any
 from webui.app import App
 from webui.chat_messages import ChatError, ImageResolver, messages_to_history
 from webui.events import Finished
-from webui.generation import GenerationRequest
+from webui.generation import GenerationCore, GenerationRequest
 from webui.loader_api import Model
 from webui.media import Image, MediaError, check_placement
+from webui.models import ModelManager
 from webui.plugins import PromptBuilder
 from webui.prompts.characters import Character, CharacterStore, default_character
 from webui.prompts.chat import DEFAULT_CHAT_INSTRUCT_COMMAND, ChatMode, ChatPrompt, build_chat_prompt
@@ -144,6 +146,23 @@ class ChatService:
         self.templates = TemplateLibrary(app.settings.templates_dir, user_templates_dir(app.settings.user_data_dir))
         self._reasoning: dict[tuple[int, str], ReasoningFormat | None] = {}  # the last model + template's
         self._image_costs: tuple[object, dict[str, int]] = (None, {})  # the loaded model's, by image sha256
+        self._bound: tuple[ModelManager, GenerationCore] | None = None
+
+    @property
+    def models(self) -> ModelManager:
+        """The model this service builds prompts for: the UI's, or the one `bound` to (a routed request)."""
+        return self._bound[0] if self._bound else self.app.models
+
+    @property
+    def core(self) -> GenerationCore:
+        return self._bound[1] if self._bound else self.app.core
+
+    def bound(self, models: ModelManager, core: GenerationCore) -> ChatService:
+        """This service for another loaded model (an API request routed by name): its template, its core.
+        The stores and caches are shared."""
+        view = copy.copy(self)
+        view._bound = (models, core)
+        return view
 
     # -- ingredients ------------------------------------------------------------------------------
     def template(self, name: str | None = None, text: str | None = None) -> DetectedTemplate:
@@ -156,13 +175,13 @@ class ChatService:
             except TemplateError as exc:
                 raise ChatError(f"instruction template: {exc}") from None
             return DetectedTemplate(label, text, "edited")
-        model = self.app.models.model
+        model = self.models.model
         if name and name != MODEL_TEMPLATE_NAME:
             return DetectedTemplate(name, self.templates.load(name), "user")
         own = model.info.chat_template if model else None
         if name == MODEL_TEMPLATE_NAME and not own:
             raise ChatError("the loaded model has no chat template of its own; choose one from templates/")
-        return self.templates.detect(own, self.app.models.model_name or "")
+        return self.templates.detect(own, self.models.model_name or "")
 
     def character(self, name: str | None) -> Character:
         return self.characters.load(name) if name else default_character()
@@ -193,7 +212,7 @@ class ChatService:
         """Hearth's own prompt building for one reply: ``build(user_input, history, options, character)``.
         Extensions get it to wrap (see `ExtensionSpecs.custom_generate_chat_prompt`). `images`: the new
         user message's, attached to whatever input the builder is given."""
-        model = self.app.models.require()
+        model = self.models.require()
         budget = min(truncation_length or model.n_ctx, model.n_ctx) - max_new_tokens
 
         def image_tokens(image: Image) -> int:
@@ -270,7 +289,7 @@ class ChatService:
 
     def reasoning_format(self, template_text: str) -> ReasoningFormat | None:
         """The loaded model's reasoning markers: from its template, else one-token marker texts of its vocabulary."""
-        model = self.app.models.require()
+        model = self.models.require()
         key = (id(model), template_text)
         if key not in self._reasoning:
             rules = self.app.settings.templates_dir / RULES_NAME
@@ -321,7 +340,7 @@ class ChatService:
         earlier = history.images if history is not None else ()
         if not (earlier or images):
             return
-        model = self.app.models.require()
+        model = self.models.require()
         if model.max_images <= 0 or model.remote is not None:
             raise MediaError(model.vision_missing())
         if len(images) > model.max_images:
@@ -364,7 +383,8 @@ class ChatService:
         if continue_last:
             reasoning = kept.pop("reasoning", "")
         parts = plan.shape.streamer()
-        for event in self.app.core.stream(request, cancel, is_chat=True):
+        self.app.pool.touch(self.models)  # not idle (--idle-unload)
+        for event in self.core.stream(request, cancel, is_chat=True):
             finished = isinstance(event, Finished)
             for piece in parts.finish() if finished else parts.feed(event.text):
                 if isinstance(piece, ReasoningDelta):

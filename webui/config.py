@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -70,6 +71,12 @@ class Settings:
     max_request_mb: int = 32
     #: Let API clients give images as http(s) URLs that the server downloads (off: data: URLs only).
     allow_image_urls: bool = False
+    #: Models kept in memory at once (the UI's and those the API loads by name); 0: no count limit.
+    max_models: int = 0
+    #: RAM (and VRAM) models may use: "auto", "none", "RAM" or "RAM,VRAM" in GiB (`webui.model_pool.parse_budget`).
+    memory_budget: str = "auto"
+    #: Unload a model nobody used for this many minutes; 0: never.
+    idle_unload: float = 0
     extensions: list[str] = field(default_factory=list)
     preset: str | None = None
     no_browser_ui: bool = False
@@ -165,6 +172,16 @@ def build_parser(loaders: dict[str, type[Loader]]) -> argparse.ArgumentParser:
     api.add_argument("--cors-origins", nargs="*", help="Origins allowed by CORS (default: none).")
     api.add_argument("--allow-image-urls", action="store_true",
                      help="Let chat requests give images as http(s) URLs, which the server downloads (at most 20 MiB, 10 s each); this lets any API client make the server fetch addresses on its network. Default: images only inline as data: URLs.")
+
+    pool = parser.add_argument_group("Several models (routing by the API's model field)")
+    pool.add_argument("--max-models", type=int, metavar="N",
+                      help="Most models kept loaded at once, the UI's included; 0 = no count limit (default 0).")
+    pool.add_argument("--memory-budget", metavar="RAM[,VRAM]",
+                      help="GiB of RAM (and VRAM) that loaded models may use, by their memory estimate: e.g. 24 or 24,10; "
+                           "'auto' (default) = the RAM and VRAM free before any model was loaded; 'none' = no limit. The least "
+                           "recently used idle model is unloaded to make room.")
+    pool.add_argument("--idle-unload", type=float, metavar="MINUTES",
+                      help="Unload a model nobody used for this many minutes; 0 = never (default 0).")
 
     ext = parser.add_argument_group("Extensions")
     ext.add_argument("--extensions", nargs="*", help="Extensions to enable, by name.")
@@ -269,4 +286,20 @@ def parse_settings(
     values = {k: v for k, v in merged.items() if k in known and k not in {"loader_args", "extra"}}
     for key in _PATH_FIELDS & set(values):
         values[key] = Path(values[key])
-    return Settings(**values, loader_args=loader_args, extra=extra)
+    settings = Settings(**values, loader_args=loader_args, extra=extra)
+    check_pool_flags(settings)
+    return settings
+
+
+_BUDGET = re.compile(r"^\s*(auto|none|(auto|\d+(\.\d+)?)(\s*,\s*(auto|\d+(\.\d+)?))?)\s*$", re.IGNORECASE)
+
+
+def check_pool_flags(settings: Settings) -> None:
+    """--max-models, --memory-budget and --idle-unload are well-formed (ConfigError naming the flag)."""
+    if not isinstance(settings.max_models, int) or settings.max_models < 0:
+        raise ConfigError(f"--max-models must be 0 (no limit) or more, not {settings.max_models!r}")
+    if not isinstance(settings.idle_unload, int | float) or settings.idle_unload < 0:
+        raise ConfigError(f"--idle-unload must be 0 (never) or a number of minutes, not {settings.idle_unload!r}")
+    parts = str(settings.memory_budget).lower().replace("auto", "1").replace("none", "1").split(",")
+    if not _BUDGET.match(str(settings.memory_budget)) or any(float(p) <= 0 for p in parts):
+        raise ConfigError(f"--memory-budget {settings.memory_budget!r}: expected auto, none, RAM or RAM,VRAM in GiB (e.g. 24,10)")

@@ -31,6 +31,12 @@ class FifoLock:
             self._held = True
             return True
 
+    @property
+    def waiting(self) -> int:
+        """Callers queued for the lock (a load waiting behind generations)."""
+        with self._cond:
+            return len(self._queue)
+
     def release(self) -> None:
         with self._cond:
             if not self._held:

@@ -4,6 +4,10 @@ The UI, the API and extensions all call `GenerationCore.stream`. It owns: tokeni
 prompt into the context, choosing the token source (the backend's native sampler chain when it can
 honour every setting, else the model's logits through Hearth's sampler pipeline), stop strings,
 EOS handling, cancellation and the per-model FIFO queue.
+
+Requests wait in arrival order for a lane (`webui.lanes`): one at a time for most models, up to
+`Model.parallel` at once for a model that decodes several sequences together (llama.cpp's `parallel`
+slots), all on the core's one model worker thread.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from webui.context_fit import check_fits, fit_context
 from webui.errors import ContextLengthError, GenerationError
 from webui.events import Event, Finished, PromptRead, TextChunk, TokenLogprob, Usage
+from webui.lanes import run_lanes
 from webui.loader_api import Model
 from webui.media import Image, MediaError, check_placement
 from webui.model_worker import ModelWorker
@@ -102,6 +109,23 @@ def _replay(model: Model, request: GenerationRequest, ids: list[int], generated:
     return decoder
 
 
+@dataclass(eq=False)
+class _Admission:
+    """Generations waiting to run: an API request's prompts run in one lane, in order."""
+
+    requests: list[GenerationRequest]
+    cancel: threading.Event
+    is_chat: bool
+    sink: Callable[[Event | BaseException], None]
+    #: Drop `cancel` from the core's active set when done (`start`; `stream` drops its own).
+    forget: bool
+    started: bool = False
+
+    def cancel_all(self) -> None:
+        for _ in self.requests:
+            self.sink(Finished("cancelled", "", Usage(0, 0), seed=-1))
+
+
 class GenerationCore:
     def __init__(
         self, models: ModelManager, extensions: ExtensionManager | None = None, worker: ModelWorker | None = None
@@ -116,6 +140,9 @@ class GenerationCore:
         self.worker = worker or ModelWorker()
         #: Extra logits processors (extensions) appended to every HF-path pipeline.
         self.extra_processors: list = []
+        #: Requests waiting for a lane, in arrival order (`_enqueue`).
+        self._admissions: deque[_Admission] = deque()
+        self._admit_lock = threading.Lock()
 
     # -- public API -------------------------------------------------------------------------------
     def stream(self, request: GenerationRequest, cancel: threading.Event | None = None, *,
@@ -134,7 +161,7 @@ class GenerationCore:
         events: queue.SimpleQueue = queue.SimpleQueue()
         with self._active_lock:
             self._active.add(cancel)
-        self.worker.submit(lambda: self._job([request], cancel, is_chat, events.put))
+        self._enqueue(_Admission([request], cancel, is_chat, events.put, forget=False))
         finished = False
         try:
             while True:
@@ -169,35 +196,77 @@ class GenerationCore:
         An exception ends the whole job."""
         with self._active_lock:
             self._active.add(cancel)
+        self._enqueue(_Admission(list(requests), cancel, is_chat, sink, forget=True))
 
-        def job() -> None:
-            try:
-                self._job(list(requests), cancel, is_chat, sink)
-            finally:
-                with self._active_lock:
-                    self._active.discard(cancel)
+    # -- admission: requests wait here for a lane (webui/lanes.py) ---------------------------------
+    def _enqueue(self, admission: _Admission) -> None:
+        """Queue `admission` and a worker job that serves it (with whatever else waits) once the model
+        lock is free: each admission brings its own job, so none is left without one."""
+        with self._admit_lock:
+            self._admissions.append(admission)
+        self.worker.submit(lambda: self._kick(admission))
 
-        self.worker.submit(job)
-
-    def _job(self, requests: list[GenerationRequest], cancel: threading.Event, is_chat: bool,
-             sink: Callable[[Event | BaseException], None]) -> None:
-        """Generations in order, on the worker thread, holding the model lock; events go to `sink`."""
+    def _kick(self, admission: _Admission) -> None:
+        """On the worker thread: serve the queue, or, when `admission` was cancelled while the lock was
+        held elsewhere (a load), finish it at once."""
+        if admission.started:  # an earlier job's lanes took it
+            return
+        if admission.cancel.is_set() or not self.models.lock.acquire(admission.cancel):
+            if self._take(admission):
+                admission.cancel_all()
+            return
         try:
-            if cancel.is_set() or not self.models.lock.acquire(cancel):
-                for _ in requests:
-                    sink(Finished("cancelled", "", Usage(0, 0), seed=-1))
-                return
-            try:
-                for request in requests:
-                    if cancel.is_set():
-                        sink(Finished("cancelled", "", Usage(0, 0), seed=-1))
-                        continue
-                    for event in self._run(self.models.require(), request, cancel, is_chat):
-                        sink(event)
-            finally:
-                self.models.lock.release()
+            model = self.models.model
+            run_lanes(self._admit_next, model.parallel if model is not None else 1,
+                      lambda: model.stepper if model is not None else None)
+        finally:
+            self.models.lock.release()
+
+    def _take(self, admission: _Admission) -> bool:
+        with self._admit_lock:
+            if admission.started:
+                return False
+            admission.started = True
+            self._admissions.remove(admission)
+        with self._active_lock:
+            if admission.forget:
+                self._active.discard(admission.cancel)
+        return True
+
+    def _admit_next(self) -> Callable[[], None] | None:
+        """The next waiting request's lane body; None when none waits or a load waits for the lock (it
+        goes first: the lanes running finish, and the rest are served after it). Cancelled ones end here."""
+        while True:
+            if self.models.lock.waiting:
+                return None
+            with self._admit_lock:
+                if not self._admissions:
+                    return None
+                admission = self._admissions.popleft()
+                admission.started = True
+            if not admission.cancel.is_set():
+                return lambda: self._lane(admission)
+            admission.cancel_all()
+            self._forget(admission)
+
+    def _lane(self, admission: _Admission) -> None:
+        """One admission's generations, in order, inside its lane; events go to its sink."""
+        try:
+            for request in admission.requests:
+                if admission.cancel.is_set():
+                    admission.sink(Finished("cancelled", "", Usage(0, 0), seed=-1))
+                    continue
+                for event in self._run(self.models.require(), request, admission.cancel, admission.is_chat):
+                    admission.sink(event)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
-            sink(exc)
+            admission.sink(exc)
+        finally:
+            self._forget(admission)
+
+    def _forget(self, admission: _Admission) -> None:
+        if admission.forget:
+            with self._active_lock:
+                self._active.discard(admission.cancel)
 
     @property
     def busy(self) -> bool:
@@ -215,6 +284,11 @@ class GenerationCore:
     def pending(self) -> int:
         """Jobs (generations, inspections) queued or running on the model worker."""
         return self.worker.pending
+
+    def close(self) -> None:
+        """Cancel what runs or waits and stop the worker thread (the core's model is unloaded for good)."""
+        self.stop_all()
+        self.worker.close()
 
     def generate(self, request: GenerationRequest, cancel: threading.Event | None = None, *,
                  is_chat: bool = False) -> Finished:

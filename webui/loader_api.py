@@ -72,7 +72,9 @@ class ModelInfo:
 
 
 class Model(ABC):
-    """A loaded model. One generation at a time drives it (the generation core holds the lock)."""
+    """A loaded model. The generation core drives it from one thread; a model with `parallel` > 1 is
+    driven by that many requests at once, each in its own lane (`webui.lanes`): it tells them apart with
+    `webui.lanes.current()` and decodes them together through its `stepper`."""
 
     info: ModelInfo
     #: Tokens actually evaluated by the backend since load (prefix-cache reuse makes this grow slowly).
@@ -81,6 +83,10 @@ class Model(ABC):
     #: outside PyTorch sets 1: the sampler math is tiny, and idle PyTorch worker threads spinning on a
     #: small CPU would steal the cores the backend needs (measured 10x slower decode on 2 cores).
     torch_threads: int | None = None
+    #: Requests decoded together (llama.cpp's `parallel` slots); 1 = one request at a time.
+    parallel: int = 1
+    #: Advances parked lanes together (`webui.lanes.Stepper`); None for a model whose lanes never park.
+    stepper: Any = None
 
     @property
     @abstractmethod

@@ -175,9 +175,9 @@ def estimate_llamacpp(facts: ModelFacts, params: dict[str, Any]) -> MemoryEstima
     weights_gpu = sum(facts.layer_bytes[facts.n_layers - blocks :]) + (
         facts.output_bytes if ngl > facts.n_layers else 0
     )
-    kv = kv_cache_bytes(
+    kv = kv_cache_bytes(  # `parallel` slots: n_ctx positions each, in one context
         facts.n_layers, n_ctx, facts.n_kv_heads, facts.head_dim, str(params.get("cache_type", "f16"))
-    )
+    ) * max(1, int(params.get("parallel", 1)))
     kv_gpu = kv * blocks // max(facts.n_layers, 1)
     extra_cpu = (cpu_extra_buffers(facts, blocks, ngl > facts.n_layers, bool(params.get("mmap", True)))
                  if params.get("extra_buffers", True) else 0)  # False: llama.cpp's use_extra_bufts off

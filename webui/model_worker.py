@@ -69,11 +69,24 @@ class ModelWorker:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
 
+    def close(self) -> None:
+        """Stop the thread once the jobs already submitted have run (a model that is unloaded for good)."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(_STOP)
+
     def _loop(self) -> None:
         while True:
             job = self._jobs.get()
+            if job is _STOP:
+                return
             try:
                 job()
             finally:
                 with self._count_lock:
                     self._pending -= 1
+
+
+def _STOP() -> None:  # the sentinel `close` queues: the loop returns instead of running it
+    """Never called."""

@@ -39,6 +39,7 @@ from webui.api.schemas import (
     StopResponse,
     TokenCountResponse,
     TokenProbability,
+    UnloadModelRequest,
 )
 from webui.api.trace_schemas import LogitsTraceRequest, LogitsTraceResponse
 from webui.input_errors import check_token_ids
@@ -74,17 +75,21 @@ def model_list(hearth: Hearth) -> ModelNamesResponse:
 
 @admin.post("/model/load", response_model=ModelInfoResponse, responses=ERRORS)
 async def load_model(body: LoadModelRequest, hearth: Hearth) -> ModelInfoResponse:
-    """Unload the current model and load another; waits for the running generation to finish."""
+    """Unload the UI's model and load another in its place; waits for the running generation to finish. A
+    model the API already loaded by name with these settings is taken as it is (no second copy)."""
     args = dict(body.args)
     loader = body.loader or args.pop("loader", None)
     args.pop("loader", None)
-    await run_in_threadpool(hearth.models.load, body.model_name, loader, args)
+    await run_in_threadpool(hearth.pool.load_ui, body.model_name, loader, args)
     return _info(hearth)
 
 
 @admin.post("/model/unload", response_model=ModelInfoResponse, responses={401: ERRORS[401]})
-async def unload_model(hearth: Hearth) -> ModelInfoResponse:
-    await run_in_threadpool(hearth.models.unload)
+async def unload_model(hearth: Hearth, body: UnloadModelRequest | None = None) -> ModelInfoResponse:
+    """Unload the UI's model, or `model` (any loaded one), after its requests finish; with `cancel` they are
+    stopped first. Answers with the UI's model as /model/info does."""
+    body = body or UnloadModelRequest()
+    await run_in_threadpool(hearth.pool.unload, body.model, body.cancel)
     return _info(hearth)
 
 

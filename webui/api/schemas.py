@@ -88,7 +88,9 @@ SAMPLER_FIELD_NAMES: tuple[str, ...] = tuple(SamplingParams.model_fields)
 class GenerationFields(SamplerFields):  # type: ignore[misc, valid-type]
     """Fields shared by completions and chat completions (OpenAI names plus text-generation-webui's)."""
 
-    model: str | None = Field(None, description="Ignored: the loaded model answers.")
+    model: str | None = Field(None, description="The model to answer: a name of /v1/models or an alias of "
+                              "user_data/model_aliases.yaml, loaded first when it is not (docs/api.md, routing). "
+                              "Empty, null or the UI's model: the UI's model answers.")
     max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate (wins over max_new_tokens).")
     max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="text-generation-webui's name for max_tokens.")
     stop: str | list[str] | None = Field(None, description="Stop strings (merged with stopping_strings).")
@@ -311,6 +313,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "hearth"
+    loaded: bool = Field(False, description="Whether the model is in memory now (a request naming another loads it).")
 
 
 class ModelList(BaseModel):
@@ -336,6 +339,13 @@ class LoadModelRequest(BaseModel):
     model_name: str
     loader: str | None = Field(None, description="Default: chosen from the model (may also be given as args.loader).")
     args: dict[str, Any] = Field(default_factory=dict, description="Loader parameters, e.g. {\"n_ctx\": 4096}.")
+
+
+class UnloadModelRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="The model to unload (default: the UI's model).")
+    cancel: bool = Field(False, description="Stop its running and queued requests instead of waiting for them.")
 
 
 class LoraListResponse(BaseModel):

@@ -16,8 +16,8 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -35,6 +35,10 @@ DISCONNECT_POLL_S = 0.1
 #: 50 writes a second are still smooth to read.
 WRITE_INTERVAL_S = 0.02
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: Seconds between the `: loading NAME` comments a stream sends while its model loads (keeps proxies and
+#: clients from timing out; SSE comments are ignored by every client).
+KEEPALIVE_S = 3.0
+T = TypeVar("T")
 
 
 class Renderer(Protocol):
@@ -179,15 +183,62 @@ async def _sse_body(first: list[Event], batches: AsyncIterator[list[Event]], ren
             if not isinstance(batch[-1], Finished):
                 await asyncio.sleep(max(0.0, written + WRITE_INTERVAL_S - loop.time()))
             written = loop.time()
-    except HearthError as exc:
-        error = from_hearth(exc)
-        yield f"data: {_json(error_body(error.message, error.type, error.param, error.code))}\n\n"
     except Exception as exc:
-        log.exception("streamed generation failed")
-        yield f"data: {_json(error_body(f'internal error: {exc}', 'server_error'))}\n\n"
+        yield _error_event(exc)
     finally:
         cancel.set()  # the client left (this generator was cancelled) or the reply is done
     yield "data: [DONE]\n\n"
+
+
+def _error_event(exc: Exception) -> str:
+    """A failure inside a stream, as the error body OpenAI clients read from a `data:` line."""
+    if isinstance(exc, HearthError):
+        exc = from_hearth(exc)
+    if not isinstance(exc, APIError):
+        log.error("streamed generation failed", exc_info=exc)
+        exc = APIError(500, f"internal error: {exc}")
+    return f"data: {_json(error_body(exc.message, exc.type, exc.param, exc.code))}\n\n"
+
+
+def while_loading(name: str, ready: Awaitable[T], then: Callable[[T], Awaitable[Any]],
+                  done: Callable[[T], None]) -> StreamingResponse:
+    """A stream that answers 200 at once while model `name` loads (`ready` gives its slot): an SSE comment
+    `: loading NAME` now and every KEEPALIVE_S, then the stream `then(slot)` returns (`done(slot)` once
+    it has started). A failed load or request arrives as an error event and `[DONE]`."""
+
+    async def body() -> AsyncIterator[str]:
+        task = asyncio.ensure_future(ready)
+        taken = False
+        try:
+            yield f": loading {name}\n\n"
+            while not task.done():
+                await asyncio.wait({task}, timeout=KEEPALIVE_S)
+                if not task.done():
+                    yield f": loading {name}\n\n"
+            slot = task.result()
+            taken = True
+            try:
+                response = await then(slot)
+            finally:
+                done(slot)
+        except Exception as exc:
+            yield _error_event(exc)
+            yield "data: [DONE]\n\n"
+            return
+        finally:
+            if not taken:  # the client left while the model loaded: hand the slot back once it has
+                task.add_done_callback(lambda t: None if t.cancelled() or t.exception() else done(t.result()))
+        if isinstance(response, StreamingResponse):
+            chunks = response.body_iterator
+            try:
+                async for chunk in chunks:
+                    yield chunk if isinstance(chunk, str) else bytes(chunk).decode("utf-8")
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]  # a client that left cancels the generation
+        else:  # pragma: no cover - `then` streams
+            yield _sse(response) + "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _json(data: object) -> str:

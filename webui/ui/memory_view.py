@@ -12,17 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from webui.errors import HearthError
-from webui.memory_estimate import GiB, MemoryEstimate, available_memory, estimate
-
-
-def _gib(n: float) -> str:
-    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / (1 << 20):.1f} MiB"
+from webui.memory_estimate import MemoryEstimate, available_memory, estimate
+from webui.model_budget import gib
 
 
 def _segment(css: str, part: int, scale: int, label: str) -> str:
     width = 100 * part / scale if scale else 0
     return (
-        f'<span class="{css}" style="width:{width:.2f}%" title="{html.escape(label)}: {_gib(part)}"></span>'
+        f'<span class="{css}" style="width:{width:.2f}%" title="{html.escape(label)}: {gib(part)}"></span>'
     )
 
 
@@ -43,12 +40,12 @@ def memory_html(est: MemoryEstimate, available: dict[str, int]) -> str:
     )
     fits = need <= free if free else None
     verdict = (
-        f"fits in {_gib(free)} {where}"
+        f"fits in {gib(free)} {where}"
         if fits
-        else (f"does not fit: {_gib(free)} {where}" if fits is False else f"{where} unknown")
+        else (f"does not fit: {gib(free)} {where}" if fits is False else f"{where} unknown")
     )
     legend = "".join(
-        f'<span><i style="background:{color}"></i>{label} {_gib(part)}</span>'
+        f'<span><i style="background:{color}"></i>{label} {gib(part)}</span>'
         for label, part, color in (
             ("weights", weights, "#4f7cff"),
             ("KV cache", est.kv_cache, "#f0a030"),
@@ -57,8 +54,8 @@ def memory_html(est: MemoryEstimate, available: dict[str, int]) -> str:
     )
     return (
         f'<div id="memory-estimate" data-total="{est.total}" data-kv="{est.kv_cache}">'
-        f"<b>Estimated memory: {_gib(est.total)}</b>"
-        + (f" ({_gib(est.vram)} on GPU)" if on_gpu else "")
+        f"<b>Estimated memory: {gib(est.total)}</b>"
+        + (f" ({gib(est.vram)} on GPU)" if on_gpu else "")
         + f" — {verdict}"
         f'<div class="hearth-membar">{bar}</div>'
         f'<div class="hearth-legend">{legend}</div></div>'

@@ -38,6 +38,7 @@ from webui.model_settings import ModelSettings, ModelSettingsError, save_setting
 from webui.remotes import PREFIX as REMOTE_PREFIX
 from webui.ui.context import UIContext, enclosing_tabs
 from webui.ui.download_box import build_download_box
+from webui.ui.loaded_models import build_loaded_models
 from webui.ui.loader_params import LoaderPanels, build_loader_panels
 from webui.ui.lora_panel import build_lora_panel
 from webui.ui.memory_view import estimate_html
@@ -93,7 +94,7 @@ def load_key(app: App) -> str | None:
 def status_text(app: App) -> str:
     models = app.models
     if models.model is None:
-        return "No model loaded."
+        return "No model loaded." + (f" {app.pool.ui_note}" if app.pool.ui_note else "")
     return f"Loaded **{models.model_name}** with **{models.loader_name}**."
 
 
@@ -224,14 +225,14 @@ class ModelTab:
         if refused:
             raise gr.Error(f"{model} not loaded: {refused}.", print_exception=False)
         try:
-            self.app.models.load(model, loader or None, self.panels.values(loader or "", values))
+            self.app.pool.load_ui(model, loader or None, self.panels.values(loader or "", values))
         except HearthError as exc:
             kept = f" {self.app.models.model_name} is still loaded." if self.app.models.model else ""
             raise gr.Error(f"{model} not loaded: {exc}.{kept}", print_exception=False) from None
         return status_text(self.app), info_markdown(self.app)
 
     def unload(self) -> tuple[str, str, str | None]:
-        self.app.models.unload()
+        self.app.pool.unload()
         return self.loaded_view()
 
     def save(self, model: str | None, loader: str | None, *values: Any) -> None:
@@ -326,6 +327,7 @@ def build_model_tab(ctx: UIContext) -> None:
                 elem_id="memory-box",
             )
             info = gr.Markdown(lambda: info_markdown(app), elem_id="model-info")
+            loaded = build_loaded_models(app)
             downloaded = build_download_box(app)
             loras = build_lora_panel(app)
 
@@ -346,8 +348,14 @@ def build_model_tab(ctx: UIContext) -> None:
         enclosing.select(loras.follow, [loras.names], [loras.status, loras.names], show_progress="hidden")
     downloaded.change(tab.downloaded, [downloaded], [model])  # the new value fires model.change
     # then: the true state after a failed load too
+    panel = ([loaded.choice], [loaded.table, loaded.choice])
     load.click(tab.load, [model, loader, *widgets], [status, info], concurrency_limit=1).then(
         tab.loaded_view, None, [status, info, shown]
-    ).then(loras.follow, [loras.names], [loras.status, loras.names])  # a load clears the LoRAs
-    unload.click(tab.unload, None, [status, info, shown]).then(loras.follow, [loras.names], [loras.status, loras.names])
+    ).then(loras.follow, [loras.names], [loras.status, loras.names]).then(loaded.refresh, *panel)  # a load clears the LoRAs
+    unload.click(tab.unload, None, [status, info, shown]).then(loras.follow, [loras.names], [loras.status, loras.names]).then(
+        loaded.refresh, *panel)
+    for event in (loaded.use_event, loaded.unload_event):  # the UI may talk to another model now
+        event.success(tab.loaded_view, None, [status, info, shown]).then(loras.follow, [loras.names], [loras.status, loras.names])
+    for enclosing in enclosing_tabs(model):
+        enclosing.select(loaded.refresh, *panel, show_progress="hidden")
     save.click(tab.save, [model, loader, *widgets], None)
