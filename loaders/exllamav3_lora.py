@@ -12,23 +12,17 @@ would skip silently.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loaders.lora_exllamav2 import adapter_key, check_module_shapes, check_peft_folder
+from loaders.lora_exllamav2 import (
+    LoadedAdapter,
+    adapter_key,
+    check_module_shapes,
+    check_peft_folder,
+    swap_adapters,
+)
 from webui.errors import LoaderError
-
-
-@dataclass(frozen=True, eq=False)
-class _Adapter:
-    """One loaded LoRA and what it was made from: a new scale or a rewritten file loads it again
-    (LoRA.__init__ multiplies the scale into lora_B when it loads it)."""
-
-    path: str
-    mtime: float
-    scale: float
-    lora: Any
 
 
 class ExLlamav3Loras:
@@ -37,13 +31,13 @@ class ExLlamav3Loras:
     supports_loras = True
     _model: Any
     _slots: dict[int, Any]
-    _adapters: list[_Adapter]
+    _adapters: list[LoadedAdapter]
 
     def set_loras(self, loras: Sequence[tuple[Path, float]]) -> None:
         """Checked against the model's layers first; new ones are loaded before old ones are unloaded, so a
         failure leaves the model as it was. Every slot's cache is emptied when the set changes."""
         wanted = [adapter_key(Path(path), float(scale)) for path, scale in loras]
-        if wanted == [(a.path, a.mtime, a.scale) for a in self._adapters]:
+        if wanted == [a.key for a in self._adapters]:
             return
         if wanted and getattr(self._model, "loaded_tp", False):
             raise LoaderError(
@@ -52,21 +46,7 @@ class ExLlamav3Loras:
             )
         for path, _ in loras:
             self._check_adapter(Path(path))
-        loaded = {(a.path, a.mtime, a.scale): a for a in self._adapters}
-        fresh: list[_Adapter] = []
-        try:
-            for (path, scale), key in zip(loras, wanted, strict=True):
-                if key not in loaded:
-                    loaded[key] = _Adapter(*key, lora=self._load_adapter(Path(path), float(scale)))
-                    fresh.append(loaded[key])
-        except LoaderError:
-            for adapter in fresh:
-                adapter.lora.unload()
-            raise
-        applied = [loaded[key] for key in wanted]
-        for adapter in self._adapters:
-            if all(adapter is not a for a in applied):
-                adapter.lora.unload()
+        applied = swap_adapters(self._adapters, loras, wanted, self._load_adapter)
         self._adapters = applied
         for state in self._slots.values():
             self._reset(state)  # type: ignore[attr-defined]

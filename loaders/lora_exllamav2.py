@@ -8,7 +8,7 @@ lora_scaling = 1.0)``, ``__init__`` looking targets up in ``model.modules_dict``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,9 @@ from webui.loras import PEFT_WEIGHTS, check_peft_shapes, is_peft_folder, peft_co
 
 
 @dataclass(frozen=True, eq=False)
-class _Adapter:
-    """One loaded ExLlamaV2Lora and what it was made from: a new scale or a rewritten file loads it again
-    (exllamav2 multiplies the scale into lora_B's tensors when it loads them)."""
+class LoadedAdapter:
+    """One loaded adapter (an ExLlamaV2Lora, or exllamav3's LoRA) and what it was made from: a new scale or a
+    rewritten file loads it again (both libraries multiply the scale into lora_B's tensors when they load)."""
 
     path: str
     mtime: float
@@ -87,11 +87,35 @@ def load_adapter(model: Any, path: Path, scale: float) -> Any:
         raise LoaderError(f"LoRA {path.name}: ExLlamaV2 cannot apply it ({reason})") from exc
 
 
+def swap_adapters(current: Sequence[LoadedAdapter], loras: Sequence[tuple[Path, float]], wanted: Sequence[tuple[str, float, float]],
+                  load: Callable[[Path, float], Any]) -> list[LoadedAdapter]:
+    """The adapters for `loras` (`wanted` their keys): those of `current` with the same key are kept, the others
+    loaded with `load(path, scale)`, and only then are the adapters no longer wanted unloaded; a failed load
+    unloads what this call loaded and leaves `current` as it was. For ExLlamaV2 and ExLlamaV3, whose adapters
+    both have `.lora.unload()`."""
+    loaded = {a.key: a for a in current}
+    fresh: list[LoadedAdapter] = []
+    try:
+        for (path, scale), key in zip(loras, wanted, strict=True):
+            if key not in loaded:
+                loaded[key] = LoadedAdapter(*key, lora=load(Path(path), float(scale)))
+                fresh.append(loaded[key])
+    except LoaderError:
+        for adapter in fresh:
+            adapter.lora.unload()
+        raise
+    applied = [loaded[key] for key in wanted]
+    for adapter in current:
+        if all(adapter is not a for a in applied):
+            adapter.lora.unload()  # removes its tensors from the layers
+    return applied
+
+
 class ExLlamaV2Adapters:
     """The adapters applied to one ExLlamaV2 model."""
 
     def __init__(self) -> None:
-        self._adapters: list[_Adapter] = []
+        self._adapters: list[LoadedAdapter] = []
 
     def forward_arg(self) -> list[Any] | None:
         """The `loras=` argument of every forward: None, not [], without adapters. exllamav2 0.3.2 reads
@@ -112,21 +136,7 @@ class ExLlamaV2Adapters:
                               "them (reload without enable_tp to use LoRAs)")
         for path, _ in loras:
             check_adapter(model, Path(path))
-        loaded = {a.key: a for a in self._adapters}
-        fresh: list[_Adapter] = []
-        try:
-            for (path, scale), key in zip(loras, wanted, strict=True):
-                if key not in loaded:
-                    loaded[key] = _Adapter(*key, lora=load_adapter(model, Path(path), float(scale)))
-                    fresh.append(loaded[key])
-        except LoaderError:
-            for adapter in fresh:
-                adapter.lora.unload()
-            raise
-        applied = [loaded[key] for key in wanted]
-        for adapter in self._adapters:
-            if all(adapter is not a for a in applied):
-                adapter.lora.unload()  # ExLlamaV2Lora.unload: removes its tensors from the layers
+        applied = swap_adapters(self._adapters, loras, wanted, lambda path, scale: load_adapter(model, path, scale))
         self._adapters = applied
         return True
 
