@@ -51,6 +51,8 @@ def assert_follows_the_model_contract(model: Model) -> None:
     assert model.n_ctx > 0 and model.info.vocab_size == model.vocab_size
     assert model.info.as_dict()["loader"] == model.info.loader
     assert len(model.vocabulary.texts) == model.vocab_size
+    # several requests at once only with a stepper that advances them together (docs/loaders.md)
+    assert model.parallel >= 1 and (model.parallel == 1 or model.stepper is not None)
 
 
 # -- through the real hook --------------------------------------------------------------------------

@@ -206,8 +206,11 @@ def test_parallel_out_of_range_is_refused_and_keeps_the_model(manager: ModelMana
 
 
 def test_each_slot_has_the_whole_context(manager: ModelManager, core: GenerationCore):
+    from tests.test_loader_contract import assert_follows_the_model_contract
+
     manager.load("tiny-llama.gguf", "llama.cpp", {"parallel": 3, "n_ctx": 512})
     assert manager.model.n_ctx == 512
+    assert_follows_the_model_contract(manager.model)  # outside a lane: the first slot, as with parallel 1
     long = " ".join(["word"] * 400)
     results = together(core, [request(long, 8), request(long + " more", 8), request("short", 8)])
     assert all(r.reason == "length" for r in results)
