@@ -14,7 +14,10 @@ by exllamav2's and exllamav3's own converters.
 - VRAM: measured after load and a generation (torch for ExLlama, nvidia-smi for llama.cpp) against
   webui.memory_estimate (goal within 10%);
 - n_gpu_layers auto: for budgets below the whole model, the layers max_gpu_layers picks, loaded, never use
-  more VRAM than the budget.
+  more VRAM than the budget;
+- parallel slots: 4 requests at once on the llama.cpp loader with parallel 4 (every layer on the GPU)
+  against one at a time: aggregate decode tokens/s (goal >= 2x: decoding is memory-bound on a GPU, so a
+  batch of 4 costs little more than one token) and the same greedy tokens as alone.
 Every step is time-boxed; a failure is a row of the table, and the run goes on.
 """
 
@@ -343,6 +346,56 @@ def check_speed(
         manager.unload()
 
 
+def check_parallel(loaders: dict, path: Path, params: dict, tokens: int, rounds: int) -> None:
+    """Aggregate tokens/s of 4 requests decoded together (parallel 4) against 4 run one after another."""
+    import threading
+
+    prompts = [f"{PROMPT} {i}" for i in range(4)]
+    manager = ModelManager(path.parent, loaders)
+    core = GenerationCore(manager)
+
+    def request(prompt: str) -> GenerationRequest:
+        return GenerationRequest(prompt=prompt, max_new_tokens=tokens, sampling=GREEDY)
+
+    results: dict[str, list[list[int]]] = {}
+
+    def one_at_a_time() -> float:
+        start = time.perf_counter()
+        results["alone"] = [core.generate(request(p)).token_ids for p in prompts]
+        return 4 * tokens / (time.perf_counter() - start)
+
+    def together() -> float:
+        out: list[list[int]] = [[] for _ in prompts]
+
+        def run(i: int) -> None:
+            out[i] = core.generate(request(prompts[i])).token_ids
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        results["together"] = out
+        return 4 * tokens / (time.perf_counter() - start)
+
+    try:
+        manager.load(path.name, loader="llama.cpp", params={**params, "parallel": 4})  # one lane at a time also
+        speeds = interleaved({"alone": one_at_a_time, "together": together}, rounds)  # runs in a slot
+        ratios = [a / b for a, b in zip(speeds["together"], speeds["alone"], strict=True)]
+        same = results["alone"] == results["together"]
+        ROWS.append((
+            "parallel 4 vs one at a time (llama.cpp)",
+            f"{statistics.median(speeds['together']):.0f} vs {statistics.median(speeds['alone']):.0f} tok/s, "
+            f"ratio {spread(ratios)}" + ("" if same else ", tokens differ"),
+            ">= 2",
+            "PASS" if same and statistics.median(ratios) >= 2 else "FAIL",
+        ))
+    finally:
+        core.close()
+        manager.unload()
+
+
 BASELINE_MIB: list[int] = []  # GPU 0's used memory before this process touched CUDA
 
 
@@ -468,6 +521,8 @@ def run_library(
             lambda: check_vram(loaders, "bench GGUF", path, "llama.cpp", params),
         )
         step("n_gpu_layers auto", 90, deadline, lambda: check_auto_layers(loaders, path))
+        step("parallel llama.cpp", 90, deadline,
+             lambda: check_parallel(loaders, path, params, args.tokens, max(3, args.rounds // 2)))
         step(
             "parity llama.cpp",
             60,
