@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import importlib.util
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -322,6 +324,9 @@ class LlamaCppLoader(Loader):
                     choices=tuple(CACHE_TYPES)),
         LoaderParam("mmap", "bool", True, "Memory-map the file instead of reading it into RAM."),
         LoaderParam("mlock", "bool", False, "Lock the weights in RAM so the OS cannot swap them out."),
+        LoaderParam("repack", "bool", True, "Let llama.cpp copy quantized weights into faster CPU layouts (AMX, "
+                    "interleaved rows; more RAM). Turn off if generating dies with 'Illegal instruction' (a virtual "
+                    "machine whose CPU advertises AMX it does not run), like llama-server's --no-repack."),
         LoaderParam("tensor_split", "str", "", "Share of the model per GPU, e.g. 60,40."),
         MMPROJ_PARAM,
     )
@@ -352,7 +357,8 @@ class LlamaCppLoader(Loader):
                 raise LoaderError(f"n_gpu_layers auto: cannot size {gguf_path.name}: {exc}") from exc
         kwargs = self.llama_kwargs(gguf_path, params)
         try:
-            llm = Llama(model_path=str(gguf_path), **kwargs)
+            with _model_params(**({} if params["repack"] else {"use_extra_bufts": False})):
+                llm = Llama(model_path=str(gguf_path), **kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
             raise LoaderError(f"llama.cpp could not load {gguf_path.name}: {exc}") from exc
         projector = None
@@ -409,6 +415,32 @@ class LlamaCppLoader(Loader):
         if split:
             kwargs["tensor_split"] = split
         return kwargs
+
+
+_MODEL_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(**fields: Any) -> Iterator[None]:
+    """Build a Llama with model parameters its constructor does not take (`use_extra_bufts`): it asks
+    llama.cpp's `llama_model_default_params` for them, so that function answers with `fields` set while
+    the model loads. The lock keeps two loads on other threads (the model pool's) from seeing each other's."""
+    from llama_cpp import llama_cpp as capi
+
+    with _MODEL_PARAMS_LOCK:
+        default = capi.llama_model_default_params
+
+        def params() -> Any:
+            value = default()
+            for name, setting in fields.items():
+                setattr(value, name, setting)
+            return value
+
+        capi.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            capi.llama_model_default_params = default
 
 
 def _tensor_split(text: str) -> list[float] | None:

@@ -388,3 +388,31 @@ def test_a_split_gguf_is_read_from_every_shard(tmp_path: Path) -> None:
     shards[-1].unlink()
     with pytest.raises(MemoryEstimateError, match=f"{shards[-1].name} is missing"):
         read_gguf(first)
+
+
+def test_repack_off_loads_weights_in_place_and_generates(quantized: dict[str, Path], loaders: dict) -> None:
+    """`--no-repack` (llama.cpp's use_extra_bufts off): for CPUs whose repacked kernels die with 'Illegal
+    instruction' (this VM's advertises AMX it does not run). The model generates, the estimate drops the
+    copy, and llama.cpp's own default is left as it was for the next load."""
+    from llama_cpp import llama_cpp as capi
+
+    from webui.generation import GenerationCore, GenerationRequest
+    from webui.models import ModelManager
+    from webui.sampling import SamplingParams
+
+    default = capi.llama_model_default_params
+    path = quantized["Q4_0"]
+    manager = ModelManager(path.parent, loaders)
+    try:
+        model = manager.load(path.name, "llama.cpp", {"n_ctx": 128, "repack": False})
+        assert model._llm.model_params.use_extra_bufts is False
+        assert capi.llama_model_default_params is default and default().use_extra_bufts is True
+        done = GenerationCore(manager).generate(
+            GenerationRequest(prompt="Hello", max_new_tokens=8, sampling=SamplingParams(temperature=0, ban_eos_token=True)))
+        assert len(done.token_ids) == 8
+        manager.load(path.name, "llama.cpp", {"n_ctx": 128})  # loading only: this VM dies evaluating repacked weights
+        assert manager.model._llm.model_params.use_extra_bufts is True
+    finally:
+        manager.unload()
+    plain = estimate(path, "llama.cpp", {"n_ctx": 64, "repack": False})
+    assert plain.weights_cpu == read_gguf(path).weight_bytes <= estimate(path, "llama.cpp", {"n_ctx": 64}).weights_cpu

@@ -180,7 +180,7 @@ def estimate_llamacpp(facts: ModelFacts, params: dict[str, Any]) -> MemoryEstima
     ) * max(1, int(params.get("parallel", 1)))
     kv_gpu = kv * blocks // max(facts.n_layers, 1)
     extra_cpu = (cpu_extra_buffers(facts, blocks, ngl > facts.n_layers, bool(params.get("mmap", True)))
-                 if params.get("extra_buffers", True) else 0)  # False: llama.cpp's use_extra_bufts off
+                 if params.get("repack", params.get("extra_buffers", True)) else 0)  # off: use_extra_bufts off
     n_batch, flash_attn = int(params.get("n_batch", 512)), bool(params.get("flash_attn", False))
     compute = compute_buffer_bytes(facts, n_ctx, n_batch, flash_attn)
     overhead_gpu = compute + CUDA_RESERVE if ngl else 0
