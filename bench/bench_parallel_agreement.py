@@ -20,7 +20,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.interleave import without_extra_buffers  # noqa: E402
 from tests.model_factory import build_bench_gguf  # noqa: E402
 from webui.events import Finished, TextChunk  # noqa: E402
 from webui.generation import GenerationCore, GenerationRequest  # noqa: E402
@@ -68,17 +67,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--loader", default="llama.cpp", choices=["llama.cpp", "llamacpp_HF"])
-    parser.add_argument("--no-extra-buffers", action="store_true", help=without_extra_buffers.__doc__)
+    parser.add_argument("--no-repack", action="store_true", help="the loader's repack off (see --help of webui)")
     args = parser.parse_args()
-    if args.no_extra_buffers:
-        without_extra_buffers()
+    settings = {"n_ctx": 1024, "repack": not args.no_repack}
     gguf = build_bench_gguf(ROOT / "bench" / ".cache")
     manager = ModelManager(gguf.parent, collect_loaders(make_plugin_manager()))
     core = GenerationCore(manager)
     texts = prompts(args.prompts)
-    manager.load(gguf.name, args.loader, {"parallel": 1, "n_ctx": 1024})
+    manager.load(gguf.name, args.loader, {**settings, "parallel": 1})
     alone = [run(core, text, args.tokens) for text in texts]
-    manager.load(gguf.name, args.loader, {"parallel": args.parallel, "n_ctx": 1024})
+    manager.load(gguf.name, args.loader, {**settings, "parallel": args.parallel})
     together = side_by_side(core, texts, args.tokens)
     batcher = manager.model.stepper
     same_requests = same_tokens = 0

@@ -62,6 +62,15 @@ def fill_batch(batch: Any, entries: Sequence[tuple[Sequence[int], int, int]], lo
     return rows
 
 
+def decode_failed(seq: LlamaSequence, n_tokens: int, exc: RuntimeError) -> ModelRuntimeError:
+    """llama_decode failed on `n_tokens` of `seq`: drop what it may have written of them, and say why."""
+    seq.ctx.kv_cache_seq_rm(seq.seq_id, seq.n_past, -1)
+    return ModelRuntimeError(
+        f"llama.cpp failed to evaluate {n_tokens} tokens at position {seq.n_past} ({exc}). "
+        "Return code 1 means no free slot in the KV cache: try a larger n_ctx or a smaller n_batch."
+    )
+
+
 class LlamaBatcher:
     """Steps the lanes of a `parallel` context (see the module docstring)."""
 
@@ -69,9 +78,8 @@ class LlamaBatcher:
         self._ctx = ctx
         self._batch = batch
         self._n_batch = n_batch
-        #: llama_decode calls made, and tokens they held (for tests and the bench: batching is real).
+        #: llama_decode calls made (for tests and the bench: batching is real).
         self.steps = 0
-        self.batched_tokens = 0
         #: Most lanes one decode served.
         self.widest = 0
         self._held: set[int] = set()  # sequence indices held by running lanes
@@ -114,9 +122,8 @@ class LlamaBatcher:
         try:
             self._ctx.decode(self._batch)
         except RuntimeError as exc:
-            return [(lane, None, self._failed(lane.parked.seq, len(tokens), exc)) for lane, tokens in chunks]
+            return [(lane, None, decode_failed(lane.parked.seq, len(tokens), exc)) for lane, tokens in chunks]
         self.steps += 1
-        self.batched_tokens += sum(len(tokens) for _, tokens in chunks)
         self.widest = max(self.widest, len(chunks))
         resumed = []
         for (lane, tokens), row in zip(chunks, rows, strict=True):
@@ -127,14 +134,6 @@ class LlamaBatcher:
                 wanted.seq.logits_index = row
                 resumed.append((lane, None, None))
         return resumed
-
-    @staticmethod
-    def _failed(seq: LlamaSequence, n_tokens: int, exc: RuntimeError) -> ModelRuntimeError:
-        seq.ctx.kv_cache_seq_rm(seq.seq_id, seq.n_past, -1)
-        return ModelRuntimeError(
-            f"llama.cpp failed to evaluate {n_tokens} tokens at position {seq.n_past} ({exc}). "
-            "Return code 1 means no free slot in the KV cache: try a larger n_ctx or a smaller n_batch."
-        )
 
     def release(self, lane: Lane) -> None:
         """The sequence `lane` held is free for the next request (its cached tokens stay for reuse)."""

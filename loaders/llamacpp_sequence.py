@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from loaders.llamacpp_batch import LlamaBatcher, Wanted, fill_batch
+from loaders.llamacpp_batch import LlamaBatcher, Wanted, decode_failed, fill_batch
 from webui import lanes
 from webui.errors import ModelRuntimeError
 from webui.loader_api import common_prefix_length
@@ -166,11 +166,7 @@ class LlamaSequence:
             try:
                 self._ctx.decode(self._batch)
             except RuntimeError as exc:
-                self._ctx.kv_cache_seq_rm(self.seq_id, self.n_past, -1)
-                raise ModelRuntimeError(
-                    f"llama.cpp failed to evaluate {len(chunk)} tokens at position {self.n_past} ({exc}). "
-                    "Return code 1 means no free slot in the KV cache: try a larger n_ctx or a smaller n_batch."
-                ) from exc
+                raise decode_failed(self, len(chunk), exc) from exc
             if out is not None:  # rows in batch order: every token of the chunk was an output
                 rows = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(len(chunk), self._n_vocab))
                 out[start : start + len(chunk)] = rows

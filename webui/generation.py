@@ -123,7 +123,12 @@ class _Admission:
 
     def cancel_all(self) -> None:
         for _ in self.requests:
-            self.sink(Finished("cancelled", "", Usage(0, 0), seed=-1))
+            self.sink(_cancelled())
+
+
+def _cancelled() -> Finished:
+    """The end of a generation cancelled before its first token."""
+    return Finished("cancelled", "", Usage(0, 0), seed=-1)
 
 
 class GenerationCore:
@@ -228,9 +233,7 @@ class GenerationCore:
                 return False
             admission.started = True
             self._admissions.remove(admission)
-        with self._active_lock:
-            if admission.forget:
-                self._active.discard(admission.cancel)
+        self._forget(admission)
         return True
 
     def _admit_next(self) -> Callable[[], None] | None:
@@ -254,7 +257,7 @@ class GenerationCore:
         try:
             for request in admission.requests:
                 if admission.cancel.is_set():
-                    admission.sink(Finished("cancelled", "", Usage(0, 0), seed=-1))
+                    admission.sink(_cancelled())
                     continue
                 for event in self._run(self.models.require(), request, admission.cancel, admission.is_chat):
                     admission.sink(event)
