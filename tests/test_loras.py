@@ -70,6 +70,12 @@ def test_discover_and_resolve_only_adapters(loras_dir: Path, models_dir: Path):
         resolve_choices(loras_dir, ["style"], [1.0, 2.0])
 
 
+def same_logits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same adapters read the same logits, up to float32 noise: a read through a cached prefix and a
+    full one sum in another order (differences of ~1e-5 seen on logits of ~10; a LoRA moves them by > 0.5)."""
+    return torch.allclose(a, b, atol=1e-4)
+
+
 def test_transformers_apply_remove_scale_and_wrong_base(manager: ModelManager, loras_dir: Path):
     model = manager.load("tiny-llama", "Transformers")
     ids = model.tokenize(PROMPT)
@@ -86,7 +92,7 @@ def test_transformers_apply_remove_scale_and_wrong_base(manager: ModelManager, l
         match=r"down_proj is 128x256 here, the adapter was made for 64x128 \(a LoRA for another base model\)",
     ):
         manager.apply_loras(resolve_choices(loras_dir, ["other-base"]))
-    assert manager.lora_names == ["style"] and torch.allclose(model.logits(ids), with_lora, atol=1e-5)
+    assert manager.lora_names == ["style"] and same_logits(model.logits(ids), with_lora)
 
     manager.apply_loras(resolve_choices(loras_dir, ["style"], [0.0]))
     assert torch.equal(model.logits(ids), base_logits)
@@ -146,10 +152,10 @@ def test_llamacpp_gguf_adapter_and_wrong_base(
     styled = model.logits(ids).clone()
     assert (styled - base).abs().max() > 0.5
     # a context made after the apply (slot 1: CFG's negative prompt) gets the adapters too
-    assert torch.allclose(model.logits(ids, slot=1), styled, atol=1e-5)
+    assert same_logits(model.logits(ids, slot=1), styled)
     with pytest.raises(LoraMismatch, match="the adapter was made for 64x"):
         manager.apply_loras(resolve_choices(gguf_dir, ["other.gguf"]))
-    assert manager.lora_names == ["style.gguf"] and torch.allclose(model.logits(ids), styled, atol=1e-5)
+    assert manager.lora_names == ["style.gguf"] and same_logits(model.logits(ids), styled)
 
     # a PEFT adapter from the Hub (its base is no local folder): converted with a config made from the GGUF
     hub_style = gguf_dir / "hub-style"
@@ -161,10 +167,10 @@ def test_llamacpp_gguf_adapter_and_wrong_base(
         json.dumps({**config, "base_model_name_or_path": "someone/tiny"})
     )
     manager.apply_loras(resolve_choices(gguf_dir, ["hub-style"]))
-    assert torch.allclose(model.logits(ids), styled, atol=1e-5)
+    assert same_logits(model.logits(ids), styled)
     with pytest.raises(LoraMismatch, match="the adapter was made for 64x"):
         manager.apply_loras(resolve_choices(gguf_dir, ["other.gguf"]))
-    assert manager.lora_names == ["hub-style"] and torch.allclose(model.logits(ids), styled, atol=1e-5)
+    assert manager.lora_names == ["hub-style"] and same_logits(model.logits(ids), styled)
     manager.apply_loras([])
     assert torch.equal(model.logits(ids), base)
 
