@@ -183,6 +183,38 @@ def test_unload_with_cancel_stops_the_running_request(scripted: Served):
         assert c.post("/v1/internal/model/unload").json()["model_name"] == "None"
 
 
+def test_stop_generation_stops_every_models_requests(scripted: Served):
+    """text-generation-webui's Stop (SillyTavern's stop button) reaches a routed model's request too."""
+    pool = scripted.app.pool
+    slow = pool.acquire("slow")
+    pool.release(slow)
+    results: dict[str, object] = {}
+    started = {name: threading.Event() for name in ("ui", "slow")}
+    stopped = threading.Event()  # each model's first token waits until Stop was pressed
+    workers = []
+    for name, models in (("ui", scripted.app.models), ("slow", slow.models)):
+        models.model.on_logits = lambda ids, event=started[name]: (event.set(), stopped.wait(20))
+        body = {"model": name, "prompt": "Say:", "max_tokens": 100000, "temperature": 0, "ban_eos_token": True}
+        worker = threading.Thread(
+            target=lambda name=name, body=body: results.setdefault(
+                name, scripted.client().post("/v1/completions", json=body)
+            )
+        )
+        worker.start()
+        workers.append(worker)
+    try:
+        assert all(event.wait(20) for event in started.values())
+        with scripted.client() as c:
+            assert c.post("/v1/internal/stop-generation").json()["stopped"] == 2
+    finally:
+        stopped.set()
+    for worker in workers:
+        worker.join(20)
+    for name in ("ui", "slow"):
+        reply = results[name].json()["choices"][0]
+        assert reply["finish_reason"] == "stop" and len(reply["text"]) <= 1, name
+    assert pool.loaded_names() == ["ui", "slow"]  # stopped, not unloaded
+
 def test_a_remote_model_is_routed_by_name_like_a_local_one(models_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
     import yaml

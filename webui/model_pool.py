@@ -397,6 +397,12 @@ class ModelPool:
                 self.ui_note = ""
         return True
 
+    def stop_all(self) -> int:
+        """Cancel every model's running and queued generations; returns how many were signalled."""
+        with self._lock:
+            cores = {id(s.core): s.core for s in self._slots if s.core is not None}
+        return sum(core.stop_all() for core in cores.values())
+
     def check_idle(self) -> list[str]:
         """Unload the models unused for --idle-unload minutes; returns their names."""
         if self.idle_unload_s <= 0:

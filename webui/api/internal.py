@@ -158,8 +158,8 @@ def chat_prompt_route(body: ChatFields, hearth: Hearth, chat: Chat) -> ChatPromp
 
 @router.post("/stop-generation", response_model=StopResponse, responses={401: ERRORS[401]})
 def stop_generation(hearth: Hearth) -> StopResponse:
-    """Stop the running generation and every queued one."""
-    return StopResponse(stopped=hearth.core.stop_all())
+    """Stop the running generations and every queued one, on every loaded model."""
+    return StopResponse(stopped=hearth.pool.stop_all())
 
 
 @router.get("/samplers", response_model=SamplersResponse, responses=ERRORS)
