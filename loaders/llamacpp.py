@@ -20,6 +20,7 @@ from loaders.llamacpp_info import model_info, trained_context
 from loaders.llamacpp_media import MMPROJ_PARAM, LlamaVision, MediaLayouts, Projector
 from loaders.llamacpp_sequence import LlamaSequence
 from webui import lanes
+from webui.amx_probe import repack_takes_effect
 from webui.errors import GenerationError, LoaderError, ModelRuntimeError
 from webui.gguf_files import find_projector, is_projector_name, model_ggufs
 from webui.input_errors import InvalidGrammar, check_token_ids
@@ -325,8 +326,8 @@ class LlamaCppLoader(Loader):
         LoaderParam("mmap", "bool", True, "Memory-map the file instead of reading it into RAM."),
         LoaderParam("mlock", "bool", False, "Lock the weights in RAM so the OS cannot swap them out."),
         LoaderParam("repack", "bool", True, "Let llama.cpp copy quantized weights into faster CPU layouts (AMX, "
-                    "interleaved rows; more RAM). Turn off if generating dies with 'Illegal instruction' (a virtual "
-                    "machine whose CPU advertises AMX it does not run), like llama-server's --no-repack."),
+                    "interleaved rows; more RAM), like llama-server's --repack. Where the CPU advertises AMX it does "
+                    "not run (some virtual machines), a probe finds out and the weights stay in place by themselves."),
         LoaderParam("tensor_split", "str", "", "Share of the model per GPU, e.g. 60,40."),
         MMPROJ_PARAM,
     )
@@ -357,7 +358,7 @@ class LlamaCppLoader(Loader):
                 raise LoaderError(f"n_gpu_layers auto: cannot size {gguf_path.name}: {exc}") from exc
         kwargs = self.llama_kwargs(gguf_path, params)
         try:
-            with _model_params(**({} if params["repack"] else {"use_extra_bufts": False})):
+            with _model_params(**({} if repack_takes_effect(params["repack"]) else {"use_extra_bufts": False})):
                 llm = Llama(model_path=str(gguf_path), **kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
             raise LoaderError(f"llama.cpp could not load {gguf_path.name}: {exc}") from exc

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webui.amx_probe import repack_takes_effect
 from webui.cpu_weight_buffers import extra_buffer_bytes
 from webui.errors import HearthError
 
@@ -180,7 +181,7 @@ def estimate_llamacpp(facts: ModelFacts, params: dict[str, Any]) -> MemoryEstima
     ) * max(1, int(params.get("parallel", 1)))
     kv_gpu = kv * blocks // max(facts.n_layers, 1)
     extra_cpu = (cpu_extra_buffers(facts, blocks, ngl > facts.n_layers, bool(params.get("mmap", True)))
-                 if params.get("repack", params.get("extra_buffers", True)) else 0)  # off: use_extra_bufts off
+                 if repack_takes_effect(bool(params.get("repack", params.get("extra_buffers", True)))) else 0)
     n_batch, flash_attn = int(params.get("n_batch", 512)), bool(params.get("flash_attn", False))
     compute = compute_buffer_bytes(facts, n_ctx, n_batch, flash_attn)
     overhead_gpu = compute + CUDA_RESERVE if ngl else 0
