@@ -98,6 +98,35 @@ def test_an_unknown_name_is_a_404_listing_the_models(served: Served):
             assert "Models: other.gguf, tiny-llama.gguf" in error["message"] and "second" in error["message"]
 
 
+
+def test_token_logits_and_chat_prompt_routes_take_model_too(served: Served):
+    """/v1/internal/encode, decode, token-count, logits, logits/trace and chat-prompt answer with the model
+    `model` names (loaded first when it is not), as completions do; without it, with the UI's model."""
+    with served.client() as c:
+        c.post("/v1/internal/model/unload", json={"model": "other.gguf"}).raise_for_status()
+        probe = {"prompt": PROMPT, "top_logits": 5, "detailed": True}
+        ui = c.post("/v1/internal/logits", json=probe).json()["top_logits"]
+        other = c.post("/v1/internal/logits", json={**probe, "model": "second"}).json()["top_logits"]
+        assert "other.gguf" in served.app.pool.loaded_names()  # loaded for the request, by its alias
+        assert [t["token_id"] for t in other] != [t["token_id"] for t in ui]
+        assert other == c.post("/v1/internal/logits", json={**probe, "model": "other.gguf"}).json()["top_logits"]
+        assert ui == c.post("/v1/internal/logits", json={**probe, "model": ""}).json()["top_logits"]
+        # the greedy next token of each model, as its own completion says
+        first = complete(served, "other.gguf", max_tokens=1)
+        assert other[0]["token"] == first
+        traced = c.post("/v1/internal/logits/trace", json={"prompt": PROMPT, "model": "other.gguf"}).json()
+        raw = traced["stages"][0]["probs"]  # the model's own distribution, over the response's candidates
+        assert traced["candidates"][raw.index(max(raw))]["token_id"] == other[0]["token_id"]
+        tokens = c.post("/v1/internal/encode", json={"text": PROMPT, "model": "other.gguf"}).json()["tokens"]
+        assert c.post("/v1/internal/token-count", json={"text": PROMPT, "model": "other.gguf"}).json()["length"] == len(tokens)
+        assert c.post("/v1/internal/decode", json={"tokens": tokens[1:], "model": "other.gguf"}).json()["text"] == PROMPT
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "model": "other.gguf"}
+        assert "Hi" in c.post("/v1/internal/chat-prompt", json=chat).json()["prompt"]
+        for path, body in (("/v1/internal/encode", {"text": "x"}), ("/v1/internal/logits", {"prompt": "x"}),
+                           ("/v1/internal/chat-prompt", chat)):
+            error = assert_error(c.post(path, json={**body, "model": "gpt-4"}), 404, "model")
+            assert error["code"] == "model_not_found" and "other.gguf" in error["message"], path
+
 # -- a slow and a failing load (scripted loader) ------------------------------------------------------
 @pytest.fixture
 def scripted(tmp_path: Path, scripted_plugins) -> Iterator[Served]:

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from webui.api.auth import require_admin_key, require_api_key
 from webui.api.convert import DEFAULT_CHAT_TOKENS, chat_plan, generation_request, sampling_from, tool_use
 from webui.api.deps import Chat, Hearth
-from webui.api.openai import ERRORS
+from webui.api.openai import ERRORS, ROUTED, leased
 from webui.api.schemas import (
     ChatFields,
     ChatPromptResponse,
@@ -52,6 +52,8 @@ from webui.sampling.trace import sampler_trace
 
 router = APIRouter(prefix="/v1/internal", dependencies=[Depends(require_api_key)], tags=["Internal"])
 admin = APIRouter(prefix="/v1/internal", dependencies=[Depends(require_admin_key)], tags=["Internal (admin)"])
+#: The routes that take `model` (the model whose tokenizer, logits or template answer), as completions do.
+ROUTED_ERRORS = {**ERRORS, **ROUTED}
 
 
 def _info(hearth: Hearth) -> ModelInfoResponse:
@@ -116,29 +118,33 @@ async def unload_loras(hearth: Hearth) -> ModelInfoResponse:
     return _info(hearth)
 
 
-@router.post("/encode", response_model=EncodeResponse, responses=ERRORS)
+@router.post("/encode", response_model=EncodeResponse, responses=ROUTED_ERRORS)
 def encode(body: EncodeRequest, hearth: Hearth) -> EncodeResponse:
-    tokens = hearth.core.tokenize(body.text, body.add_bos_token)
+    with leased(hearth, body.model) as slot:
+        tokens = slot.core.tokenize(body.text, body.add_bos_token)
     return EncodeResponse(tokens=tokens, length=len(tokens))
 
 
-@router.post("/decode", response_model=DecodeResponse, responses=ERRORS)
+@router.post("/decode", response_model=DecodeResponse, responses=ROUTED_ERRORS)
 def decode(body: DecodeRequest, hearth: Hearth) -> DecodeResponse:
-    check_token_ids(body.tokens, hearth.models.require().vocab_size, "tokens")
-    return DecodeResponse(text=hearth.core.detokenize(body.tokens))
+    with leased(hearth, body.model) as slot:
+        check_token_ids(body.tokens, slot.models.require().vocab_size, "tokens")
+        return DecodeResponse(text=slot.core.detokenize(body.tokens))
 
 
-@router.post("/token-count", response_model=TokenCountResponse, responses=ERRORS)
+@router.post("/token-count", response_model=TokenCountResponse, responses=ROUTED_ERRORS)
 def token_count(body: EncodeRequest, hearth: Hearth) -> TokenCountResponse:
-    return TokenCountResponse(length=len(hearth.core.tokenize(body.text, body.add_bos_token)))
+    with leased(hearth, body.model) as slot:
+        return TokenCountResponse(length=len(slot.core.tokenize(body.text, body.add_bos_token)))
 
 
-@router.post("/logits", response_model=LogitsResponse | LogitsDetailedResponse, responses=ERRORS)
+@router.post("/logits", response_model=LogitsResponse | LogitsDetailedResponse, responses=ROUTED_ERRORS)
 def logits(body: LogitsRequest, hearth: Hearth) -> LogitsResponse | LogitsDetailedResponse:
     """The most likely next tokens after `prompt`, raw or after the samplers (waits its turn in the queue):
     text-generation-webui's flat {token: probability}, or with `detailed` also ids and log-probabilities."""
     sampling = sampling_from(body, PresetLibrary.for_settings(hearth.settings).folders)
-    top = hearth.core.top_tokens(body.prompt, body.top_logits, body.use_samplers, sampling, body.add_bos_token)
+    with leased(hearth, body.model) as slot:
+        top = slot.core.top_tokens(body.prompt, body.top_logits, body.use_samplers, sampling, body.add_bos_token)
     items = [TokenProbability(token_id=t.token_id, token=t.text, prob=math.exp(t.logprob), logprob=t.logprob) for t in top]
     flat: dict[str, float] = {}
     for item in items:
@@ -146,12 +152,13 @@ def logits(body: LogitsRequest, hearth: Hearth) -> LogitsResponse | LogitsDetail
     return LogitsDetailedResponse(logits=flat, top_logits=items) if body.detailed else LogitsResponse(flat)
 
 
-@router.post("/chat-prompt", response_model=ChatPromptResponse, responses=ERRORS)
+@router.post("/chat-prompt", response_model=ChatPromptResponse, responses=ROUTED_ERRORS)
 def chat_prompt_route(body: ChatFields, hearth: Hearth, chat: Chat) -> ChatPromptResponse:
     """The prompt text (and stop strings) a /v1/chat/completions request with this body would use."""
     probe = generation_request(body, PresetLibrary.for_settings(hearth.settings).folders, default_max=DEFAULT_CHAT_TOKENS, prompt="")
-    prompt = chat_plan(chat, body, probe, tool_use(body)).prompt
-    length = len(hearth.core.tokenize(prompt.text, body.add_bos_token))
+    with leased(hearth, body.model) as slot:
+        prompt = chat_plan(chat.bound(slot.models, slot.core), body, probe, tool_use(body)).prompt
+        length = len(slot.core.tokenize(prompt.text, body.add_bos_token))
     return ChatPromptResponse(prompt=prompt.text, stop_strings=list(prompt.stop_strings),
                               dropped_turns=prompt.dropped_turns, length=length)
 
@@ -185,12 +192,14 @@ def samplers_for(body: SamplerRoutingRequest, hearth: Hearth) -> SamplerRoutingR
     return SamplerRoutingResponse(**routing.as_dict(), extension_processors=processor_extensions(hearth))
 
 
-@router.post("/logits/trace", response_model=LogitsTraceResponse, responses=ERRORS)
+@router.post("/logits/trace", response_model=LogitsTraceResponse, responses=ROUTED_ERRORS)
 def logits_trace(body: LogitsTraceRequest, hearth: Hearth) -> LogitsTraceResponse:
     """What each sampler did at one position of `prompt` (waits its turn in the queue): the top tokens of the
     model's distribution, then after each step of the active chain in order (logit_bias first, the picker
     last), with the tokens each step removed and the entropy. The last stage is /v1/internal/logits's answer
     with `use_samplers`."""
     sampling = sampling_from(body, PresetLibrary.for_settings(hearth.settings).folders)
-    trace = sampler_trace(hearth.core, body.prompt, body.position, sampling, body.top_logits, add_bos=body.add_bos_token)
+    with leased(hearth, body.model) as slot:
+        trace = sampler_trace(slot.core, body.prompt, body.position, sampling, body.top_logits,
+                              add_bos=body.add_bos_token)
     return LogitsTraceResponse.of(trace)

@@ -9,7 +9,8 @@ listing the models.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -109,6 +110,24 @@ async def routed(hearth: Hearth, name: str | None, streaming: bool, run: Callabl
         slot = await _acquire(hearth, target)
     try:
         return await run(slot)
+    finally:
+        pool.release(slot)
+
+
+@contextmanager
+def leased(hearth: Hearth, name: str | None) -> Iterator[Slot]:
+    """`routed` for the synchronous routes (tokens, logits, chat prompts): the slot `name` routes to, loaded
+    first when needed (this thread waits), kept from eviction while the block runs."""
+    pool = hearth.pool
+    target = pool.target(name)
+    slot = pool.lease_ready(target)
+    if slot is None:
+        try:
+            slot = pool.acquire(target)
+        except PoolError as exc:
+            raise pool_error(exc) from None
+    try:
+        yield slot
     finally:
         pool.release(slot)
 

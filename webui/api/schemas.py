@@ -85,12 +85,17 @@ SamplerFields = create_model(  # type: ignore[call-overload]
 SAMPLER_FIELD_NAMES: tuple[str, ...] = tuple(SamplingParams.model_fields)
 
 
+def routed_model_field() -> Any:
+    """`model` as every routed request takes it (webui.model_pool)."""
+    return Field(None, description="The model to answer: a name of /v1/models or an alias of "
+                 "user_data/model_aliases.yaml, loaded first when it is not (docs/api.md, routing). "
+                 "Empty, null or the UI's model: the UI's model answers.")
+
+
 class GenerationFields(SamplerFields):  # type: ignore[misc, valid-type]
     """Fields shared by completions and chat completions (OpenAI names plus text-generation-webui's)."""
 
-    model: str | None = Field(None, description="The model to answer: a name of /v1/models or an alias of "
-                              "user_data/model_aliases.yaml, loaded first when it is not (docs/api.md, routing). "
-                              "Empty, null or the UI's model: the UI's model answers.")
+    model: str | None = routed_model_field()
     max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate (wins over max_new_tokens).")
     max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS, description="text-generation-webui's name for max_tokens.")
     stop: str | list[str] | None = Field(None, description="Stop strings (merged with stopping_strings).")
@@ -363,6 +368,7 @@ class EncodeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     text: str
+    model: str | None = routed_model_field()
     add_bos_token: bool = True
 
 
@@ -375,6 +381,7 @@ class DecodeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     tokens: list[int]
+    model: str | None = routed_model_field()
 
 
 class DecodeResponse(BaseModel):
@@ -387,6 +394,7 @@ class TokenCountResponse(BaseModel):
 
 class LogitsRequest(SamplerFields):  # type: ignore[misc, valid-type]
     prompt: str
+    model: str | None = routed_model_field()
     top_logits: int = Field(50, ge=1, le=1000, description="How many of the most likely next tokens to return.")
     use_samplers: bool = Field(False, description="Probabilities after the sampler fields given, instead of raw.")
     add_bos_token: bool = True

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from webui.api.schemas import SamplerFields
+from webui.api.schemas import SamplerFields, routed_model_field
 from webui.sampling.trace import MAX_TOP_K, Candidate, SamplerTrace
 
 
@@ -15,6 +15,7 @@ class LogitsTraceRequest(SamplerFields):  # type: ignore[misc, valid-type]
     """A prompt and the sampler fields of a completion request (same names, string forms and `preset`)."""
 
     prompt: str
+    model: str | None = routed_model_field()
     position: int | None = Field(
         None, ge=1,
         description="Trace the prompt's token at this index (BOS counted): the tokens before it are the context "
