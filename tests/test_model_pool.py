@@ -3,6 +3,7 @@ freed when idle; on the scripted loader registered through the real plugin hook 
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from tests.scripted_loader import ScriptedLoader, write_script
 from webui.app import App
 from webui.config import ConfigError, Settings, parse_settings
-from webui.errors import ModelNotFound, NoModelLoaded
+from webui.errors import HearthError, ModelNotFound, NoModelLoaded
 from webui.generation import GenerationRequest
 from webui.memory_estimate import GiB, MemoryEstimate
 from webui.model_pool import ModelLoadFailed, NotEnoughMemory, parse_budget
@@ -87,6 +88,16 @@ def test_empty_null_the_ui_name_and_aliases(pool_app: App):
         pool.target("gpt-4")
     assert "'gpt-4'" in str(err.value) and "alpha, beta, gamma" in str(err.value) and "fast" in str(err.value)
     assert reply(use(pool, "fast")) == "Beta!"
+    aliases = pool_app.settings.user_data_dir / "model_aliases.yaml"
+    aliases.write_text("fast: gamma\n", encoding="utf-8")
+    os.utime(aliases, ns=(aliases.stat().st_atime_ns, aliases.stat().st_mtime_ns + 10**9))  # a later edit
+    assert pool.target("fast") == "gamma"  # re-read when it changes
+    aliases.write_text("- a list\n", encoding="utf-8")
+    os.utime(aliases, ns=(aliases.stat().st_atime_ns, aliases.stat().st_mtime_ns + 2 * 10**9))
+    with pytest.raises(HearthError, match="model_aliases.yaml must map alias names to model names"):
+        pool.target("fast")
+    aliases.unlink()
+    assert pool.aliases() == {}
 
 
 def test_max_models_evicts_the_least_recently_used_idle_model(tmp_path: Path, scripted_plugins):

@@ -57,6 +57,23 @@ def parse_budget(text: str | None, available: dict[str, int] | None = None) -> B
     return Budget(values[0], values[1])
 
 
+def too_large(need: MemoryEstimate, budget: Budget) -> bool:
+    """Whether a model needing `need` is over the budget even alone."""
+    return any(b is not None and n > b for n, b in ((need.ram, budget.ram), (need.vram, budget.vram)))
+
+
+def shortfall(need: MemoryEstimate, held: list[MemoryEstimate], budget: Budget, max_models: int) -> str:
+    """Why a model needing `need` does not fit beside the models holding `held`: over ``--max-models`` or
+    over the budget; '' when it fits."""
+    if max_models > 0 and len(held) + 1 > max_models:
+        return f"{len(held)} models are loaded and --max-models is {max_models}"
+    ram, vram = sum(e.ram for e in held) + need.ram, sum(e.vram for e in held) + need.vram
+    if (budget.ram is None or ram <= budget.ram) and (budget.vram is None or vram <= budget.vram):
+        return ""
+    return (f"it needs about {gib(need.ram)} RAM and {gib(need.vram)} VRAM and the models in use take the rest "
+            f"of the budget ({budget.describe()})")
+
+
 def gib(n: float | None) -> str:
     """Bytes as GiB (MiB below a tenth of one); None as "?"."""
     return "?" if n is None else f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / (1 << 20):.1f} MiB"

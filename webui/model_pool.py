@@ -10,9 +10,8 @@ used idle model (no request running, queued or about to start) is unloaded. When
 fails with an error naming the model, its estimate and the budget. ``--idle-unload MINUTES`` frees models
 nobody used for that long (a daemon thread checks; tests call `check_idle` with their own clock).
 
-Names: a model of the models folder (as listed), a ``remote:SERVER/MODEL`` name, or an alias of
-``user_data/model_aliases.yaml`` (``alias: model name``; an empty target means the UI's model, e.g.
-``gpt-3.5-turbo: ""`` for a client that always sends that). Empty or null is the UI's model.
+Names: a model of the models folder (as listed), a ``remote:SERVER/MODEL`` name, or an alias
+(`webui.model_aliases`). Empty or null is the UI's model.
 """
 
 from __future__ import annotations
@@ -24,12 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from webui.errors import HearthError, ModelNotFound
 from webui.generation import GenerationCore
 from webui.memory_estimate import MemoryEstimate, available_memory
-from webui.model_budget import NOTHING, Budget, estimate_model, gib, parse_budget
+from webui.model_aliases import ALIASES_FILE, AliasFile, unknown_model
+from webui.model_budget import NOTHING, Budget, estimate_model, gib, parse_budget, shortfall, too_large
 from webui.model_settings import settings_for
 from webui.models import LocalModel, ModelManager
 from webui.remotes import PREFIX as REMOTE_PREFIX
@@ -38,9 +36,6 @@ if TYPE_CHECKING:
     from webui.app import App
 
 log = logging.getLogger(__name__)
-
-ALIASES_FILE = "model_aliases.yaml"
-
 
 class PoolError(HearthError):
     """A model the API asked for cannot be loaded: not enough room in the budget, or its load failed."""
@@ -102,7 +97,7 @@ class ModelPool:
         self._slots: list[Slot] = [self._ui]
         #: Why the UI's model went away (eviction, idle unload), for the Model tab; cleared by a UI load.
         self.ui_note = ""
-        self._aliases: tuple[float, dict[str, str]] = (-1.0, {})
+        self._aliases = AliasFile(settings.user_data_dir)
         self._stop = threading.Event()
         if self.idle_unload_s > 0:
             threading.Thread(target=self._idle_loop, name="hearth-idle-unload", daemon=True).start()
@@ -128,19 +123,7 @@ class ModelPool:
     # -- names ------------------------------------------------------------------------------------
     def aliases(self) -> dict[str, str]:
         """user_data/model_aliases.yaml (re-read when it changes); a malformed file is an error."""
-        path = self.app.settings.user_data_dir / ALIASES_FILE
-        mtime = path.stat().st_mtime if path.is_file() else 0.0
-        if mtime != self._aliases[0]:
-            data: Any = {}
-            if mtime:
-                try:
-                    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-                except (OSError, yaml.YAMLError) as exc:
-                    raise HearthError(f"cannot read {path}: {exc}") from None
-                if not isinstance(data, dict) or not all(isinstance(v, str | None) for v in data.values()):
-                    raise HearthError(f"{path} must map alias names to model names")
-            self._aliases = (mtime, {str(k): v or "" for k, v in data.items()})
-        return self._aliases[1]
+        return self._aliases.aliases()
 
     def target(self, name: str | None) -> str:
         """The model a request's `model` names: '' for the UI's model (empty, null, its name or an alias of
@@ -160,13 +143,7 @@ class ModelPool:
             names = [m.name for m in ui.list_models()]
             if ui.model_name and ui.model_name not in names:
                 names.insert(0, ui.model_name)
-            aliases = ", ".join(self.aliases())
-            error = ModelNotFound(
-                f"model: no model named {name!r}. Models: {', '.join(names) or 'none'}"
-                + (f"; aliases: {aliases}" if aliases else "")
-            )
-            error.param = "model"  # type: ignore[attr-defined]  # the API's error names the field
-            raise error from None
+            raise unknown_model(name, names, list(self.aliases())) from None
         return name
 
     # -- routing ----------------------------------------------------------------------------------
@@ -257,9 +234,7 @@ class ModelPool:
         (the UI's own load) free what can be freed and let the load try."""
         name = new.name if new is not None else self._ui.name
         budget = self.budget
-        if refuse and any(
-            b is not None and n > b for n, b in ((need.ram, budget.ram), (need.vram, budget.vram))
-        ):
+        if refuse and too_large(need, budget):
             raise NotEnoughMemory(
                 f"cannot load model {name}: its estimate ({gib(need.ram)} RAM, {gib(need.vram)} VRAM) is larger than "
                 f"the whole memory budget ({budget.describe()}, --memory-budget): it cannot fit even alone"
@@ -270,26 +245,15 @@ class ModelPool:
                 for s in self._slots
                 if s is not new and (s.loaded or not s.ready.is_set()) and not (new is None and s is self._ui)
             ]
-            ram = sum(self._estimate(s).ram for s in others) + need.ram
-            vram = sum(self._estimate(s).vram for s in others) + need.vram
-            fits = (budget.ram is None or ram <= budget.ram) and (budget.vram is None or vram <= budget.vram)
-            counted = self.max_models <= 0 or len(others) + 1 <= self.max_models
-            if fits and counted:
+            why = shortfall(need, [self._estimate(s) for s in others], budget, self.max_models)
+            if not why:
                 return
             idle = [s for s in others if s.loaded and s.ready.is_set() and not s.busy]
             if not idle:
                 if not refuse:
                     return
                 busy = ", ".join(s.name or str(s.models.model_name) for s in others) or "none"
-                why = (
-                    f"{len(others)} models are loaded and --max-models is {self.max_models}"
-                    if not counted
-                    else f"it needs about {gib(need.ram)} RAM and {gib(need.vram)} VRAM and the models in use take "
-                    f"the rest of the budget ({budget.describe()})"
-                )
-                raise NotEnoughMemory(
-                    f"cannot load model {name}: {why}; no idle model can be unloaded (busy: {busy})"
-                )
+                raise NotEnoughMemory(f"cannot load model {name}: {why}; no idle model can be unloaded (busy: {busy})")
             self._evict(min(idle, key=lambda s: s.last_used), f"to make room for {name}")
 
     def _estimate(self, slot: Slot) -> MemoryEstimate:
