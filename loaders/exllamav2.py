@@ -324,11 +324,11 @@ class ExLlamav2Loader(Loader):
             ex_tokenizer = exllamav2.ExLlamaV2Tokenizer(config)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except torch.cuda.OutOfMemoryError as exc:
-            self._discard(model)
+            discard_model(model)
             raise LoaderError(f"{path.name} does not fit in GPU memory: try a smaller max_seq_len, exl2_cache_type q4, "
                               f"or gpu_split/autosplit across GPUs ({exc})") from exc
         except (AssertionError, ValueError, TypeError, KeyError, OSError, RuntimeError) as exc:
-            self._discard(model)
+            discard_model(model)
             raise LoaderError(f"ExLlamaV2 could not load {path.name}: {exc}") from exc
         info = self._info(path, config, tokenizer, params)
         return self.model_class(model, cache, new_cache, tokenizer, ex_tokenizer, info, _eos_ids(path, tokenizer))
@@ -358,15 +358,6 @@ class ExLlamav2Loader(Loader):
         config.arch_compat_overrides()  # after the options: it only turns off backends the architecture cannot use
         return config
 
-    @staticmethod
-    def _discard(model: Any) -> None:
-        if model is not None:
-            try:
-                model.unload()
-            except Exception:  # noqa: BLE001 - freeing a half-loaded model must not hide the real error
-                pass
-        gc.collect()
-
     def _info(self, path: Path, config: Any, tokenizer: Any, params: dict[str, Any]) -> ModelInfo:
         return ModelInfo(
             name=path.name,
@@ -382,6 +373,16 @@ class ExLlamav2Loader(Loader):
             extra={"trained_context_length": int(getattr(config, "original_max_seq_len", 0) or 0),
                    "cache_type": params["exl2_cache_type"]},
         )
+
+
+def discard_model(model: Any) -> None:
+    """Free a half-loaded ExLlama model (V2 or V3) after a failed load, without hiding the load's error."""
+    if model is not None:
+        try:
+            model.unload()
+        except Exception:  # noqa: BLE001 - freeing a half-loaded model must not hide the real error
+            pass
+    gc.collect()
 
 
 def _eos_ids(path: Path, tokenizer: Any) -> frozenset[int]:

@@ -14,13 +14,12 @@ LoRA adapters: `loaders.exllamav3_lora` (PEFT folders through exllamav3's `LoRA.
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loaders.exl2_detect import is_safetensors_folder, parse_gpu_split
 from loaders.exl3_detect import backend_problem, describe_quantization, is_exl3
-from loaders.exllamav2 import _eos_ids
+from loaders.exllamav2 import _eos_ids, discard_model
 from loaders.exllamav3_model import CHUNK, MAX_DEFAULT_CTX, PAGE_SIZE, ExLlamav3Model, cache_tokens
 from webui.errors import LoaderError
 from webui.loader_api import Loader, LoaderParam, Model, ModelInfo
@@ -159,7 +158,7 @@ class ExLlamav3Loader(Loader):
             model.warmup(cache=caches[0], max_chunk_size=CHUNK, max_batch_size=1, long_context=False)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except torch.cuda.OutOfMemoryError as exc:
-            self._discard(model)
+            discard_model(model)
             raise LoaderError(
                 f"{path.name} does not fit in GPU memory: try a smaller max_seq_len, a quantized "
                 f"exl3_cache_type (q4), cfg_cache off, or gpu_split/autosplit across GPUs ({exc})"
@@ -173,7 +172,7 @@ class ExLlamav3Loader(Loader):
             RuntimeError,
             NotImplementedError,
         ) as exc:
-            self._discard(model)
+            discard_model(model)
             raise LoaderError(f"ExLlamaV3 could not load {path.name}: {exc}") from exc
         info = ModelInfo(
             name=path.name,
@@ -228,14 +227,6 @@ class ExLlamav3Loader(Loader):
             kwargs["device"] = "cuda:0"
         return kwargs
 
-    @staticmethod
-    def _discard(model: Any) -> None:
-        if model is not None:
-            try:
-                model.unload()
-            except Exception:  # noqa: BLE001 - freeing a half-loaded model must not hide the real error
-                pass
-        gc.collect()
 
 
 @hookimpl
