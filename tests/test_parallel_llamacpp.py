@@ -166,6 +166,38 @@ def test_a_cancelled_request_frees_its_slot_for_the_next_at_once(manager: ModelM
     assert first_step["c"] - cancel_step <= 3  # c's prompt and first token right after the cancel
 
 
+def test_inspections_run_beside_a_long_generation(manager: ModelManager, core: GenerationCore):
+    """The Notebook's next-token probabilities, /v1/internal/logits and the sampler debugger take a free slot
+    at once instead of waiting for the generations in progress to end, and read what they read alone."""
+    from webui.sampling.trace import sampler_trace
+
+    manager.load("tiny-llama.gguf", "llama.cpp", {"parallel": 2, "n_ctx": 4096})
+    alone = core.top_tokens(PROMPTS[1], 5)
+    traced_alone = sampler_trace(core, PROMPTS[2], sampling=SamplingParams(top_k=5))
+    batcher = manager.model.stepper
+    cancel, flowing, done = threading.Event(), threading.Event(), threading.Event()
+
+    def sink(event: object) -> None:
+        if isinstance(event, TextChunk):
+            flowing.set()
+        if isinstance(event, (Finished, BaseException)):
+            done.set()
+
+    core.start(request("A", 3000), cancel, sink)
+    try:
+        assert flowing.wait(30)
+        before = batcher.steps
+        beside = core.top_tokens(PROMPTS[1], 5)
+        traced = sampler_trace(core, PROMPTS[2], sampling=SamplingParams(top_k=5))
+        assert not done.is_set(), "the inspections waited for the generation to end"
+        assert batcher.steps - before < 200 and batcher.widest == 2  # shared a decode with the generation
+    finally:
+        cancel.set()
+    assert done.wait(30)
+    assert [t.token_id for t in beside] == [t.token_id for t in alone]
+    assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in zip(beside, alone, strict=True))
+    assert [c.token_id for c in traced.candidates] == [c.token_id for c in traced_alone.candidates]
+
 def test_sixteen_requests_on_four_slots_all_complete_none_crossed(manager: ModelManager, core: GenerationCore):
     prompts = [f"{p} {i}" for i in range(4) for p in PROMPTS]
     manager.load("tiny-llama.gguf", "llama.cpp", {"parallel": 1})

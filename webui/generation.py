@@ -17,14 +17,15 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from webui.context_fit import check_fits, fit_context
-from webui.errors import ContextLengthError, GenerationError
+from webui.errors import ContextLengthError, GenerationError, ModelRuntimeError
 from webui.events import Event, Finished, PromptRead, TextChunk, TokenLogprob, Usage
 from webui.lanes import run_lanes
 from webui.loader_api import Model
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from webui.extensions import ExtensionManager
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class GenerationRequest(BaseModel):
@@ -120,8 +122,12 @@ class _Admission:
     #: Drop `cancel` from the core's active set when done (`start`; `stream` drops its own).
     forget: bool
     started: bool = False
+    #: An inspection (`GenerationCore.inspect`) that runs in the lane instead of `requests`.
+    job: Callable[[], None] | None = None
 
     def cancel_all(self) -> None:
+        if self.job is not None:
+            self.sink(ModelRuntimeError("the inspection was cancelled before it ran"))
         for _ in self.requests:
             self.sink(_cancelled())
 
@@ -255,6 +261,8 @@ class GenerationCore:
     def _lane(self, admission: _Admission) -> None:
         """One admission's generations, in order, inside its lane; events go to its sink."""
         try:
+            if admission.job is not None:
+                admission.job()
             for request in admission.requests:
                 if admission.cancel.is_set():
                     admission.sink(_cancelled())
@@ -447,34 +455,55 @@ class GenerationCore:
         yield Finished(reason, "".join(text_parts), usage, seed, stops.stopped_by, generated)
 
     # -- inspection -------------------------------------------------------------------------------
+    def inspect(self, work: Callable[[], T]) -> T:
+        """Run `work` (it reads the model: next-token logits, a sampler trace) in its turn, in a lane, and
+        return its result. On a model with `parallel` slots it runs beside the generations in progress, in a
+        slot of its own, instead of waiting for them to end; otherwise after them, as a generation would."""
+        if self.worker.on_worker():  # from a job outside the lanes (an extension): the model lock is free
+            with self.models.lock:
+                return work()
+        result: Future[T] = Future()
+
+        def job() -> None:
+            try:
+                result.set_result(work())
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                result.set_exception(exc)
+
+        def sink(item: Event | BaseException) -> None:
+            if isinstance(item, BaseException) and not result.done():
+                result.set_exception(item)
+
+        self._enqueue(_Admission([], threading.Event(), False, sink, forget=False, job=job))
+        return result.result()
+
     def top_tokens(self, text: str, n: int = 20, use_samplers: bool = False, sampling: SamplingParams | None = None,
                    add_bos: bool = True) -> list[TokenLogprob]:
         """The most likely next tokens after `text`, raw or after the current samplers."""
-        return self.worker.call(lambda: self._top_tokens(text, n, use_samplers, sampling, add_bos))
+        return self.inspect(lambda: self._top_tokens(text, n, use_samplers, sampling, add_bos))
 
     def _top_tokens(self, text: str, n: int, use_samplers: bool, sampling: SamplingParams | None,
                     add_bos: bool) -> list[TokenLogprob]:
-        with self.models.lock:
-            model = self.models.require()
-            if model.remote is not None:  # the server's own numbers (webui/remote_generation.py)
-                return remote_top_tokens(model, text, n, use_samplers, sampling or SamplingParams(), add_bos)
-            ids = model.tokenize(text, add_bos) or [model.bos_token_id or 0]
-            if len(ids) > model.n_ctx:  # truncating would describe another text's next token
-                raise ContextLengthError(f"the text is {len(ids)} tokens, more than the model's context of "
-                                         f"{model.n_ctx}: shorten it or load the model with a larger n_ctx")
-            scores = model.logits(ids)
-            if use_samplers:
-                sampler = build_sampler(sampling or SamplingParams(), vocab_size=model.vocab_size,
-                                        eos_token_ids=model.eos_token_ids, prompt_ids=ids,
-                                        vocabulary=model.vocabulary)
-                probs = sampler.probabilities(torch.tensor([ids]), scores[None].clone())
-            else:
-                probs = torch.softmax(scores.float(), dim=-1)
-            top = torch.topk(probs, min(n, probs.numel()))
-            return [
-                TokenLogprob(int(i), model.detokenize([int(i)]), float(torch.log(p)) if p > 0 else float("-inf"))
-                for p, i in zip(top.values, top.indices, strict=True)
-            ]
+        model = self.models.require()
+        if model.remote is not None:  # the server's own numbers (webui/remote_generation.py)
+            return remote_top_tokens(model, text, n, use_samplers, sampling or SamplingParams(), add_bos)
+        ids = model.tokenize(text, add_bos) or [model.bos_token_id or 0]
+        if len(ids) > model.n_ctx:  # truncating would describe another text's next token
+            raise ContextLengthError(f"the text is {len(ids)} tokens, more than the model's context of "
+                                     f"{model.n_ctx}: shorten it or load the model with a larger n_ctx")
+        scores = model.logits(ids)
+        if use_samplers:
+            sampler = build_sampler(sampling or SamplingParams(), vocab_size=model.vocab_size,
+                                    eos_token_ids=model.eos_token_ids, prompt_ids=ids,
+                                    vocabulary=model.vocabulary)
+            probs = sampler.probabilities(torch.tensor([ids]), scores[None].clone())
+        else:
+            probs = torch.softmax(scores.float(), dim=-1)
+        top = torch.topk(probs, min(n, probs.numel()))
+        return [
+            TokenLogprob(int(i), model.detokenize([int(i)]), float(torch.log(p)) if p > 0 else float("-inf"))
+            for p, i in zip(top.values, top.indices, strict=True)
+        ]
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.models.require().tokenize(text, add_bos)

@@ -204,11 +204,10 @@ def sampler_trace(
     """Trace the token at `position` of a text (a string, tokenized with `add_bos`, or token ids): the
     tokens before it are the context; None traces the next token after the whole text. `prompt_length`
     is how much of the context was the prompt (the encoder repetition penalty's; default: all of it).
-    Runs on the core's model worker, after the generation in progress (as `GenerationCore.top_tokens`)."""
+    Runs in its turn through `GenerationCore.inspect` (beside the generations in progress on a model with
+    `parallel` slots)."""
     params = sampling or SamplingParams()
-    return core.worker.call(
-        lambda: _trace(core, text_or_ids, position, params, top_k, add_bos, prompt_length)
-    )
+    return core.inspect(lambda: _trace(core, text_or_ids, position, params, top_k, add_bos, prompt_length))
 
 
 def _trace(
@@ -220,35 +219,34 @@ def _trace(
     add_bos: bool,
     prompt_length: int | None,
 ) -> SamplerTrace:
-    with core.models.lock:
-        model = core.models.require()
-        if isinstance(text_or_ids, str):
-            ids = model.tokenize(text_or_ids, add_bos) or [model.bos_token_id or 0]
-        else:
-            ids = list(text_or_ids)
-            check_token_ids(ids, model.vocab_size, "prompt_ids")
-        position = len(ids) if position is None else position
-        if not 1 <= position <= len(ids):
-            raise InvalidInput(
-                f"position: the text has {len(ids)} tokens; give 1..{len(ids)} (the tokens before it are the "
-                f"context), got {position}",
-                "position",
-            )
-        context = ids[:position]
-        if len(context) > model.n_ctx:
-            raise ContextLengthError(
-                f"the context is {len(context)} tokens, more than the model's context of {model.n_ctx}"
-            )
-        sampler = build_sampler(
-            params,
-            vocab_size=model.vocab_size,
-            eos_token_ids=model.eos_token_ids,
-            prompt_ids=context[:prompt_length],
-            vocabulary=model.vocabulary,
+    model = core.models.require()
+    if isinstance(text_or_ids, str):
+        ids = model.tokenize(text_or_ids, add_bos) or [model.bos_token_id or 0]
+    else:
+        ids = list(text_or_ids)
+        check_token_ids(ids, model.vocab_size, "prompt_ids")
+    position = len(ids) if position is None else position
+    if not 1 <= position <= len(ids):
+        raise InvalidInput(
+            f"position: the text has {len(ids)} tokens; give 1..{len(ids)} (the tokens before it are the "
+            f"context), got {position}",
+            "position",
         )
-        notes = chain_notes(params)
-        if core.extra_processors:
-            notes.append("extensions' logits processors also run in a generation; not shown")
-        steps = run_chain(sampler, torch.tensor([context]), model.logits(context))
-        actual = ids[position] if position < len(ids) else None
-        return summarize(steps, model.detokenize, top_k, position, actual, notes)
+    context = ids[:position]
+    if len(context) > model.n_ctx:
+        raise ContextLengthError(
+            f"the context is {len(context)} tokens, more than the model's context of {model.n_ctx}"
+        )
+    sampler = build_sampler(
+        params,
+        vocab_size=model.vocab_size,
+        eos_token_ids=model.eos_token_ids,
+        prompt_ids=context[:prompt_length],
+        vocabulary=model.vocabulary,
+    )
+    notes = chain_notes(params)
+    if core.extra_processors:
+        notes.append("extensions' logits processors also run in a generation; not shown")
+    steps = run_chain(sampler, torch.tensor([context]), model.logits(context))
+    actual = ids[position] if position < len(ids) else None
+    return summarize(steps, model.detokenize, top_k, position, actual, notes)
