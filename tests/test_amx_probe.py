@@ -71,7 +71,10 @@ def test_the_probe_model_loads_and_takes_the_amx_path(probe_gguf: Path) -> None:
         pytest.skip("this CPU does not advertise AMX: nothing to probe")
     load_only = "import sys; from llama_cpp import Llama; Llama(sys.argv[1], n_ctx=256, verbose=True)"
     done = python("-c", load_only, str(probe_gguf))
-    assert done.returncode == 0 and "AMX model buffer size" in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    if "AMX model buffer size" not in done.stderr:  # built with AMX, but the kernel refused the tile state
+        assert extra_buffers_run(), "no AMX buffer, so nothing can die of AMX"
+        pytest.skip("llama.cpp did not turn AMX on here: the probe has nothing to find")
 
 
 def test_a_default_load_of_a_quantized_model_generates(probe_gguf: Path) -> None:
