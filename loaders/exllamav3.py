@@ -228,7 +228,6 @@ class ExLlamav3Loader(Loader):
         return kwargs
 
 
-
 @hookimpl
 def hearth_loaders() -> list[type[Loader]]:
     from loaders.exllamav3_hf import ExLlamav3HFLoader

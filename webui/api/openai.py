@@ -119,13 +119,10 @@ def leased(hearth: Hearth, name: str | None) -> Iterator[Slot]:
     """`routed` for the synchronous routes (tokens, logits, chat prompts): the slot `name` routes to, loaded
     first when needed (this thread waits), kept from eviction while the block runs."""
     pool = hearth.pool
-    target = pool.target(name)
-    slot = pool.lease_ready(target)
-    if slot is None:
-        try:
-            slot = pool.acquire(target)
-        except PoolError as exc:
-            raise pool_error(exc) from None
+    try:
+        slot = pool.acquire(pool.target(name))  # a loaded model is leased at once
+    except PoolError as exc:
+        raise pool_error(exc) from None
     try:
         yield slot
     finally:
