@@ -24,6 +24,7 @@ from webui.amx_probe import (
 pytest.importorskip("llama_cpp")
 
 CHILD_GENERATES = """
+import os
 import sys
 from pathlib import Path
 from webui.generation import GenerationCore, GenerationRequest
@@ -36,7 +37,9 @@ manager = ModelManager(path.parent, collect_loaders(make_plugin_manager()))
 model = manager.load(path.name, "llama.cpp", {"n_ctx": 256})
 done = GenerationCore(manager).generate(GenerationRequest(
     prompt="Hello", max_new_tokens=6, sampling=SamplingParams(temperature=0, ban_eos_token=True)))
-print(model._llm.model_params.use_extra_bufts, len(done.token_ids))
+print(model._llm.model_params.use_extra_bufts, len(done.token_ids), flush=True)
+manager.unload()  # free the model while its worker thread is alive, as the app's close does
+os._exit(0)  # interpreter teardown with llama.cpp's threads still around is not what this test is about
 """
 
 
